@@ -1,0 +1,29 @@
+# GrinningFace workspace. `make eval` and `make test` are the README's two commands.
+VENV ?= .venv
+ARGS ?=
+
+.PHONY: setup eval test test-fast lint lock clean
+
+setup:            ## install system packages, .venv, ROS 2 wheels, gf_interfaces, workspace packages
+	scripts/setup.sh
+
+eval: setup       ## the main job: a simulated GrinningFace evaluation with the default baselines
+	$(VENV)/bin/gf-launch sim_eval $(ARGS)
+
+test: setup       ## every test, end-to-end ones included
+	scripts/test.sh $(ARGS)
+
+test-fast: setup  ## skip the slow end-to-end tests
+	scripts/test.sh -m "not slow" $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src training benchmarks
+
+lock:             ## rewrite requirements/constraints.txt from the current .venv
+	$(VENV)/bin/python -m pip freeze --exclude-editable | grep -vE '^(gf[-_]|[a-z_]+_msgs==|rclpy==|rcutils==|rosidl_|rmw_dds_common==|ament_cmake_test==)' \
+	  | sed 's/^torch==.*/torch==2.13.0/' | sort -f > requirements/constraints.body
+	{ head -2 requirements/constraints.txt; cat requirements/constraints.body; } > requirements/constraints.new
+	mv requirements/constraints.new requirements/constraints.txt; rm requirements/constraints.body
+
+clean:
+	rm -rf .build $(VENV) .gf

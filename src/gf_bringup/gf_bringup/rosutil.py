@@ -1,0 +1,136 @@
+"""Small helpers shared by every node: typed parameters from config dataclasses, QoS, main().
+
+A node's configuration is a plain dataclass in its ROS-free core (defaults and help text in one
+place). ``declare_config`` turns each field into a typed, described ROS parameter and returns the
+dataclass filled with the values from ``--params-file`` / ``-p`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from gf_bringup.runtime import configure_environment
+
+T = TypeVar("T")
+
+
+def config_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a default and the description its ROS parameter gets."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _array_type(hint: Any):
+    from rclpy.parameter import Parameter
+
+    inner = typing.get_args(hint)[0] if typing.get_args(hint) else str
+    return {
+        str: Parameter.Type.STRING_ARRAY,
+        float: Parameter.Type.DOUBLE_ARRAY,
+        int: Parameter.Type.INTEGER_ARRAY,
+        bool: Parameter.Type.BOOL_ARRAY,
+    }[inner]
+
+
+def declare_config(node, config_cls: type[T], prefix: str = "") -> T:
+    """Declare one ROS parameter per field of ``config_cls`` and return the filled config."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
+        name = prefix + f.name
+        if isinstance(default, list) and not default:
+            # rclpy infers BYTE_ARRAY from [], so empty lists are declared by type.
+            value = node.declare_parameter(name, _array_type(hints[f.name]), descriptor).value
+            values[f.name] = default if value is None else list(value)
+        else:
+            value = node.declare_parameter(name, default, descriptor).value
+            values[f.name] = list(value) if isinstance(default, list) else value
+    return config_cls(**values)
+
+
+def config_help(config_cls: type) -> str:
+    """Text listing the parameters of a config dataclass (for --help)."""
+    lines = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def sensor_qos(depth: int = 5):
+    """QoS for camera streams: best effort, keep last (rclpy's sensor data profile)."""
+    from rclpy.qos import qos_profile_sensor_data, QoSProfile
+
+    profile = QoSProfile(depth=depth)
+    profile.reliability = qos_profile_sensor_data.reliability
+    profile.durability = qos_profile_sensor_data.durability
+    profile.history = qos_profile_sensor_data.history
+    return profile
+
+
+def reliable_qos(depth: int = 10):
+    """QoS for control and trial topics: reliable, volatile."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def latched_qos(depth: int = 1):
+    """QoS for state announcements a late joiner must still receive (the current trial)."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int):
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def run_node(
+    factory: Callable[[], Any], args: Sequence[str] | None = None, help_text: str | None = None, threads: int = 1
+) -> int:
+    """The main() of a node console script: environment, rclpy, spin, clean shutdown."""
+    argv = list(sys.argv if args is None else args)
+    if help_text and any(a in ("-h", "--help") for a in argv[1:]) and "--ros-args" not in argv:
+        print(help_text)
+        return 0
+    configure_environment()
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,1 @@
+"""The policy node and its backends (oracle, chance, replay, pi0-style VLA, remote inference)."""

@@ -1,0 +1,28 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "gf_policy"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    package_data={package_name: ["resources/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.py")),
+        ("share/" + package_name + "/config", glob("config/*")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="GrinningFace maintainers",
+    maintainer_email="maintainers@grinningface.example.org",
+    description="The policy node and its backends (oracle, chance, replay, pi0-style VLA, remote inference).",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+        ],
+    },
+)

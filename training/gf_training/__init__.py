@@ -1,0 +1,1 @@
+"""Training of pi0-style VLAs on GrinningFace demonstrations (datasets, schemes, loops, sweeps)."""
