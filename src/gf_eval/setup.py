@@ -8,7 +8,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
-    package_data={package_name: ["resources/*"]},
+    package_data={package_name: ["data/*.json", "data/splits/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -23,6 +23,11 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "gf-eval = gf_eval.eval_node:main",
+            "gf-report = gf_eval.report:main",
+        ],
+        "gf.doctor": [
+            "fonts = gf_eval.checks:check_emoji_font",
         ],
     },
 )

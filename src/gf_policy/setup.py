@@ -23,6 +23,17 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "gf-policy = gf_policy.policy_node:main",
+            "gf-policy-server = gf_policy.server:main",
+        ],
+        "gf.doctor": [
+            "models = gf_policy.checks:check_model_stack",
+        ],
+        "gf.policy_backends": [
+            "oracle = gf_policy.backends.scripted:OracleBackend",
+            "chance = gf_policy.backends.scripted:ChanceBackend",
+            "vla = gf_policy.backends.vla:VLABackend",
+            "remote = gf_policy.backends.remote:RemoteBackend",
         ],
     },
 )

@@ -23,6 +23,11 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "gf-sim-bridge = gf_sim_bridge.bridge_node:main",
+        ],
+        "gf.doctor": [
+            "vulkan = gf_sim_bridge.checks:check_vulkan",
+            "assets = gf_sim_bridge.checks:check_robot_assets",
         ],
     },
 )

@@ -1,0 +1,33 @@
+"""Build a real launch_ros LaunchDescription from a gf_bringup.graphs.Graph (ROS 2 installs)."""
+
+from __future__ import annotations
+
+from gf_bringup.graphs import Graph
+
+
+def launch_description(graph: Graph):
+    """DeclareLaunchArgument per graph argument; nodes are created once the arguments are known."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
+    from launch_ros.actions import Node
+
+    from gf_bringup.runtime import configure_environment
+    from gf_bringup.runtime import package_file
+
+    def create_nodes(context):
+        values = graph.resolve_args({a.name: context.launch_configurations[a.name] for a in graph.args})
+        env = configure_environment({}, network=values.get("network") or None)
+        actions = [SetEnvironmentVariable(k, v) for k, v in env.items()]
+        for spec in graph.active_nodes(values):
+            parameters = []
+            if spec.params_file:
+                parameters.append(str(package_file(spec.package, spec.params_file)))
+            parameters.append(graph.node_parameters(spec, values))
+            actions.append(Node(
+                package=spec.package, executable=spec.executable, name=spec.name, output="screen",
+                parameters=parameters, on_exit=Shutdown() if spec.required else None,
+            ))
+        return actions
+
+    arguments = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description) for a in graph.args]
+    return LaunchDescription([*arguments, OpaqueFunction(function=create_nodes)])

@@ -1,0 +1,200 @@
+"""policy node: runs a policy backend on the robot's observations and publishes action chunks.
+
+Decision points:
+
+* ``trigger: status`` (simulation, lock-step): every /gf/episode_status of the current trial that
+  is not done asks for one chunk, taken from the observation with the same time stamp (EE state,
+  camera image and ground truth as the backend needs).
+* ``trigger: stream`` (real robot): act on the newest complete observation as soon as the
+  previous inference has finished, at most ``stream_rate_hz`` times per second.
+
+Every chunk carries the trial id and the step it starts at, so the executor can recognise stale
+chunks. Inference runs in a worker thread; the ROS executor keeps receiving meanwhile.
+"""
+
+from __future__ import annotations
+
+import array
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from gf_bringup.images import msg_to_image
+from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, sensor_qos, stamp_to_ns
+from gf_eval.ros_msgs import trial_from_msg
+from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState, Trial
+from gf_policy.backend import PolicyObservation, backend_class, load_backend
+
+KEEP_STAMPS = 8  # observations kept per topic while waiting for the rest of an instant
+
+
+@dataclass
+class PolicyNodeConfig:
+    backend: str = config_field("oracle", "policy backend (gf.policy_backends entry point): oracle, chance, replay, vla, remote, ...")
+    backend_args: str = config_field("", "YAML mapping of keyword arguments for the backend, e.g. '{checkpoint: /path}'")
+    trigger: str = config_field("status", "when to act: status (lock-step sim) or stream (real robot)")
+    stream_rate_hz: float = config_field(10.0, "maximum decisions per second in stream mode")
+    frame_id: str = config_field("base_link", "frame of the action deltas")
+
+
+def sim_state_to_dict(msg: SimState) -> dict:
+    """gf_interfaces/SimState -> the expert's privileged-state dict (world frame)."""
+    p, q = msg.tcp_pose.position, msg.tcp_pose.orientation
+    return {
+        "tcp_pos": np.array([p.x, p.y, p.z]),
+        "tcp_quat_wxyz": np.array([q.w, q.x, q.y, q.z]),
+        "cube_pos": np.array([msg.cube_pose.position.x, msg.cube_pose.position.y, msg.cube_pose.position.z]),
+        "cube_grasped": bool(msg.grasped),
+        "gripper_opening": float(msg.gripper_opening),
+        "card_positions": np.array([[c.x, c.y, c.z] for c in msg.card_positions]),
+    }
+
+
+class PolicyNode(Node):
+    def __init__(self, **node_kwargs):
+        super().__init__("policy", **node_kwargs)
+        self.cfg = declare_config(self, PolicyNodeConfig)
+        kwargs = yaml.safe_load(self.cfg.backend_args) if self.cfg.backend_args.strip() else {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"backend_args must be a YAML mapping, got {self.cfg.backend_args!r}")
+        cls = backend_class(self.cfg.backend)
+        self.needs_image, self.needs_privileged = cls.needs_image, cls.needs_privileged
+        started = time.perf_counter()
+        self.backend = load_backend(self.cfg.backend, **kwargs)
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._busy = False
+        self.trial = None
+        self._ee: dict[int, EeState] = {}
+        self._images: dict[int, Image] = {}
+        self._truth: dict[int, SimState] = {}
+        self._pending: EpisodeStatus | None = None
+        self._acted: set[tuple[str, int]] = set()
+        self.decisions = 0
+        self.pub_chunk = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
+        self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
+        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, latched_qos(1))
+        self.create_subscription(EeState, "/gf/ee_state", self._store(self._ee), reliable_qos())
+        if self.needs_image:
+            self.create_subscription(Image, "/camera/image_raw", self._store(self._images), sensor_qos())
+        if self.needs_privileged:
+            self.create_subscription(SimState, "/gf/sim_state", self._store(self._truth), reliable_qos())
+        if self.cfg.trigger == "stream":
+            self.create_timer(1.0 / self.cfg.stream_rate_hz, self._stream_tick)
+        elif self.cfg.trigger != "status":
+            raise ValueError(f"trigger must be 'status' or 'stream', got {self.cfg.trigger!r}")
+        self.get_logger().info(
+            f"policy backend {self.cfg.backend!r} ready in {time.perf_counter() - started:.1f} s "
+            f"(image={self.needs_image}, ground_truth={self.needs_privileged}, trigger={self.cfg.trigger})"
+        )
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        self.backend.close()
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    def _store(self, table: dict):
+        def callback(msg) -> None:
+            with self._lock:
+                table[stamp_to_ns(msg.header.stamp)] = msg
+                while len(table) > KEEP_STAMPS:
+                    table.pop(min(table))
+            self._try_decide()
+
+        return callback
+
+    def _on_trial(self, msg: Trial) -> None:
+        trial = trial_from_msg(msg)
+        with self._lock:
+            if self.trial is not None and self.trial.trial_id == trial.trial_id:
+                return
+            self.trial = trial
+            self._acted = {k for k in self._acted if k[0] == trial.trial_id}
+        self._worker.submit(self.backend.reset, trial).result()
+        self.get_logger().debug(f"trial {trial.trial_id}: {trial.instruction}")
+        self._try_decide()
+
+    def _on_status(self, msg: EpisodeStatus) -> None:
+        if msg.done:
+            return
+        with self._lock:
+            self._pending = msg
+        self._try_decide()
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def _observation(self, stamp: int, step: int) -> PolicyObservation | None:
+        """The complete observation at ``stamp`` or None while parts are missing (lock held)."""
+        ee = self._ee.get(stamp)
+        image = self._images.get(stamp) if self.needs_image else None
+        truth = self._truth.get(stamp) if self.needs_privileged else None
+        if ee is None or (self.needs_image and image is None) or (self.needs_privileged and truth is None):
+            return None
+        return PolicyObservation(
+            trial=self.trial, step=step, proprio=np.asarray(ee.proprio, dtype=np.float32),
+            image=msg_to_image(image) if image is not None else None,
+            privileged=sim_state_to_dict(truth) if truth is not None else None, stamp_ns=stamp,
+        )
+
+    def _try_decide(self) -> None:
+        if self.cfg.trigger != "status":
+            return
+        with self._lock:
+            status = self._pending
+            if status is None or self.trial is None or status.trial_id != self.trial.trial_id:
+                return
+            key = (status.trial_id, status.step)
+            if key in self._acted:
+                return
+            obs = self._observation(stamp_to_ns(status.header.stamp), status.step)
+            if obs is None:
+                return
+            self._acted.add(key)
+            self._pending = None
+        self._worker.submit(self._infer_and_publish, obs)
+
+    def _stream_tick(self) -> None:
+        with self._lock:
+            if self._busy or self.trial is None or not self._ee:
+                return
+            stamps = sorted(self._ee, reverse=True)
+            obs = next((o for o in (self._observation(s, 0) for s in stamps) if o is not None), None)
+            if obs is None:
+                return
+            self._busy = True
+        self._worker.submit(self._infer_and_publish, obs)
+
+    def _infer_and_publish(self, obs: PolicyObservation) -> None:
+        try:
+            plan = self.backend.act(obs)
+            actions = np.asarray(plan.actions, dtype=np.float32)
+            if actions.ndim != 2:
+                raise ValueError(f"backend returned actions of shape {actions.shape}, expected (horizon, dim)")
+            msg = ActionChunk()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.frame_id = self.cfg.frame_id
+            msg.trial_id = obs.trial.trial_id
+            msg.step_index = obs.step
+            msg.horizon = int(actions.shape[0])
+            msg.execute_steps = int(plan.execute_steps)
+            msg.action_dim = int(actions.shape[1])
+            msg.action_space = plan.action_space
+            msg.data = array.array("f", actions.reshape(-1).tobytes())
+            self.pub_chunk.publish(msg)
+            self.decisions += 1
+        except Exception as exc:  # noqa: BLE001 - keep the node alive; the eval times the trial out
+            self.get_logger().error(f"policy backend failed on {obs.trial.trial_id} step {obs.step}: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._busy = False
+
+
+def main(args=None) -> int:
+    return run_node(PolicyNode, args, help_text=f"gf-policy --ros-args [-p name:=value ...]\n\nparameters:\n{config_help(PolicyNodeConfig)}")

@@ -1,0 +1,155 @@
+"""Turn camera images and instructions into model inputs (PaliGemma prompt format).
+
+Images: uint8 H x W x 3 RGB, resized with Pillow (bicubic, as PaliGemma's own processor) to the
+configured square size and normalised the SigLIP way, ``(x / 255 - 0.5) / 0.5`` -> [-1, 1].
+
+Prompt (PaliGemma / pi0): ``<image> * (num_images * tokens_per_image) + <bos> + text + "\\n"``,
+right-padded to ``num_images * tokens_per_image + max_text_tokens`` with an attention mask. The
+image-token id is the model's (``VLAConfig.image_token_id``), so any tokenizer works: a real
+PaliGemma tokenizer from a checkpoint directory, or a tiny one trained offline for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .configuration import VLAConfig
+
+ImageInput = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[np.ndarray]]
+
+# Special tokens of the offline test tokenizer, in Gemma's id order (pad 0, eos 1, bos 2, unk 3),
+# followed by the image token (id 4, the default image_token_id of VLAConfig.tiny()).
+TINY_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<image>")
+
+
+def clean_instruction(text: str) -> str:
+    """Normalise an instruction the way pi0 does before tokenising (one line, no underscores)."""
+    return text.strip().replace("_", " ").replace("\n", " ")
+
+
+def _as_nested_images(images: ImageInput) -> list[list[np.ndarray]]:
+    """Normalise every accepted image layout to ``batch[sample][camera]``.
+
+    Accepted: one H x W x 3 array (batch 1, one camera); a B x H x W x 3 array or a list of
+    H x W x 3 arrays (batch of one-camera samples); a B x N x H x W x 3 array or a list of lists
+    (batch of multi-camera samples).
+    """
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return [[images]]
+        if images.ndim == 4:
+            return [[img] for img in images]
+        if images.ndim == 5:
+            return [list(sample) for sample in images]
+        raise ValueError(f"image array must have 3, 4 or 5 dimensions, got shape {images.shape}")
+    nested = []
+    for sample in images:
+        if isinstance(sample, np.ndarray) and sample.ndim == 3:
+            nested.append([sample])
+        else:
+            nested.append(list(sample))
+    return nested
+
+
+class VLAProcessor:
+    """Image preprocessing and prompt tokenisation for ``PI0StyleVLA``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: VLAConfig):
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the tokenizer needs a BOS token (PaliGemma prompt format)")
+        self.tokenizer = tokenizer
+        self.config = config
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, config: VLAConfig) -> VLAProcessor:
+        """Load the tokenizer saved in ``directory`` (ours, or a real PaliGemma tokenizer)."""
+        return cls(AutoTokenizer.from_pretrained(str(directory)), config)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Save the tokenizer files next to the model."""
+        self.tokenizer.save_pretrained(str(directory))
+
+    # ------------------------------------------------------------------ images
+    def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
+        """One uint8 H x W x 3 image -> float tensor (3, S, S) in [-1, 1]."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"expected a uint8 H x W x 3 RGB image, got {desc}")
+        size = self.config.image_size
+        if image.shape[:2] != (size, size):
+            image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+        return (x / 255.0 - 0.5) / 0.5
+
+    def preprocess_images(self, images: ImageInput) -> torch.Tensor:
+        """Images in any accepted layout -> (B, num_images, 3, S, S)."""
+        nested = _as_nested_images(images)
+        for sample in nested:
+            if len(sample) != self.config.num_images:
+                raise ValueError(f"each sample needs {self.config.num_images} camera image(s), got {len(sample)}")
+        return torch.stack([torch.stack([self.preprocess_image(img) for img in sample]) for sample in nested])
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, instructions: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions -> (input_ids, attention_mask), each (B, prefix_length), right-padded.
+
+        Text longer than ``max_text_tokens`` (including BOS and the trailing newline) is truncated.
+        """
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        cfg = self.config
+        n_img = cfg.num_images * cfg.tokens_per_image
+        length = n_img + cfg.max_text_tokens
+        ids = torch.full((len(instructions), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(instructions), length), dtype=torch.bool)
+        for row, text in enumerate(instructions):
+            text_ids = self.tokenizer.encode(clean_instruction(text) + "\n", add_special_tokens=False)
+            tokens = ([cfg.image_token_id] * n_img + [self.tokenizer.bos_token_id] + list(text_ids))[:length]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = True
+        return ids, mask
+
+    def __call__(self, images: ImageInput, instructions: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        """Images + instructions -> ``pixel_values`` (B, N, 3, S, S), ``input_ids``, ``attention_mask``."""
+        pixel_values = self.preprocess_images(images)
+        input_ids, attention_mask = self.tokenize(instructions)
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{pixel_values.shape[0]} image samples but {input_ids.shape[0]} instructions")
+        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def train_tiny_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerBase:
+    """Train a small BPE tokenizer on ``texts`` offline and save it transformers-loadable.
+
+    Special tokens follow Gemma's id order (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3)
+    plus ``<image>`` at id 4. ``AutoTokenizer.from_pretrained(out_dir)`` loads the result.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(TINY_SPECIAL_TOKENS), show_progress=False
+    )
+    # Train on the prompt form (cleaned text + newline) so the newline is in the vocabulary.
+    core.train_from_iterator([clean_instruction(t) + "\n" for t in texts], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        extra_special_tokens=["<image>"],
+    )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer

@@ -1,0 +1,552 @@
+"""The RM75 driver's safety rules (ROS-free): limits, chunk -> set-point planning, and the watchdog.
+
+Flow. A policy chunk that already passed ``gf_eval.action_space.validate_chunk`` holds K actions in
+the benchmark's ``ee_delta_pose`` space, one per 20 Hz control step. ``TargetPlanner.plan`` turns it
+into EE targets, one per control step, composed on the previous *target* (target-delta control, as
+in the simulated task), and interpolates them into set-points every ``stream_period`` (<= 10 ms, the
+period ``movep_canfd`` needs). Before anything runs, every target and set-point is checked; one bad
+step rejects the whole chunk with ``SafetyViolation`` (a ``ChunkRejected``) and produces no
+set-point. Nothing is ever clamped into motion. ``ChunkExecutor`` queues accepted plans and hands
+out the set-point due at each streaming tick; ``Watchdog`` says when no valid chunk came in time.
+
+Frame mapping (sim action -> RM75 base frame). The sim's action is a delta in the simulated
+robot's base frame: ``t_sim = 0.1 m * action[0:3]`` and ``dR_sim = R_xyz(0.1 rad * action[3:6])``
+(extrinsic XYZ, see ``gf_eval.action_space``). On the RM75 (``FrameMapping``, defaults = identity):
+
+    t_rm  = translation_scale * M @ t_sim
+    dR_rm = M @ R_xyz(rotation_scale * 0.1 rad * action[3:6]) @ M^T
+    target_k.position = target_{k-1}.position + t_rm
+    target_k.rotation = dR_rm @ target_{k-1}.rotation   (rotation about the EE point, base axes)
+
+``M`` is a proper 3x3 rotation from the sim's base axes to the RM75's base axes (x forward, y left,
+z up on both by default: identity). Use it when the real arm is mounted turned relative to the
+camera/table layout the policy was trained on; use the scales to slow the real arm down relative
+to the sim. The gripper value passes through unchanged (1 open, -1 closed).
+
+Limits (``SafetyLimits``) are in the RM75 base frame and apply to the pose the controller reports,
+i.e. to its active tool frame: with the default flange frame, raise ``floor_z`` by the gripper's
+length, or set the controller's tool frame to the fingertip. The defaults are deliberately slower
+than the sim allows: a full-scale action (0.1 m per 50 ms step = 2 m/s) is refused; 3 cm per step
+and 0.3 m/s averaged over any second are allowed (BridgeData-style policies move a few mm to 1 cm
+per step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from gf_eval.action_space import EE_DELTA_POSE, ActionSpace, ChunkRejected, ValidChunk
+from scipy.spatial.transform import Rotation
+
+from .kinematics import rpy_to_matrix
+
+_EPS = 1e-9
+
+
+class SafetyViolation(ChunkRejected):
+    """A chunk refused by a safety rule. ``reason`` is one of: workspace, floor, step_translation,
+    step_rotation, translation_rate, rotation_rate, tracking_error, bad_chunk; ``step`` is the
+    offending control step within the chunk (or -1)."""
+
+    def __init__(self, reason: str, detail: str, step: int = -1):
+        super().__init__(reason, detail)
+        self.step = step
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Where and how fast the EE may be commanded (RM75 base frame, metres / radians / seconds).
+
+    ``max_translation_per_second`` / ``max_rotation_per_second`` bound the path length commanded
+    within any window of ``rate_window`` seconds (including steps of earlier chunks), so a
+    policy cannot reach a high average speed with steps that are each just under the per-step limit.
+    ``max_tracking_error``: a chunk is refused when the arm is this far from where it was last
+    sent (it is blocked, lagging badly, or was moved by hand); the driver should stop and re-sync.
+    """
+
+    workspace_min: tuple[float, float, float] = (0.15, -0.40, 0.0)
+    workspace_max: tuple[float, float, float] = (0.65, 0.40, 0.55)
+    floor_z: float = 0.02
+    max_step_translation: float = 0.03
+    max_translation_per_second: float = 0.30
+    max_step_rotation: float = 0.15
+    max_rotation_per_second: float = 1.0
+    max_tracking_error: float = 0.05
+    rate_window: float = 1.0
+
+    def __post_init__(self) -> None:
+        lo, hi = np.asarray(self.workspace_min, float), np.asarray(self.workspace_max, float)
+        if lo.shape != (3,) or hi.shape != (3,) or not np.all(np.isfinite(lo)) or not np.all(np.isfinite(hi)):
+            raise ValueError("workspace_min/workspace_max need 3 finite numbers each")
+        if np.any(lo >= hi):
+            raise ValueError(f"workspace_min {tuple(lo)} must be below workspace_max {tuple(hi)} on every axis")
+        if not (lo[2] <= self.floor_z < hi[2]):
+            raise ValueError(f"floor_z {self.floor_z} must lie inside the workspace's z range [{lo[2]}, {hi[2]})")
+        for name in (
+            "max_step_translation",
+            "max_translation_per_second",
+            "max_step_rotation",
+            "max_rotation_per_second",
+            "max_tracking_error",
+            "rate_window",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> SafetyLimits:
+        """Build from a parameter dict (e.g. a YAML section); unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown safety limit(s) {sorted(unknown)}; known: {sorted(known)}")
+        kwargs = {k: (tuple(float(x) for x in v) if k.startswith("workspace") else float(v)) for k, v in values.items()}
+        return cls(**kwargs)
+
+    def check_position(self, xyz, step: int = -1) -> None:
+        """Raise ``SafetyViolation`` if ``xyz`` is below the floor or outside the workspace box."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        if xyz[2] < self.floor_z - _EPS:
+            raise SafetyViolation("floor", f"target z {xyz[2]:.4f} m below the table floor {self.floor_z} m", step)
+        lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
+        outside = np.flatnonzero((xyz < lo - _EPS) | (xyz > hi + _EPS))
+        if outside.size:
+            axis = "xyz"[int(outside[0])]
+            i = int(outside[0])
+            raise SafetyViolation(
+                "workspace",
+                f"target {axis}={xyz[i]:.4f} m outside the workspace [{lo[i]}, {hi[i]}] m",
+                step,
+            )
+
+
+@dataclass(frozen=True)
+class FrameMapping:
+    """Sim ``ee_delta_pose`` action -> metric delta in the RM75 base frame (module docstring)."""
+
+    rotation: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    translation_scale: float = 1.0
+    rotation_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        M = np.asarray(self.rotation, dtype=np.float64)
+        if M.shape != (3, 3) or not np.allclose(M @ M.T, np.eye(3), atol=1e-6) or not np.isclose(np.linalg.det(M), 1.0, atol=1e-6):
+            raise ValueError("FrameMapping.rotation must be a proper 3x3 rotation matrix (orthonormal, det +1)")
+        if not (self.translation_scale > 0 and self.rotation_scale > 0):
+            raise ValueError("translation_scale and rotation_scale must be positive")
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``rotation`` as a 3x3 array."""
+        return np.asarray(self.rotation, dtype=np.float64)
+
+    def map_action(self, action, space: ActionSpace = EE_DELTA_POSE) -> tuple[np.ndarray, np.ndarray, float]:
+        """One action -> (translation (3,) m, rotation increment (3, 3), gripper in [-1, 1])."""
+        action = np.asarray(action, dtype=np.float64)
+        M = self.matrix
+        translation = self.translation_scale * (M @ (action[:3] * space.translation_scale_m))
+        dR_sim = rpy_to_matrix(self.rotation_scale * action[3:6] * space.rotation_scale_rad)
+        return translation, M @ dR_sim @ M.T, float(action[6])
+
+    def map_actions(self, actions, space: ActionSpace = EE_DELTA_POSE) -> tuple[np.ndarray, np.ndarray]:
+        """(K, 7) actions -> translations (K, 3) m and rotation vectors (K, 3) rad, RM75 base frame.
+
+        Uses rotvec(M dR M^T) = M rotvec(dR), the batched equivalent of ``map_action``.
+        """
+        actions = np.asarray(actions, dtype=np.float64)
+        M = self.matrix
+        translations = self.translation_scale * (actions[:, :3] * space.translation_scale_m) @ M.T
+        euler = self.rotation_scale * actions[:, 3:6] * space.rotation_scale_rad
+        rotvecs = Rotation.from_euler("xyz", euler).as_rotvec() @ M.T
+        return translations, rotvecs
+
+
+@dataclass(frozen=True)
+class SetPoint:
+    """One streaming set-point: absolute time, EE pose, and the gripper command of its control step."""
+
+    time: float
+    xyz: np.ndarray
+    rpy: np.ndarray
+    gripper: float
+    step: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An accepted chunk: its set-points (arrays, one row each) and the per-step EE targets."""
+
+    times: np.ndarray  # (N,)
+    xyz: np.ndarray  # (N, 3)
+    rpy: np.ndarray  # (N, 3)
+    gripper: np.ndarray  # (N,)
+    step: np.ndarray  # (N,) control step within the chunk
+    target_xyz: np.ndarray  # (K, 3)
+    target_rotation: np.ndarray  # (K, 3, 3)
+    start_time: float
+    start_xyz: np.ndarray
+    start_rotation: np.ndarray
+
+    @property
+    def end_time(self) -> float:
+        return float(self.times[-1])
+
+    @property
+    def final_xyz(self) -> np.ndarray:
+        return self.target_xyz[-1]
+
+    @property
+    def final_rotation(self) -> np.ndarray:
+        return self.target_rotation[-1]
+
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    def setpoint(self, i: int) -> SetPoint:
+        """The i-th set-point as a ``SetPoint``."""
+        return SetPoint(float(self.times[i]), self.xyz[i], self.rpy[i], float(self.gripper[i]), int(self.step[i]))
+
+
+class TargetPlanner:
+    """Checks a chunk against ``SafetyLimits`` and interpolates it into streaming set-points.
+
+    Keeps the translation/rotation of recently planned steps so the per-second limits span
+    chunk boundaries. Call ``reset_history()`` after a long pause if you want (old steps also
+    age out of the window by themselves).
+    """
+
+    def __init__(
+        self,
+        limits: SafetyLimits,
+        mapping: FrameMapping | None = None,
+        *,
+        control_period: float = 0.05,
+        stream_period: float = 0.01,
+        space: ActionSpace = EE_DELTA_POSE,
+    ):
+        if not (0 < stream_period <= control_period):
+            raise ValueError("need 0 < stream_period <= control_period")
+        substeps = control_period / stream_period
+        if abs(substeps - round(substeps)) > 1e-6:
+            raise ValueError(f"control_period {control_period} s must be a whole multiple of stream_period {stream_period} s")
+        self.limits = limits
+        self.mapping = mapping or FrameMapping()
+        self.control_period = float(control_period)
+        self.stream_period = float(stream_period)
+        self.substeps = round(substeps)
+        self.space = space
+        self._history: deque[tuple[float, float, float]] = deque()  # (time, translation, rotation)
+
+    def reset_history(self) -> None:
+        """Forget earlier steps (the rate windows restart empty)."""
+        self._history.clear()
+
+    def _actions(self, chunk) -> np.ndarray:
+        actions = chunk.actions if isinstance(chunk, ValidChunk) else chunk
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != self.space.dim or actions.shape[0] == 0:
+            raise SafetyViolation("bad_chunk", f"expected (steps, {self.space.dim}) actions, got shape {actions.shape}")
+        if not np.all(np.isfinite(actions)):
+            raise SafetyViolation("bad_chunk", "NaN or infinite action values")
+        lo, hi = np.asarray(self.space.low), np.asarray(self.space.high)
+        if np.any(actions < lo - 1e-3) or np.any(actions > hi + 1e-3):
+            raise SafetyViolation("bad_chunk", "action values outside the action space (validate_chunk first)")
+        return actions
+
+    def plan(self, chunk, start_xyz, start_rotation, start_time: float) -> Plan:
+        """Plan ``chunk`` (a ``ValidChunk`` or (K, 7) array) from the given EE pose at ``start_time``.
+
+        ``start_rotation`` is a 3x3 matrix or roll/pitch/yaw. Raises ``SafetyViolation`` (for the
+        earliest offending step) without side effects if any step or set-point breaks a limit; on
+        success the steps enter the rate history.
+        """
+        actions = self._actions(chunk)
+        limits = self.limits
+        p0 = np.asarray(start_xyz, dtype=np.float64).copy()
+        R0 = np.asarray(start_rotation, dtype=np.float64)
+        R0 = rpy_to_matrix(R0) if R0.shape == (3,) else R0.copy()
+        if p0.shape != (3,) or R0.shape != (3, 3) or not (np.all(np.isfinite(p0)) and np.all(np.isfinite(R0))):
+            raise SafetyViolation("bad_chunk", "start pose must be a finite xyz (3,) and rotation (3, 3) or rpy (3,)")
+        K, n = actions.shape[0], self.substeps
+
+        dp, rotvecs = self.mapping.map_actions(actions, self.space)
+        trans = np.linalg.norm(dp, axis=1)
+        angles = np.linalg.norm(rotvecs, axis=1)
+        target_xyz = p0 + np.cumsum(dp, axis=0)
+        prev_xyz = np.vstack([p0, target_xyz[:-1]])
+        frac = np.arange(1, n + 1, dtype=np.float64) / n
+        points = prev_xyz[:, None, :] + frac[None, :, None] * dp[:, None, :]  # (K, n, 3)
+
+        problems: list[tuple[int, int, str, str]] = []  # (step, priority, reason, detail)
+        bad = np.flatnonzero(trans > limits.max_step_translation + _EPS)
+        if bad.size:
+            k = int(bad[0])
+            detail = f"step {k} moves {trans[k] * 1000:.1f} mm, limit {limits.max_step_translation * 1000:.1f} mm per control step"
+            problems.append((k, 0, "step_translation", detail))
+        bad = np.flatnonzero(angles > limits.max_step_rotation + _EPS)
+        if bad.size:
+            k = int(bad[0])
+            detail = f"step {k} turns {angles[k]:.3f} rad, limit {limits.max_step_rotation} rad per control step"
+            problems.append((k, 1, "step_rotation", detail))
+        # Every set-point is checked; the box and floor are convex, so interpolated points only
+        # fail where an end does (or when the start pose itself is outside).
+        flat = points.reshape(-1, 3)
+        lo, hi = np.asarray(limits.workspace_min), np.asarray(limits.workspace_max)
+        outside = (flat[:, 2] < limits.floor_z - _EPS) | np.any((flat < lo - _EPS) | (flat > hi + _EPS), axis=1)
+        bad = np.flatnonzero(outside)
+        if bad.size:
+            k = int(bad[0]) // n
+            try:
+                limits.check_position(flat[int(bad[0])], k)
+            except SafetyViolation as exc:
+                problems.append((k, 2, exc.reason, f"step {k}: {exc.detail}"))
+        if problems:
+            k, _, reason, detail = min(problems)
+            raise SafetyViolation(reason, detail, k)
+
+        step_times = start_time + self.control_period * np.arange(1, K + 1)
+        self._check_rates(step_times, trans, angles)
+
+        # Orientation targets compose on the left (base-frame increments about the EE point).
+        dR = Rotation.from_rotvec(rotvecs).as_matrix()
+        target_rot = np.empty((K, 3, 3))
+        R = R0
+        for k in range(K):
+            R = dR[k] @ R
+            target_rot[k] = R
+        prev_rot = np.concatenate([R0[None], target_rot[:-1]])
+        partial = Rotation.from_rotvec((frac[None, :, None] * rotvecs[:, None, :]).reshape(-1, 3))
+        rpy = (partial * Rotation.from_matrix(np.repeat(prev_rot, n, axis=0))).as_euler("xyz")
+
+        for t, tr, ro in zip(step_times, trans, angles):
+            self._history.append((float(t), float(tr), float(ro)))
+        self._prune(float(step_times[-1]))
+        return Plan(
+            times=start_time + self.stream_period * np.arange(1, K * n + 1),
+            xyz=flat.copy(),
+            rpy=rpy,
+            gripper=np.repeat(actions[:, 6], n),
+            step=np.repeat(np.arange(K), n),
+            target_xyz=target_xyz,
+            target_rotation=target_rot,
+            start_time=float(start_time),
+            start_xyz=p0,
+            start_rotation=R0,
+        )
+
+    def _prune(self, now: float) -> None:
+        while self._history and self._history[0][0] <= now - self.limits.rate_window:
+            self._history.popleft()
+
+    def _check_rates(self, times: np.ndarray, trans: np.ndarray, rot: np.ndarray) -> None:
+        """Path length / turn angle within (t - window, t] for each new step t, history included."""
+        window = self.limits.rate_window
+        past = [h for h in self._history if h[0] > times[0] - window]
+        all_t = np.concatenate([[h[0] for h in past], times])
+        order = np.argsort(all_t, kind="stable")
+        all_t = all_t[order]
+        cum_tr = np.concatenate([[0.0], np.cumsum(np.concatenate([[h[1] for h in past], trans])[order])])
+        cum_ro = np.concatenate([[0.0], np.cumsum(np.concatenate([[h[2] for h in past], rot])[order])])
+        upper = np.searchsorted(all_t, times + _EPS, side="right")
+        lower = np.searchsorted(all_t, times - window + _EPS, side="right")
+        paths = cum_tr[upper] - cum_tr[lower]
+        turns = cum_ro[upper] - cum_ro[lower]
+        bad_tr = np.flatnonzero(paths > self.limits.max_translation_per_second * window + _EPS)
+        bad_ro = np.flatnonzero(turns > self.limits.max_rotation_per_second * window + _EPS)
+        if bad_tr.size and (not bad_ro.size or bad_tr[0] <= bad_ro[0]):
+            k = int(bad_tr[0])
+            raise SafetyViolation(
+                "translation_rate",
+                f"step {k} would make the EE travel {paths[k]:.3f} m within {window} s "
+                f"(limit {self.limits.max_translation_per_second} m/s)",
+                k,
+            )
+        if bad_ro.size:
+            k = int(bad_ro[0])
+            raise SafetyViolation(
+                "rotation_rate",
+                f"step {k} would turn the EE {turns[k]:.3f} rad within {window} s "
+                f"(limit {self.limits.max_rotation_per_second} rad/s)",
+                k,
+            )
+
+
+class ChunkExecutor:
+    """Queues accepted plans and yields the set-point due at each streaming tick.
+
+    A chunk that arrives while another runs is appended after it (its step indices follow on),
+    starting from the previous plan's last target. When idle, a new chunk starts from the last
+    target if one is known (target-delta control) and otherwise from the measured pose;
+    ``cancel()`` (stop, watchdog, e-stop, reconnect) forgets the last target.
+    """
+
+    def __init__(self, planner: TargetPlanner):
+        self.planner = planner
+        self._plans: deque[Plan] = deque()
+        self._index = 0  # next set-point of _plans[0]
+        self._last_target: tuple[np.ndarray, np.ndarray] | None = None
+        self._last_sent: SetPoint | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while set-points remain to be streamed."""
+        return bool(self._plans)
+
+    @property
+    def last_sent(self) -> SetPoint | None:
+        """The most recent set-point handed out (None after ``cancel()``)."""
+        return self._last_sent
+
+    @property
+    def end_time(self) -> float | None:
+        """When the queued motion ends (None when idle)."""
+        return self._plans[-1].end_time if self._plans else None
+
+    def submit(self, chunk, measured_xyz, measured_rpy, now: float) -> Plan:
+        """Plan a chunk after whatever is queued; raise ``SafetyViolation`` (nothing queued) if unsafe."""
+        measured_xyz = np.asarray(measured_xyz, dtype=np.float64)
+        if self._last_sent is not None:
+            error = float(np.linalg.norm(self._last_sent.xyz - measured_xyz))
+            if error > self.planner.limits.max_tracking_error:
+                raise SafetyViolation(
+                    "tracking_error",
+                    f"arm is {error * 1000:.0f} mm from its last set-point "
+                    f"(limit {self.planner.limits.max_tracking_error * 1000:.0f} mm); stop and re-sync",
+                )
+        if self._last_target is not None:
+            start_xyz, start_rot = self._last_target
+        else:
+            start_xyz, start_rot = measured_xyz, rpy_to_matrix(measured_rpy)
+        start_time = max(float(now), self._plans[-1].end_time) if self._plans else float(now)
+        plan = self.planner.plan(chunk, start_xyz, start_rot, start_time)
+        self._plans.append(plan)
+        self._last_target = (plan.final_xyz.copy(), plan.final_rotation.copy())
+        return plan
+
+    def next_setpoint(self, now: float) -> SetPoint | None:
+        """The newest not-yet-sent set-point whose time has come (older ones are skipped), or None."""
+        found: SetPoint | None = None
+        while self._plans:
+            plan = self._plans[0]
+            while self._index < len(plan) and plan.times[self._index] <= now + 1e-9:
+                found = plan.setpoint(self._index)
+                self._index += 1
+            if self._index >= len(plan):
+                self._plans.popleft()
+                self._index = 0
+                continue
+            break
+        if found is not None:
+            self._last_sent = found
+        return found
+
+    def cancel(self) -> None:
+        """Drop all queued motion and forget the last target (next chunk starts from the measured pose)."""
+        self._plans.clear()
+        self._index = 0
+        self._last_target = None
+        self._last_sent = None
+
+
+class Watchdog:
+    """Fires when no valid chunk was fed for ``timeout`` seconds.
+
+    Disarmed until the first ``feed()``; ``poll()`` returns True exactly once per expiry and then
+    disarms until the next ``feed()``. ``clock`` (or the ``now`` arguments) make it testable.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic):
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"watchdog timeout must be a positive number of seconds, got {timeout}")
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._last_feed: float | None = None
+        self.fired_count = 0
+
+    @property
+    def armed(self) -> bool:
+        """True between a ``feed()`` and the next expiry or ``disarm()``."""
+        return self._last_feed is not None
+
+    def feed(self, now: float | None = None) -> None:
+        """A valid chunk arrived: (re)arm and restart the timeout."""
+        self._last_feed = self._clock() if now is None else float(now)
+
+    def disarm(self) -> None:
+        """Stop watching (e.g. after a deliberate stop or while e-stopped)."""
+        self._last_feed = None
+
+    def remaining(self, now: float | None = None) -> float | None:
+        """Seconds until expiry (negative once expired), None when disarmed."""
+        if self._last_feed is None:
+            return None
+        now = self._clock() if now is None else float(now)
+        return self._last_feed + self.timeout - now
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when armed and the timeout has passed."""
+        remaining = self.remaining(now)
+        return remaining is not None and remaining < 0.0
+
+    def poll(self, now: float | None = None) -> bool:
+        """True once when the timeout passes (then disarmed)."""
+        if self.expired(now):
+            self._last_feed = None
+            self.fired_count += 1
+            return True
+        return False
+
+
+@dataclass
+class GripperCommander:
+    """Turns the per-step gripper action (1 open .. -1 closed) into sparse gripper commands.
+
+    Near the ends it uses the arm's open / force-controlled close; in between a position. A
+    command is sent only when it differs from the last one (by ``deadband`` of the full range for
+    positions), so a 20 Hz policy does not flood the gripper bus.
+    """
+
+    max_opening: float
+    force: float = 0.5
+    end_threshold: float = 0.9
+    deadband: float = 0.1
+    _last: tuple[str, float] | None = field(default=None, init=False)
+
+    def command_for(self, value: float) -> tuple[str, float] | None:
+        """("open"|"close"|"position", opening m) to send now, or None when nothing changes."""
+        value = float(np.clip(value, -1.0, 1.0))
+        if value >= self.end_threshold:
+            cmd = ("open", self.max_opening)
+        elif value <= -self.end_threshold:
+            cmd = ("close", 0.0)
+        else:
+            cmd = ("position", (value + 1.0) * 0.5 * self.max_opening)
+        last = self._last
+        unchanged = last is not None and last[0] == cmd[0]
+        if unchanged and (cmd[0] != "position" or abs(last[1] - cmd[1]) < self.deadband * self.max_opening):
+            return None
+        self._last = cmd
+        return cmd
+
+    def reset(self) -> None:
+        """Forget the last command (the next one is always sent)."""
+        self._last = None
+
+
+__all__ = [
+    "ChunkExecutor",
+    "FrameMapping",
+    "GripperCommander",
+    "Plan",
+    "SafetyLimits",
+    "SafetyViolation",
+    "SetPoint",
+    "TargetPlanner",
+    "Watchdog",
+]

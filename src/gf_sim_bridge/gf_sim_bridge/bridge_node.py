@@ -1,0 +1,204 @@
+"""sim_bridge node: the simulated arm, camera and table of the GrinningFace task on ROS 2 topics.
+
+Lock-step: nothing moves until an action chunk arrives; each accepted chunk runs one row per
+control step as fast as the machine allows, then the node publishes one observation (sim time on
+/clock, joint states, EE state, the camera image when anyone subscribes to it, optionally the
+privileged ground truth) and finally /gf/episode_status, which tells the policy that everything
+for that instant has been sent. Chunks are validated by gf_eval.action_space before any row
+runs; a rejected chunk is counted in the episode status and never executed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from geometry_msgs.msg import Point
+from gf_bringup.images import camera_info_msg, image_to_msg
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    declare_config,
+    latched_qos,
+    ns_to_stamp,
+    reliable_qos,
+    run_node,
+    sensor_qos,
+)
+from gf_eval.action_space import ChunkRejected, validate_chunk
+from gf_eval.ros_msgs import trial_from_msg
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState
+from gf_interfaces.srv import ResetTrial
+from gf_sim_bridge.session import SimConfig, SimSession
+
+
+@dataclass
+class BridgeConfig:
+    robot: str = config_field("widowx", "robot in the scene: widowx (WidowX 250 S) or panda")
+    image_size: int = config_field(224, "policy camera resolution (square, pixels)")
+    split: str = config_field("gf-default-v1", "emoji split file (name or path) the trials come from")
+    max_steps: int = config_field(200, "episode length in control steps")
+    render: str = config_field("auto", "camera rendering: auto (when /camera/image_raw has subscribers), always, never")
+    ground_truth: bool = config_field(False, "publish privileged simulator state on /gf/sim_state (oracle baselines only)")
+    frame_id: str = config_field("base_link", "frame of the EE state and action deltas")
+    viewer: bool = config_field(False, "open the SAPIEN viewer window and draw every executed chunk (needs a display)")
+
+
+class SimBridgeNode(Node):
+    """Adapter: SimSession <-> topics and the reset_trial service."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__("sim_bridge", **node_kwargs)
+
+
+        self.cfg = declare_config(self, BridgeConfig)
+        started = time.perf_counter()
+        self.session = SimSession(SimConfig(
+            robot=self.cfg.robot, image_size=self.cfg.image_size, split=self.cfg.split, max_steps=self.cfg.max_steps,
+        ), render_mode="human" if self.cfg.viewer else None)
+        self.pub_clock = self.create_publisher(Clock, "/clock", reliable_qos(10))
+        self.pub_image = self.create_publisher(Image, "/camera/image_raw", sensor_qos())
+        self.pub_info = self.create_publisher(CameraInfo, "/camera/camera_info", sensor_qos())
+        self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
+        self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
+        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
+        self.pub_truth = (
+            self.create_publisher(SimState, "/gf/sim_state", reliable_qos()) if self.cfg.ground_truth else None
+        )
+        self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
+        self.create_service(ResetTrial, "reset_trial", self._on_reset)
+        self.get_logger().info(
+            f"sim bridge ready ({self.cfg.robot}, {self.cfg.image_size}px, render={self.cfg.render}, "
+            f"ground_truth={self.cfg.ground_truth}) in {time.perf_counter() - started:.1f} s"
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- callbacks -------------------------------------------------------------------------
+
+    def _on_reset(self, request, response):
+
+        try:
+            trial = trial_from_msg(request.trial)
+            self.session.reset(trial)
+        except Exception as exc:  # noqa: BLE001 - report any failure to the caller
+            response.ok, response.message = False, f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"reset_trial failed: {response.message}")
+            return response
+        response.ok, response.message = True, f"reset to {trial.trial_id}"
+        self._publish_observation()
+        return response
+
+    def _on_chunk(self, msg) -> None:
+
+        session = self.session
+        running = session.trial is not None and not session.status.done
+        try:
+            if not running:
+                raise ChunkRejected("no_episode", f"chunk for {msg.trial_id!r} but no episode is running")
+            chunk = validate_chunk(
+                trial_id=msg.trial_id, step_index=msg.step_index, horizon=msg.horizon,
+                execute_steps=msg.execute_steps, action_dim=msg.action_dim, action_space=msg.action_space,
+                data=msg.data, expected_trial_id=session.status.trial_id, next_step=session.status.step,
+            )
+        except ChunkRejected as exc:
+            if running:
+                session.reject(exc.reason)
+                self.get_logger().warning(f"rejected action chunk: {exc}")
+                self._publish_status(session.sim_time_ns)
+            else:
+                self.get_logger().debug(f"ignored action chunk: {exc}")
+            return
+        session.execute(chunk)
+        if self.cfg.viewer:
+            session.env.render()
+        self._publish_observation()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def _wants_image(self) -> bool:
+        if self.cfg.render == "always":
+            return True
+        if self.cfg.render == "never":
+            return False
+        return self.pub_image.get_subscription_count() > 0
+
+    def _publish_observation(self) -> None:
+
+
+        render = self._wants_image()
+        obs = self.session.observe(render=render, privileged=self.pub_truth is not None)
+        stamp = ns_to_stamp(obs.sim_time_ns)
+        self.pub_clock.publish(Clock(clock=stamp))
+        if obs.image is not None:
+            h, w = obs.image.shape[:2]
+            self.pub_image.publish(image_to_msg(obs.image, stamp))
+            self.pub_info.publish(camera_info_msg(self.session.task.camera_intrinsics(), w, h, stamp))
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = obs.joint_names
+        joints.position = obs.joint_positions.astype(float).tolist()
+        joints.velocity = obs.joint_velocities.astype(float).tolist()
+        self.pub_joints.publish(joints)
+        ee = EeState()
+        ee.header.stamp = stamp
+        ee.header.frame_id = self.cfg.frame_id
+        position, quat = obs.tcp_pose_base
+        ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = (float(v) for v in position)
+        ee.pose.orientation.x, ee.pose.orientation.y, ee.pose.orientation.z, ee.pose.orientation.w = (float(v) for v in quat)
+        ee.rpy = [float(v) for v in obs.proprio[3:6]]
+        ee.gripper_opening = float(obs.gripper_opening)
+        ee.gripper_opening_max = float(self.session.task.robot.gripper_opening_max)
+        ee.proprio = [float(v) for v in obs.proprio]
+        self.pub_ee.publish(ee)
+        if self.pub_truth is not None:
+            self.pub_truth.publish(self._sim_state_msg(obs, stamp))
+        self._publish_status(obs.sim_time_ns)
+
+    def _sim_state_msg(self, obs, stamp):
+
+
+        truth = obs.privileged
+        msg = SimState()
+        msg.header.stamp = stamp
+        msg.header.frame_id = "world"
+        msg.trial_id = self.session.status.trial_id
+        msg.step = obs.step
+        msg.cube_pose.position.x, msg.cube_pose.position.y, msg.cube_pose.position.z = (float(v) for v in truth["cube_pos"])
+        msg.tcp_pose.position.x, msg.tcp_pose.position.y, msg.tcp_pose.position.z = (float(v) for v in truth["tcp_pos"])
+        w, x, y, z = (float(v) for v in truth["tcp_quat_wxyz"])
+        msg.tcp_pose.orientation.x, msg.tcp_pose.orientation.y, msg.tcp_pose.orientation.z, msg.tcp_pose.orientation.w = x, y, z, w
+        msg.cube_half_size = float(self.session.task.geometry.cube_half_size)
+        msg.grasped = bool(truth["cube_grasped"])
+        msg.gripper_opening = float(truth["gripper_opening"])
+        msg.card_positions = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in truth["card_positions"]]
+        return msg
+
+    def _publish_status(self, sim_time_ns: int) -> None:
+
+        s = self.session.status
+        msg = EpisodeStatus()
+        msg.header.stamp = ns_to_stamp(sim_time_ns)
+        msg.trial_id = s.trial_id
+        msg.step = s.step
+        msg.done = s.done
+        msg.reason = s.reason
+        msg.placed_card = s.placed_card
+        msg.success = s.success
+        msg.upstream_success = s.upstream_success
+        msg.cube_released = s.cube_released
+        msg.arm_still = s.arm_still
+        msg.card_distances = [float(d) for d in s.card_distances]
+        msg.chunks_executed = s.chunks_executed
+        msg.chunks_rejected = s.chunks_rejected
+        msg.last_rejection = s.last_rejection
+        self.pub_status.publish(msg)
+
+
+def main(args=None) -> int:
+    return run_node(SimBridgeNode, args, help_text=f"gf-sim-bridge --ros-args [-p name:=value ...]\n\nparameters:\n{config_help(BridgeConfig)}")

@@ -1,0 +1,127 @@
+"""The ManiSkill task: the right cards are rendered where they are, resets are exact, the expert works."""
+
+import dataclasses
+
+import cv2
+import gymnasium as gym
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+import gf_sim_bridge.env  # noqa: F401 - registers GrinningFace-v1
+from gf_eval.catalog import load_catalog, render_card
+from gf_eval.trials import make_trial
+from gf_sim_bridge.expert import ScriptedExpert
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make("GrinningFace-v1", image_size=256, emoji_fraction=0.8)
+    yield e
+    e.close()
+
+
+def card_quad(task, card, half, z):
+    """Image positions of the card texture's corners (top-left, top-right, bottom-right, bottom-left)."""
+    corners = np.array([[card.x + half, card.y + half, z], [card.x + half, card.y - half, z],
+                        [card.x - half, card.y - half, z], [card.x - half, card.y + half, z], ])
+    k, extr = task.camera_intrinsics(), task.camera_extrinsics()
+    cam = (extr[:3, :3] @ corners.T + extr[:3, 3:]).T
+    pix = (k @ cam.T).T
+    return (pix[:, :2] / pix[:, 2:]).astype(np.float32)
+
+
+def test_the_three_rendered_cards_show_the_trials_emojis(env):
+    task = env.unwrapped
+    trial = make_trial("Val", 3)
+    env.reset(seed=trial.seed, options={"trial": trial})
+    image = task.policy_image()
+    g = trial.geometry
+    catalog = load_catalog()
+    quads = [card_quad(task, c, g.card_half_size, 2 * g.card_half_thickness) for c in trial.cards]
+    expected = [np.asarray(render_card(catalog[c.emoji_id], 256, 0.8)) for c in trial.cards]
+
+    def similarity(quad, card_img):
+        h = cv2.getPerspectiveTransform(np.float32([[0, 0], [255, 0], [255, 255], [0, 255]]), quad)
+        warped = cv2.warpPerspective(card_img, h, image.shape[1::-1]).astype(float)
+        mask = cv2.warpPerspective(np.ones((256, 256), np.uint8), h, image.shape[1::-1]).astype(bool)
+        mask = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        a, b = image[mask].astype(float).ravel(), warped[mask].ravel()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    scores = np.array([[similarity(q, e) for e in expected] for q in quads])
+    for i in range(3):
+        assert scores[i, i] > 0.6, scores
+        assert scores[i, i] > max(np.delete(scores[i], i)) + 0.2, scores  # its own emoji, not another
+    regions = [image[int(q[:, 1].min()):int(q[:, 1].max()), int(q[:, 0].min()):int(q[:, 0].max())] for q in quads]
+    assert all(r.std() > 20 for r in regions)
+
+
+def test_reset_reproduces_a_trial_exactly_whatever_ran_before(env):
+    task = env.unwrapped
+    expert = ScriptedExpert()
+
+    def run(index):
+        trial = make_trial("Train", index)
+        env.reset(seed=trial.seed, options={"trial": trial})
+        expert.reset(seed=trial.seed)
+        states = []
+        for _ in range(40):
+            env.step(expert.act(task.privileged_state()))
+            states.append(task.privileged_state()["cube_pos"].copy())
+        return np.array(states), task.policy_image()
+
+    first, image_first = run(4)
+    run(9)
+    again, image_again = run(4)
+    assert np.array_equal(first, again)
+    assert np.array_equal(image_first, image_again)
+
+
+def test_proprio_is_base_frame_position_true_euler_angles_and_normalised_gripper(env):
+    task = env.unwrapped
+    trial = make_trial("Train", 0)
+    env.reset(seed=trial.seed, options={"trial": trial})
+    proprio = task.proprio()
+    p, q = task.tcp_pose_world()
+    assert np.allclose(proprio[:3], p - np.array(task.robot.base_xyz), atol=1e-5)
+    rebuilt = Rotation.from_euler("xyz", proprio[3:6]).as_quat()  # x, y, z, w
+    assert abs(abs(np.dot(rebuilt, [q[1], q[2], q[3], q[0]])) - 1) < 1e-5
+    assert 0.8 < proprio[6] <= 1.0  # open gripper
+
+
+def test_sizes_other_than_the_built_scene_are_refused(env):
+    trial = make_trial("Train", 0)
+    bigger = dataclasses.replace(trial, geometry=dataclasses.replace(trial.geometry, cube_half_size=0.03))
+    with pytest.raises(ValueError, match="sizes this scene was not built with"):
+        env.reset(seed=0, options={"trial": bigger})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["Train", "Val"])
+def test_scripted_expert_succeeds(protocol):
+    env = gym.make("GrinningFace-v1", obs_mode="none")
+    task, expert, outcomes = env.unwrapped, ScriptedExpert(), []
+    for i in range(12):
+        trial = make_trial(protocol, i)
+        env.reset(seed=trial.seed, options={"trial": trial})
+        expert.reset(seed=trial.seed)
+        for _ in range(200):
+            _, _, _, _, info = env.step(expert.act(task.privileged_state()))
+            if bool(info["success"][0]):
+                break
+        outcomes.append(bool(info["success"][0]))
+    env.close()
+    assert sum(outcomes) >= 11, outcomes
+
+
+def test_wrong_card_expert_places_on_another_card(env):
+    task = env.unwrapped
+    trial = make_trial("Val", 7)
+    env.reset(seed=trial.seed, options={"trial": trial})
+    expert = ScriptedExpert(wrong_card=True)
+    expert.reset(seed=1)
+    for _ in range(120):
+        _, _, _, _, info = env.step(expert.act(task.privileged_state()))
+    assert bool(info["executed"][0]) and not bool(info["success"][0])
+    assert int(info["placed_card"][0]) == expert.chosen_card(trial.target_index) != trial.target_index
