@@ -1,14 +1,18 @@
 # GrinningFace workspace. `make eval` and `make test` are the README's two commands.
 VENV ?= .venv
 ARGS ?=
+TRIALS ?= 20
+OUT ?= outputs/baselines
 
 .PHONY: setup eval test test-fast lint lock clean
 
 setup:            ## install system packages, .venv, ROS 2 wheels, gf_interfaces, workspace packages
 	scripts/setup.sh
 
-eval: setup       ## the main job: a simulated GrinningFace evaluation with the default baselines
-	$(VENV)/bin/gf-launch sim_eval $(ARGS)
+eval: setup       ## the main job: simulated GrinningFace evaluation of the oracle and chance baselines
+	$(VENV)/bin/gf-launch sim_eval policy:=oracle trials:=$(TRIALS) output_dir:=$(OUT)/oracle $(ARGS)
+	$(VENV)/bin/gf-launch sim_eval policy:=chance trials:=$(TRIALS) output_dir:=$(OUT)/chance $(ARGS)
+	$(VENV)/bin/gf-report compare $(OUT)/oracle $(OUT)/chance --plot $(OUT)/comparison.png
 
 test: setup       ## every test, end-to-end ones included
 	scripts/test.sh $(ARGS)

@@ -25,6 +25,9 @@ setup(
         "console_scripts": [
             "gf-sim-bridge = gf_sim_bridge.bridge_node:main",
         ],
+        "gf.bench": [
+            "sim = gf_sim_bridge.bench:main",
+        ],
         "gf.doctor": [
             "vulkan = gf_sim_bridge.checks:check_vulkan",
             "assets = gf_sim_bridge.checks:check_robot_assets",

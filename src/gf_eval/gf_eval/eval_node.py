@@ -141,12 +141,11 @@ class EvalNode(Node):
         msg = trial_to_msg(spec, self.get_clock().now().to_msg())
         self.pub_trial.publish(msg)
         future = self.reset_client.call_async(ResetTrial.Request(trial=msg))
-        deadline = time.monotonic() + self.cfg.startup_timeout_s
-        while not future.done():
-            if time.monotonic() > deadline:
-                self.get_logger().error(f"reset_trial for {spec.trial_id} timed out")
-                return None
-            time.sleep(0.002)
+        answered = threading.Event()
+        future.add_done_callback(lambda _: answered.set())
+        if not answered.wait(timeout=self.cfg.startup_timeout_s):
+            self.get_logger().error(f"reset_trial for {spec.trial_id} timed out")
+            return None
         response = future.result()
         if not response.ok:
             self.get_logger().error(f"the sim bridge refused {spec.trial_id}: {response.message}")

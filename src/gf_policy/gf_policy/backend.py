@@ -52,13 +52,16 @@ class PolicyBackend(ABC):
     """Base class of policy backends.
 
     Class attributes tell the node what to subscribe to: ``needs_image`` (camera),
-    ``needs_privileged`` (simulator ground truth, which the sim only publishes for oracles).
+    ``needs_privileged`` (simulator ground truth, which the sim only publishes for oracles), and
+    whether inference is cheap enough to run on the ROS thread (``runs_inline``).
     Constructor keyword arguments come from the node's ``backend_args`` parameter (YAML).
     """
 
     name: str = "base"
     needs_image: bool = True
     needs_privileged: bool = False
+    # act() takes microseconds (scripted baselines): run it on the ROS thread, saving a thread hop per step.
+    runs_inline: bool = False
 
     def reset(self, trial: TrialSpec) -> None:
         """A new trial starts (called before its first observation)."""

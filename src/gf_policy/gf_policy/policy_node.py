@@ -158,7 +158,10 @@ class PolicyNode(Node):
                 return
             self._acted.add(key)
             self._pending = None
-        self._worker.submit(self._infer_and_publish, obs)
+        if self.backend.runs_inline:
+            self._infer_and_publish(obs)
+        else:
+            self._worker.submit(self._infer_and_publish, obs)
 
     def _stream_tick(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ class OracleBackend(PolicyBackend):
     name = "oracle"
     needs_image = False
     needs_privileged = True
+    runs_inline = True
 
     def __init__(self, action_noise: float = 0.0):
         self.expert = ScriptedExpert(ExpertConfig(action_noise=action_noise))

@@ -1,0 +1,174 @@
+"""gf-bench eval: trials per hour through the ROS graph vs. the same policy in one Python loop.
+
+1. Reference: the oracle backend drives a SimSession directly (no ROS), N Val trials.
+2. The real graph: ``gf-launch sim_eval policy:=oracle`` with the same N trials; per-trial wall
+   time from results.jsonl (start-up excluded, reported separately).
+3. Image path: a policy-side node sends one-step chunks to a sim bridge rendering every
+   observation and times chunk -> image-in-callback, next to step + render measured in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def direct_loop(trials: int, protocol: str = "Val") -> tuple[float, float]:
+    """(seconds per trial, success rate) of the oracle driving a SimSession in one process."""
+    from gf_eval.action_space import validate_chunk
+    from gf_eval.trials import make_trial
+    from gf_policy.backend import PolicyObservation
+    from gf_policy.backends.scripted import OracleBackend
+    from gf_sim_bridge.session import SimSession
+
+    session, backend, successes = SimSession(), OracleBackend(), 0
+    start = time.perf_counter()
+    for i in range(trials):
+        trial = make_trial(protocol, i)
+        session.reset(trial)
+        backend.reset(trial)
+        while not session.status.done:
+            obs = session.observe(render=False, privileged=True)
+            plan = backend.act(PolicyObservation(trial=trial, step=obs.step, proprio=obs.proprio, privileged=obs.privileged))
+            chunk = validate_chunk(trial_id=trial.trial_id, step_index=obs.step, horizon=len(plan.actions), execute_steps=0,
+                                   action_dim=7, action_space=plan.action_space, data=plan.actions.reshape(-1),
+                                   expected_trial_id=trial.trial_id, next_step=session.status.step)
+            session.execute(chunk)
+        successes += session.status.success
+    elapsed = time.perf_counter() - start
+    session.close()
+    return elapsed / trials, successes / trials
+
+
+def ros_graph(trials: int, protocol: str = "Val") -> tuple[float, float, float]:
+    """(seconds per trial, success rate, start-up seconds) through gf-launch sim_eval."""
+    from gf_eval.results import ResultsFile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "gf-launch"), "sim_eval", "policy:=oracle", f"trials:={trials}",
+             f"protocols:=[{protocol}]", f"output_dir:={out}"], capture_output=True, text=True,
+        )
+        total = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"gf-launch failed:\n{proc.stdout[-3000:]}")
+        records = ResultsFile(out).read()
+    per_trial = sum(r.wall_time for r in records) / len(records)
+    return per_trial, sum(r.success for r in records) / len(records), total - per_trial * len(records)
+
+
+def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
+    """(chunk -> image-in-callback latencies in ms, in-process step + render ms)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from gf_bringup.rosutil import latched_qos, reliable_qos, sensor_qos
+    from gf_eval.ros_msgs import trial_to_msg
+    from gf_eval.trials import make_trial
+    from gf_interfaces.msg import ActionChunk, EpisodeStatus
+    from gf_interfaces.srv import ResetTrial
+    from gf_sim_bridge.session import SimConfig, SimSession
+
+    session = SimSession(SimConfig(image_size=image_size))
+    trial = make_trial("Val", 0)
+    session.reset(trial)
+    from gf_eval.action_space import validate_chunk
+
+    costs = []
+    for step in range(20):
+        chunk = validate_chunk(trial_id=trial.trial_id, step_index=step, horizon=1, execute_steps=0, action_dim=7,
+                               action_space="ee_delta_pose", data=np.zeros(7), expected_trial_id=trial.trial_id, next_step=step)
+        t0 = time.perf_counter()
+        session.execute(chunk)
+        session.observe(render=True)
+        costs.append(time.perf_counter() - t0)
+    session.close()
+    in_process_ms = 1000 * float(np.median(costs))
+
+    bridge = subprocess.Popen([str(Path(sys.executable).parent / "gf-sim-bridge"), "--ros-args", "-p", "render:=always",
+                               "-p", f"image_size:={image_size}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("latency_probe", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        state = {"sent": None, "latencies": [], "step": 0, "done": False}
+        lock = threading.Lock()
+
+        def on_image(msg):
+            with lock:
+                if state["sent"] is not None:
+                    state["latencies"].append(time.perf_counter() - state["sent"])
+                    state["sent"] = None
+
+        def on_status(msg):
+            with lock:
+                state["step"], state["done"] = msg.step, msg.done
+
+        node.create_subscription(Image, "/camera/image_raw", on_image, sensor_qos())
+        node.create_subscription(EpisodeStatus, "/gf/episode_status", on_status, latched_qos(1))
+        pub = node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
+        client = node.create_client(ResetTrial, "reset_trial")
+        if not client.wait_for_service(timeout_sec=120):
+            raise RuntimeError("the sim bridge did not start")
+        future = client.call_async(ResetTrial.Request(trial=trial_to_msg(trial)))
+        executor.spin_until_future_complete(future, timeout_sec=60)
+        while pub.get_subscription_count() == 0:
+            executor.spin_once(timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.5)
+        while len(state["latencies"]) < samples:
+            if state["done"]:
+                future = client.call_async(ResetTrial.Request(trial=trial_to_msg(trial)))
+                executor.spin_until_future_complete(future, timeout_sec=60)
+                state["done"], state["step"] = False, 0
+            with lock:
+                state["sent"] = time.perf_counter()
+            msg = ActionChunk(trial_id=trial.trial_id, step_index=state["step"], horizon=1, execute_steps=0, action_dim=7,
+                              action_space="ee_delta_pose")
+            msg.data = [0.0] * 7
+            pub.publish(msg)
+            deadline = time.perf_counter() + 5
+            while state["sent"] is not None and time.perf_counter() < deadline:
+                executor.spin_once(timeout_sec=0.01)
+            executor.spin_once(timeout_sec=0.0)
+        return 1000 * np.array(state["latencies"]), in_process_ms
+    finally:
+        rclpy.shutdown(context=context)
+        bridge.terminate()
+        bridge.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gf-bench eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=60, help="image latency samples")
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(__import__("gf_bringup.runtime").runtime.random_domain_id()))
+    print(f"oracle on {args.trials} Val trials: direct loop, then the ROS graph; then the image path ...", flush=True)
+    direct_s, direct_sr = direct_loop(args.trials)
+    graph_s, graph_sr, startup = ros_graph(args.trials)
+    latencies, in_process = image_latency(args.samples, args.image_size)
+    print(f"\n{'':36s}{'ROS graph':>12s}{'direct loop (ref)':>20s}")
+    print(f"{'trials per hour':36s}{3600 / graph_s:12.0f}{3600 / direct_s:20.0f}   "
+          f"graph = {100 * direct_s / graph_s:.0f}% of the direct loop (target >= 85%)")
+    print(f"{'seconds per trial':36s}{graph_s:12.2f}{direct_s:20.2f}")
+    print(f"{'oracle success rate':36s}{100 * graph_sr:11.0f}%{100 * direct_sr:19.0f}%")
+    print(f"graph start-up (processes, model/scene loading): {startup:.1f} s")
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(f"\nimage path ({args.image_size}px): chunk -> step -> render -> /camera/image_raw -> callback: "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; in-process step + render (ref): {in_process:.1f} ms; "
+          f"ROS overhead p50 {p50 - in_process:.1f} ms")
+    return 0

@@ -1,0 +1,259 @@
+"""Training-run configuration: YAML files with inheritance, ``key=value`` overrides, typed sections.
+
+A config file may start with ``inherit: base.yaml`` (or a list of files, applied left to right);
+paths are relative to the file that names them, bare names are also looked up in the shipped
+``gf_training/configs/``. The inheriting file is deep-merged over its parents: mappings merge key by
+key, everything else (numbers, strings, lists) is replaced. Command-line overrides
+``section.key=value`` are applied last, with ``value`` parsed as YAML (``train.save_steps=[10,20]``,
+``model.path=null``). Unknown keys are errors, so a typo never passes silently.
+
+Sections (see ``configs/base.yaml`` for every key with its default and meaning):
+``model`` (initialisation and VLAConfig overrides), ``scheme`` (``gf_training.schemes``),
+``data``, ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
+``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gf_training.data import AugmentConfig
+from gf_training.schemes import SchemeConfig
+
+# The shipped configs, installed with the package (gf_training/configs).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MODEL_INITS = ("tiny", "config", "paligemma", "pi0", "checkpoint")
+
+
+@dataclass
+class ModelSection:
+    """Where the weights come from. ``init``:
+
+    * ``tiny``: ``VLAConfig.tiny(**config)``, random weights (tests, smoke runs);
+    * ``config``: ``VLAConfig(**config)``, random weights (pi0 sizes by default);
+    * ``paligemma``: a local Hugging Face PaliGemma directory (``path``) + a new action expert;
+    * ``pi0``: a pi0 checkpoint (transformers or LeRobot layout) at ``path``;
+    * ``checkpoint``: one of our checkpoints (e.g. a pre-training run's ``step_030000``).
+    """
+
+    init: str = "tiny"
+    path: str | None = None
+    tokenizer: str | None = None  # tokenizer directory; default: from ``path``, or trained offline (tiny)
+    config: dict[str, Any] = field(default_factory=dict)  # VLAConfig field overrides
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.init not in MODEL_INITS:
+            raise ValueError(f"model.init must be one of {MODEL_INITS}, not {self.init!r}")
+        if self.init in ("paligemma", "pi0", "checkpoint") and not self.path:
+            raise ValueError(f"model.init={self.init} needs model.path (a local directory)")
+
+
+@dataclass
+class DataSection:
+    demo_dirs: list[str] = field(default_factory=list)
+    # Generated episodes instead of demos, e.g. {num_episodes: 4, length: 12, seed: 0} (tests, benchmarks).
+    synthetic: dict[str, Any] | None = None
+    cache_dir: str | None = None  # decoded-episode cache; default ~/.cache/grinningface/episodes
+    include_failed: bool = False
+    include_incomplete: bool = False
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.demo_dirs, str):
+            self.demo_dirs = [self.demo_dirs]
+        if isinstance(self.augment, dict):
+            self.augment = _build(AugmentConfig, self.augment, "data.augment")
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warmup then cosine decay to ``min_lr`` (openpi's pi0 fine-tuning values)."""
+
+    lr: float = 2.5e-5
+    min_lr: float = 2.5e-6
+    warmup_steps: int = 1000
+    decay_steps: int | None = None  # cosine length incl. warmup; default: train.steps
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 1e-10
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError("need 0 <= optim.min_lr <= optim.lr and optim.lr > 0")
+
+
+@dataclass
+class TrainSection:
+    steps: int = 30_000
+    batch_size: int = 1024  # global samples per optimiser step (all ranks, all accumulation steps)
+    micro_batch_size: int = 32  # samples per rank per forward/backward
+    save_steps: list[int] = field(default_factory=lambda: [5_000, 10_000, 20_000, 30_000])
+    log_every: int = 10
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    compile: str | bool = "auto"  # auto (on CUDA) | true | false
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    resume: str | bool = "auto"  # auto (latest checkpoint in output_dir, if any) | false | a checkpoint dir
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.micro_batch_size < 1 or self.batch_size < 1:
+            raise ValueError("train.steps, train.batch_size and train.micro_batch_size must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if str(self.compile).lower() not in ("auto", "true", "false"):
+            raise ValueError(f"train.compile must be auto, true or false, not {self.compile!r}")
+        self.save_steps = sorted({int(s) for s in self.save_steps})
+
+
+@dataclass
+class DistributedSection:
+    """Multi-process training; ranks come from the launcher's environment (``torchrun`` or
+    ``accelerate launch``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+
+    strategy: str = "ddp"  # ddp | fsdp
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    init_method: str = "env://"
+    find_unused_parameters: bool = True  # the last VLM layer's MLP is unused on the action path
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed.strategy must be ddp or fsdp, not {self.strategy!r}")
+
+
+@dataclass
+class LoggingSection:
+    tensorboard: bool = True
+    wandb: bool = False  # needs the optional wandb package
+    wandb_project: str = "grinningface"
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    scheme: SchemeConfig = field(default_factory=SchemeConfig)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-serialisable)."""
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build and validate from a nested dict (unknown keys are errors)."""
+        return _build(cls, data, "")
+
+
+def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    data = dict(data or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get((cls, name))
+        kwargs[name] = _build(sub, value, f"{where}.{name}".strip(".")) if sub and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    (TrainConfig, "model"): ModelSection,
+    (TrainConfig, "scheme"): SchemeConfig,
+    (TrainConfig, "data"): DataSection,
+    (TrainConfig, "optim"): OptimSection,
+    (TrainConfig, "train"): TrainSection,
+    (TrainConfig, "distributed"): DistributedSection,
+    (TrainConfig, "logging"): LoggingSection,
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge recursively, other values are replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file: as given, relative to the including file, or in the shipped configs."""
+    path = Path(name)
+    candidates = [path] if path.is_absolute() else [
+        *([relative_to / path] if relative_to else []), path, CONFIG_DIR / path,
+        *([CONFIG_DIR / f"{path}.yaml"] if path.suffix == "" else []),
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise FileNotFoundError(f"config {name} not found (looked in: {', '.join(str(c) for c in candidates)})")
+
+
+def load_yaml_with_inheritance(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged mapping of a config file and everything it inherits."""
+    path = resolve_config_path(path) if not _chain else Path(path)
+    if path in _chain:
+        raise ValueError(f"config inheritance cycle: {' -> '.join(map(str, (*_chain, path)))}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping")
+    parents = data.pop("inherit", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = resolve_config_path(parent, relative_to=path.parent)
+        merged = deep_merge(merged, load_yaml_with_inheritance(parent_path, (*_chain, path)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested mapping."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a config file (with inheritance), apply overrides, validate."""
+    return TrainConfig.from_dict(apply_overrides(load_yaml_with_inheritance(path), list(overrides or [])))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML (written to every run directory)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

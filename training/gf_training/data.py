@@ -1,0 +1,554 @@
+"""Training data: action-chunk windows over demonstration episodes, augmentation and collation.
+
+Pipeline::
+
+    demo dir (manifest.jsonl + one MCAP bag per episode)
+      -> load_demo_episodes()   decode each bag once into a cache (images already resized to the
+                                model's input size, memory-mapped .npy files keyed by the bag's
+                                fingerprint), so later epochs and runs never re-parse bags
+      -> ChunkDataset           one sample per step t: image_t, proprio_t, instruction and the
+                                action chunk actions[t : t + H], padded past the episode end
+                                (``action_is_pad``), proprio/actions normalised with NormStats
+      -> VLACollator            VLAProcessor (pixel values, prompt tokens) + optional image
+                                augmentation in pure torch -> the batch ``PI0StyleVLA.compute_loss``
+                                takes
+
+The dataset core works on any sequence of episode-like objects (``images`` (T,H,W,3) uint8,
+``proprio`` (T,7), ``actions`` (T,7), ``instruction``), so tests and benchmarks need no bags;
+``ChunkDataset.from_demo_dirs`` is the thin layer on top of ``gf_teleop.episodes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gf_policy.vla import NormStats, VLAProcessor
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+CACHE_FORMAT = 1  # bump when the cached layout or decoding changes: old entries are rebuilt
+_FINGERPRINT_BYTES = 1 << 16
+
+
+class EpisodeLike(Protocol):
+    """What the dataset needs of an episode (``gf_teleop.episodes.Episode`` satisfies it)."""
+
+    images: np.ndarray  # (T, H, W, 3) uint8
+    proprio: np.ndarray  # (T, proprio_dim)
+    actions: np.ndarray  # (T, action_dim): the action executed at step t
+    instruction: str
+
+
+@dataclass
+class DecodedEpisode:
+    """An episode in training form (images usually at the model's input size)."""
+
+    images: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    instruction: str
+    episode_id: str = ""
+    trial: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_episode(self)
+
+    @property
+    def length(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def check_episode(ep: EpisodeLike, name: str = "episode") -> None:
+    """Raise ``ValueError`` if the arrays of an episode do not line up."""
+    images, proprio, actions = ep.images, ep.proprio, ep.actions
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{name}: images must be (T, H, W, 3) uint8, got {images.dtype} {images.shape}")
+    if proprio.ndim != 2 or actions.ndim != 2:
+        raise ValueError(f"{name}: proprio and actions must be (T, dim), got {proprio.shape} / {actions.shape}")
+    if not images.shape[0] == proprio.shape[0] == actions.shape[0] or actions.shape[0] == 0:
+        raise ValueError(
+            f"{name}: {images.shape[0]} images, {proprio.shape[0]} proprio rows and {actions.shape[0]} actions "
+            "(must be equal and > 0)"
+        )
+    if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
+        raise ValueError(f"{name}: proprio/actions contain NaN or infinite values")
+
+
+def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3), bicubic like ``VLAProcessor`` (so a cached frame
+    gives the same pixel values the processor would compute from the original)."""
+    if size is None or images.shape[1:3] == (size, size):
+        return np.ascontiguousarray(images)
+    out = np.empty((images.shape[0], size, size, 3), dtype=np.uint8)
+    for i, frame in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(np.asarray(frame)).resize((size, size), Image.Resampling.BICUBIC))
+    return out
+
+
+def decode(ep: EpisodeLike, image_size: int | None = None, episode_id: str = "", trial: dict | None = None) -> DecodedEpisode:
+    """Any episode-like object -> ``DecodedEpisode`` (images resized, float32 arrays)."""
+    check_episode(ep)
+    return DecodedEpisode(
+        images=resize_images(np.asarray(ep.images), image_size),
+        proprio=np.asarray(ep.proprio, dtype=np.float32),
+        actions=np.asarray(ep.actions, dtype=np.float32),
+        instruction=str(ep.instruction),
+        episode_id=episode_id,
+        trial=trial,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache of decoded episodes
+# ---------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$GF_CACHE_DIR`` or ``$XDG_CACHE_HOME/grinningface`` (``~/.cache/grinningface``) + ``/episodes``."""
+    root = os.environ.get("GF_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grinningface"
+    return Path(root) / "episodes"
+
+
+def bag_fingerprint(bag: str | Path) -> str:
+    """A content fingerprint of a bag (an ``.mcap`` file or a rosbag2 directory).
+
+    Hashes each file's name, size and its first and last 64 KiB: MCAP files end with a summary
+    and footer (with CRCs), so any re-recording changes the tail, while hashing whole
+    multi-hundred-MB bags for every run would cost more than decoding them.
+    """
+    bag = Path(bag)
+    if not bag.exists():
+        raise FileNotFoundError(f"bag {bag} does not exist")
+    files = sorted(p for p in bag.rglob("*") if p.is_file()) if bag.is_dir() else [bag]
+    h = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(bag) if bag.is_dir() else path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(_FINGERPRINT_BYTES))
+            if size > _FINGERPRINT_BYTES:
+                f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+                h.update(f.read())
+    return h.hexdigest()[:24]
+
+
+class EpisodeCache:
+    """Decoded episodes on disk: ``ROOT/<bag fingerprint>-s<image size>-v<format>/``.
+
+    Each entry holds ``images.npy`` (memory-mapped when read, so many DataLoader workers share
+    the page cache), ``proprio.npy``, ``actions.npy`` and ``meta.json``. Entries are written to a
+    temporary directory and renamed into place, so an interrupted build never leaves a broken
+    entry, and concurrent builders (DDP ranks) cannot corrupt each other.
+    """
+
+    def __init__(self, root: str | Path, image_size: int | None):
+        self.root = Path(root)
+        self.image_size = image_size
+
+    def key(self, fingerprint: str) -> str:
+        return f"{fingerprint}-s{self.image_size or 'orig'}-v{CACHE_FORMAT}"
+
+    def path(self, fingerprint: str) -> Path:
+        return self.root / self.key(fingerprint)
+
+    def get(self, fingerprint: str) -> DecodedEpisode | None:
+        """The cached episode, or ``None`` when absent."""
+        path = self.path(fingerprint)
+        if not (path / "meta.json").exists():
+            return None
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        return DecodedEpisode(
+            images=np.load(path / "images.npy", mmap_mode="r"),
+            proprio=np.load(path / "proprio.npy"),
+            actions=np.load(path / "actions.npy"),
+            instruction=meta["instruction"],
+            episode_id=meta.get("episode_id", ""),
+            trial=meta.get("trial"),
+        )
+
+    def put(self, fingerprint: str, ep: DecodedEpisode) -> DecodedEpisode:
+        """Store ``ep`` (already decoded/resized) and return the memory-mapped cached form."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(fingerprint)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
+        try:
+            np.save(tmp / "images.npy", np.ascontiguousarray(ep.images))
+            np.save(tmp / "proprio.npy", ep.proprio.astype(np.float32))
+            np.save(tmp / "actions.npy", ep.actions.astype(np.float32))
+            meta = {"instruction": ep.instruction, "episode_id": ep.episode_id, "trial": ep.trial,
+                    "length": ep.length, "image_size": self.image_size, "format": CACHE_FORMAT}
+            (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process stored the same entry first: keep theirs
+                if not (final / "meta.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cached = self.get(fingerprint)
+        assert cached is not None
+        return cached
+
+    def get_or_build(self, fingerprint: str, build: Callable[[], DecodedEpisode]) -> tuple[DecodedEpisode, bool]:
+        """(episode, was_cached): decode with ``build`` only on a cache miss."""
+        hit = self.get(fingerprint)
+        if hit is not None:
+            return hit, True
+        return self.put(fingerprint, build()), False
+
+
+@dataclass
+class LoadReport:
+    """What ``load_demo_episodes`` did."""
+
+    episodes: int = 0
+    cache_hits: int = 0
+    decoded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # why unreadable bags were skipped
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        text = f"{self.episodes} episodes ({self.cache_hits} from cache, {self.decoded} decoded); skipped: {skipped}"
+        return text + "".join(f"\n  unreadable: {e}" for e in self.errors)
+
+
+def load_demo_episodes(
+    demo_dirs: str | Path | Sequence[str | Path],
+    image_size: int | None,
+    cache_dir: str | Path | None = None,
+    include_failed: bool = False,
+    include_incomplete: bool = False,
+    progress: bool = False,
+) -> tuple[list[DecodedEpisode], LoadReport]:
+    """All usable episodes of one or more demo directories, decoded through the cache.
+
+    By default only complete, successful episodes are used (the fine-tuning set); failed or
+    interrupted recordings are counted in the report's ``skipped``, and so are bags the episode
+    reader refuses (``EpisodeError``, e.g. a lost camera frame), with the reason in ``errors``.
+    """
+    from gf_teleop.episodes import (  # lazy: only bag users need rosbags
+        load_episode,
+        read_manifest,
+    )
+
+    dirs = [demo_dirs] if isinstance(demo_dirs, (str, Path)) else list(demo_dirs)
+    cache = EpisodeCache(cache_dir or default_cache_dir(), image_size)
+    report = LoadReport()
+    work: list[tuple[Path, Any]] = []
+    for d in dirs:
+        d = Path(d)
+        for entry in read_manifest(d):
+            if not entry.complete and not include_incomplete:
+                report.skipped["incomplete"] = report.skipped.get("incomplete", 0) + 1
+            elif not entry.success and not include_failed:
+                report.skipped["failed"] = report.skipped.get("failed", 0) + 1
+            else:
+                work.append((d, entry))
+    if not work:
+        raise ValueError(f"no usable episodes in {', '.join(map(str, dirs))} ({report})")
+    iterator: Iterable[tuple[Path, Any]] = work
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(work, desc="episodes", unit="ep", file=sys.stderr)
+    episodes = []
+    for d, entry in iterator:
+        fingerprint = bag_fingerprint(d / entry.bag)
+
+        def build(d: Path = d, entry: Any = entry) -> DecodedEpisode:
+            ep = load_episode(d, entry)
+            return decode(ep, image_size, episode_id=entry.episode_id, trial=entry.trial)
+
+        try:
+            ep, hit = cache.get_or_build(fingerprint, build)
+        except ValueError as exc:  # EpisodeError: one broken recording must not stop a training run
+            report.skipped["unreadable"] = report.skipped.get("unreadable", 0) + 1
+            report.errors.append(f"{entry.episode_id}: {exc}")
+            continue
+        report.cache_hits += hit
+        report.decoded += not hit
+        episodes.append(ep)
+    report.episodes = len(episodes)
+    if not episodes:
+        raise ValueError(f"no readable episodes in {', '.join(map(str, dirs))} ({report})")
+    return episodes, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_norm_stats(episodes: Sequence[EpisodeLike]) -> dict[str, NormStats]:
+    """1st/99th-percentile statistics of proprio and per-step actions over all episodes."""
+    if not episodes:
+        raise ValueError("no episodes to compute statistics from")
+    return {
+        "proprio": NormStats.from_data(np.concatenate([np.asarray(e.proprio, np.float32) for e in episodes])),
+        "actions": NormStats.from_data(np.concatenate([np.asarray(e.actions, np.float32) for e in episodes])),
+    }
+
+
+class ChunkDataset(Dataset):
+    """One sample per episode step: the observation at t and the action chunk starting at t.
+
+    Sample: ``image`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (proprio_dim,) and
+    ``actions`` (H, action_dim) float32 normalised with ``norm_stats``, ``action_is_pad`` (H,) bool
+    (True past the episode end; those rows repeat the last action and are left out of the loss).
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[EpisodeLike],
+        action_horizon: int,
+        norm_stats: dict[str, NormStats] | None = None,
+    ):
+        if action_horizon < 1:
+            raise ValueError("action_horizon must be >= 1")
+        if not episodes:
+            raise ValueError("the dataset needs at least one episode")
+        for i, ep in enumerate(episodes):
+            check_episode(ep, f"episode {i}")
+        self.episodes = list(episodes)
+        self.horizon = action_horizon
+        self.norm_stats = norm_stats if norm_stats is not None else compute_norm_stats(self.episodes)
+        lengths = np.array([len(ep.actions) for ep in self.episodes])
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
+        # Normalise once: every window reads slices of these.
+        self._proprio = [self.norm_stats["proprio"].normalize(np.asarray(ep.proprio, np.float32)).astype(np.float32)
+                         for ep in self.episodes]
+        self._actions = [self.norm_stats["actions"].normalize(np.asarray(ep.actions, np.float32)).astype(np.float32)
+                         for ep in self.episodes]
+
+    @classmethod
+    def from_demo_dirs(
+        cls,
+        demo_dirs: str | Path | Sequence[str | Path],
+        action_horizon: int,
+        image_size: int | None,
+        norm_stats: dict[str, NormStats] | None = None,
+        **load_kwargs: Any,
+    ) -> ChunkDataset:
+        """Episodes of demo directories (through the cache), see ``load_demo_episodes``."""
+        episodes, _ = load_demo_episodes(demo_dirs, image_size, **load_kwargs)
+        return cls(episodes, action_horizon, norm_stats)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global sample index -> (episode index, step)."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        ep = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return ep, int(index - self._starts[ep])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e, t = self.locate(index)
+        ep = self.episodes[e]
+        actions = self._actions[e]
+        end = min(t + self.horizon, len(actions))
+        chunk = np.empty((self.horizon, actions.shape[1]), dtype=np.float32)
+        chunk[: end - t] = actions[t:end]
+        chunk[end - t :] = actions[-1]
+        is_pad = np.zeros(self.horizon, dtype=bool)
+        is_pad[end - t :] = True
+        return {
+            "image": np.asarray(ep.images[t]),
+            "instruction": ep.instruction,
+            "proprio": self._proprio[e][t],
+            "actions": chunk,
+            "action_is_pad": is_pad,
+            "episode": e,
+            "step": t,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation (pure torch) and collation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    """Image augmentation applied per sample on the model's pixel values.
+
+    Geometric: a random crop of ``crop_scale`` .. 1 of the image side (kept square), resized back
+    to full size, and a rotation of up to +-``rotate_deg``. Photometric (colour jitter): brightness,
+    contrast and saturation factors drawn from [1 - x, 1 + x]. Defaults are openpi's for pi0.
+    """
+
+    enabled: bool = False
+    crop_scale: float = 0.95
+    rotate_deg: float = 5.0
+    brightness: float = 0.3
+    contrast: float = 0.4
+    saturation: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ValueError("crop_scale must be in (0, 1]")
+        for name in ("rotate_deg", "brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be <= 1 (a factor range of [1 - x, 1 + x])")
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+
+def augment_images(
+    pixel_values: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Augment (B, [N,] 3, S, S) pixel values in [-1, 1]; every image gets its own random draw."""
+    if not cfg.enabled:
+        return pixel_values
+    shape = pixel_values.shape
+    x = pixel_values.reshape(-1, *shape[-3:]).float()
+    n = x.shape[0]
+    # Geometry: one affine sampling grid per image = crop (scale + offset) and rotation.
+    scale = _uniform(n, cfg.crop_scale, 1.0, generator)
+    max_shift = 1.0 - scale  # keeps the crop inside the image (normalised coordinates)
+    tx = (torch.rand(n, generator=generator) * 2 - 1) * max_shift
+    ty = (torch.rand(n, generator=generator) * 2 - 1) * max_shift
+    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator) * (torch.pi / 180.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Colour, in [0, 1] space.
+    x = (x + 1.0) / 2.0
+    view = (n, 1, 1, 1)
+    if cfg.brightness:
+        x = x * _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, generator).view(view)
+    if cfg.contrast:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(view) + mean
+    if cfg.saturation:
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (x - gray) * _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, generator).view(view) + gray
+    x = x.clamp(0.0, 1.0) * 2.0 - 1.0
+    return x.reshape(shape).to(pixel_values.dtype)
+
+
+class VLACollator:
+    """Samples of ``ChunkDataset`` -> the model's batch (``pixel_values``, ``input_ids``,
+    ``attention_mask``, ``proprio``, ``actions``, ``action_is_pad``)."""
+
+    def __init__(self, processor: VLAProcessor, augment: AugmentConfig | None = None,
+                 generator: torch.Generator | None = None):
+        self.processor = processor
+        self.augment = augment or AugmentConfig(enabled=False)
+        self.generator = generator
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.processor([s["image"] for s in samples], [s["instruction"] for s in samples])
+        batch["pixel_values"] = augment_images(batch["pixel_values"], self.augment, self.generator)
+        batch["proprio"] = torch.from_numpy(np.stack([s["proprio"] for s in samples]))
+        batch["actions"] = torch.from_numpy(np.stack([s["actions"] for s in samples]))
+        batch["action_is_pad"] = torch.from_numpy(np.stack([s["action_is_pad"] for s in samples]))
+        return batch
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless, reproducible stream of sample indices, sharded over ranks.
+
+    Epoch ``e`` is a permutation seeded by ``(seed, e)``; rank ``r`` of ``world`` takes every
+    ``world``-th index of it. ``start`` skips that many of this rank's indices, so a resumed run
+    sees exactly the samples the uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0,
+                 shuffle: bool = True):
+        if num_samples < 1:
+            raise ValueError("the sampler needs at least one sample")
+        self.n, self.seed, self.rank, self.world, self.start, self.shuffle = num_samples, seed, rank, world_size, start, shuffle
+        # Ranks read disjoint strided slices of each epoch; every rank gets the same count.
+        self.per_rank = num_samples // world_size if num_samples >= world_size else 1
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            perm = list(range(self.n))
+        if self.n < self.world:  # tiny datasets: ranks may share samples
+            return [perm[self.rank % self.n]]
+        return perm[self.rank :: self.world][: self.per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            yield from self._epoch(epoch)[offset:]
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs it for progress hints
+        return sys.maxsize
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated data (tests, benchmarks, smoke runs)
+# ---------------------------------------------------------------------------------------------
+
+SYNTHETIC_TARGETS = ("grinning face", "red heart", "rocket", "thumbs up", "smiling cat", "star")
+
+
+def synthetic_episodes(
+    num_episodes: int = 4,
+    length: int = 12,
+    image_size: int = 32,
+    seed: int = 0,
+) -> list[DecodedEpisode]:
+    """Small generated episodes with a learnable rule (no simulator needed).
+
+    The instruction names one of three coloured cards drawn in the image; the "arm" (a white
+    square whose position is the proprio xy) moves towards that card's position with an action
+    that is a deterministic function of the observation, closing the gripper half way. A model
+    that reads the image, the instruction and the proprio can fit the actions exactly.
+    """
+    rng = np.random.default_rng(seed)
+    colours = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.uint8)
+    episodes = []
+    for e in range(num_episodes):
+        names = rng.choice(len(SYNTHETIC_TARGETS), size=3, replace=False)
+        slots = rng.permutation(3)
+        target = int(rng.integers(3))
+        card_xy = np.stack([np.linspace(-0.6, 0.6, 3)[slots], np.full(3, 0.6)], 1)
+        pos = np.array([rng.uniform(-0.3, 0.3), -0.6])
+        images = np.zeros((length, image_size, image_size, 3), dtype=np.uint8)
+        proprio = np.zeros((length, 7), dtype=np.float32)
+        actions = np.zeros((length, 7), dtype=np.float32)
+        for t in range(length):
+            img = np.full((image_size, image_size, 3), 90, dtype=np.uint8)
+            for k in range(3):
+                cx, cy = ((card_xy[k] + 1) / 2 * (image_size - 1)).astype(int)
+                img[max(cy - 3, 0) : cy + 3, max(cx - 3, 0) : cx + 3] = colours[k]
+            px, py = ((np.clip(pos, -1, 1) + 1) / 2 * (image_size - 1)).astype(int)
+            img[max(py - 1, 0) : py + 2, max(px - 1, 0) : px + 2] = 255
+            images[t] = img
+            gripper = 1.0 if t < length // 2 else -1.0
+            proprio[t] = [pos[0], pos[1], 0.1, 0.0, 0.0, 0.0, (gripper + 1) / 2]
+            step = np.clip((card_xy[target] - pos) / max(length - t, 1) * 2.0, -0.5, 0.5)
+            actions[t] = [step[0], step[1], 0.0, 0.0, 0.0, 0.0, gripper]
+            pos = pos + step * 0.5
+        instruction = f"Pick the cube and place it on {SYNTHETIC_TARGETS[int(names[target])]}"
+        # The card colour is what the image shows; the name in the instruction must identify it.
+        instruction += f" ({['red', 'green', 'blue'][target]} card)"
+        episodes.append(DecodedEpisode(images, proprio, actions, instruction, episode_id=f"synthetic-{seed}-{e:04d}"))
+    return episodes
