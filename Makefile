@@ -21,7 +21,7 @@ test-fast: setup  ## skip the slow end-to-end tests
 	scripts/test.sh -m "not slow" $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check src training benchmarks
+	$(VENV)/bin/ruff check src training
 
 lock:             ## rewrite requirements/constraints.txt from the current .venv
 	$(VENV)/bin/python -m pip freeze --exclude-editable | grep -vE '^(gf[-_]|[a-z_]+_msgs==|rclpy==|rcutils==|rosidl_|rmw_dds_common==|ament_cmake_test==)' \

@@ -75,6 +75,8 @@ create_venv() {
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
+  # colcon must not mistake the ROS wheels' share/*/package.xml inside the venv for workspace packages.
+  touch "$VENV/COLCON_IGNORE"
 }
 
 install_python_deps() {
@@ -111,7 +113,7 @@ build_interfaces() {
   local key; key=$(hash_of "$src"/CMakeLists.txt "$src"/package.xml "$src"/msg/* "$src"/srv/* "$STAMPS/python-deps")
   stamp_ok gf_interfaces "$key" && return
   say "building gf_interfaces (rosidl, about 30 s)"
-  rm -rf "$BUILD/gf_interfaces"; mkdir -p "$BUILD/gf_interfaces"
+  rm -rf "$BUILD/gf_interfaces"; mkdir -p "$BUILD/gf_interfaces"; touch "$BUILD/COLCON_IGNORE"
   (
     cd "$BUILD/gf_interfaces"
     export PATH=$VENV/bin:$PATH

@@ -24,6 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gf-sim-bridge = gf_sim_bridge.bridge_node:main",
+            "gf-layouts = gf_sim_bridge.layouts:main",
         ],
         "gf.bench": [
             "sim = gf_sim_bridge.bench:main",
