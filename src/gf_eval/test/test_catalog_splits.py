@@ -109,3 +109,15 @@ def test_upstream_importer_names_file_and_entry_on_bad_input(tmp_path):
     (tmp_path / "meta_relabel_dedup_val.json").write_text("{not json")
     with pytest.raises(SplitFormatError, match="meta_relabel_dedup_val.json: not valid JSON"):
         import_upstream(tmp_path)
+
+
+def test_gf_emoji_lists_the_split_and_writes_a_thumbnail_sheet(tmp_path, capsys):
+    from gf_eval.emoji_cli import main
+
+    assert main(["split", "--sheet", str(tmp_path / "sheet.png")]) == 0
+    out = capsys.readouterr().out
+    shipped = load_splits()
+    assert f"hash {shipped.hash}" in out and "Val (100):" in out
+    assert all(e.description in out for e in shipped.entries("Hard"))
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.width > 500 and sheet.height > 1000

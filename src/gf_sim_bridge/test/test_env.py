@@ -125,3 +125,15 @@ def test_wrong_card_expert_places_on_another_card(env):
         _, _, _, _, info = env.step(expert.act(task.privileged_state()))
     assert bool(info["executed"][0]) and not bool(info["success"][0])
     assert int(info["placed_card"][0]) == expert.chosen_card(trial.target_index) != trial.target_index
+
+
+def test_gf_layouts_writes_a_contact_sheet_with_the_target_outlined(tmp_path):
+    from PIL import Image
+
+    from gf_sim_bridge.layouts import main
+
+    out = tmp_path / "layouts.png"
+    assert main(["--protocol", "Val", "--count", "2", "--image-size", "128", "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    green = (sheet[..., 1] > 200) & (sheet[..., 0] < 60) & (sheet[..., 2] < 60)
+    assert green.sum() > 100  # the outlines of the two target cards
