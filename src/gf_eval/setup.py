@@ -25,6 +25,13 @@ setup(
         "console_scripts": [
             "gf-eval = gf_eval.eval_node:main",
             "gf-report = gf_eval.report:main",
+            "gf-emoji = gf_eval.emoji_cli:main",
+            "gf-cards = gf_eval.cards:main",
+            "gf-touch-eval = gf_eval.touch_node:main",
+            "gf-touch-operator = gf_eval.touch_node:operator_main",
+        ],
+        "gf.bench": [
+            "eval = gf_eval.bench:main",
         ],
         "gf.doctor": [
             "fonts = gf_eval.checks:check_emoji_font",

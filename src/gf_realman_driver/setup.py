@@ -23,6 +23,19 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "gf-realman-driver = gf_realman_driver.driver_node:main",
+            "gf-camera = gf_realman_driver.camera_node:main",
+            "gf-calibrate = gf_realman_driver.calibrate_node:main",
+        ],
+        "gf.graphs": [
+            "robot = gf_realman_driver.graphs:ROBOT",
+            "robot_calibrate = gf_realman_driver.graphs:ROBOT_CALIBRATE",
+        ],
+        "gf.bench": [
+            "arm = gf_realman_driver.bench:main",
+        ],
+        "gf.policy_backends": [
+            "touch_oracle = gf_realman_driver.touch_expert:TouchOracleBackend",
         ],
     },
 )

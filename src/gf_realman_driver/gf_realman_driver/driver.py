@@ -1,0 +1,458 @@
+"""``ArmDriver``: everything the RM75 driver node does, without ROS.
+
+It owns one ``ArmBackend`` and runs a control thread that
+
+1. connects, retrying with exponential backoff (``Backoff``) after a failed attempt or a dropped
+   link (any ``ArmConnectionError``), and re-synchronises the safety state after each connect;
+2. once connected, runs ``StreamController.tick`` on a ``PeriodicLoop`` at the streaming period
+   (<= 10 ms for ``movep_canfd``) and reads the arm state every ``state_period`` for publishing.
+
+Callers (the node's callbacks) hand in chunks with ``submit``: the chunk is validated by
+``gf_eval.action_space.validate_chunk`` and planned by the safety core (workspace box, floor,
+per-step and per-second limits); a chunk that fails anything is refused whole, never clamped into
+motion. Trial gating (``trial_gating``): chunks must carry the id of the trial announced on
+/gf/trial and are ignored once that trial's episode is done, so a policy that keeps streaming
+between trials cannot move the arm while the operator rearranges the cards.
+
+``emergency_stop`` stops the arm and latches: every chunk is refused until ``resume``. ``home``
+moves to the home posture with a planned joint move (streaming paused meanwhile). ``shutdown``
+stops the arm, then closes the link.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gf_eval.action_space import ChunkRejected, validate_chunk
+
+from .arm import ArmBackend, ArmConnectionError, ArmError, ArmState
+from .safety import ChunkExecutor, GripperCommander, Plan, TargetPlanner, Watchdog
+from .streaming import PeriodicLoop, StreamController
+
+log = logging.getLogger(__name__)
+
+# Refusals that are not the chunk's fault (no trial running, arm busy or down): "ignored", not
+# counted against the trial's malformed/unsafe rejections.
+IGNORED_REASONS = frozenset({"no_trial", "episode_done", "stale_trial", "not_connected", "homing"})
+
+
+class Backoff:
+    """Exponential retry delays: initial, initial * factor, ... capped at ``maximum``."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0, factor: float = 2.0):
+        if not (0 < initial <= maximum) or factor < 1.0:
+            raise ValueError("need 0 < initial <= maximum and factor >= 1")
+        self.initial, self.maximum, self.factor = float(initial), float(maximum), float(factor)
+        self.attempts = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (grows after every call until ``reset``)."""
+        delay = min(self.maximum, self.initial * self.factor**self.attempts)
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """Timing and behaviour of ``ArmDriver`` (the node fills it from its parameters)."""
+
+    state_period: float = 0.02  # s between arm state reads (published at the node's rate)
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 10.0
+    home_joints: tuple[float, ...] | None = None  # rad; None: home() is refused
+    home_speed: float = 0.2
+    home_timeout: float = 30.0
+    trial_gating: bool = True
+    spin: float = 0.0  # PeriodicLoop busy-wait before each deadline (s)
+
+
+@dataclass
+class DriverStatus:
+    """A snapshot for the node's status topic and for tests (plain data, JSON-able)."""
+
+    connected: bool = False
+    emergency_stopped: bool = False
+    homing: bool = False
+    motion_active: bool = False
+    trial_id: str = ""
+    trial_running: bool = False
+    chunks_accepted: int = 0
+    chunks_rejected: int = 0
+    chunks_ignored: int = 0
+    trial_chunks_accepted: int = 0
+    trial_chunks_rejected: int = 0
+    last_rejection: str = ""
+    rejections: dict = field(default_factory=dict)
+    watchdog_fired: int = 0
+    setpoints_sent: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    next_retry_s: float = 0.0
+    last_error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ArmDriver:
+    """See the module docstring. Thread-safe: ``submit``/``emergency_stop``/... from any thread."""
+
+    def __init__(
+        self,
+        arm: ArmBackend,
+        planner: TargetPlanner,
+        *,
+        watchdog_timeout: float = 1.0,
+        gripper_force: float = 0.5,
+        settings: DriverSettings | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.arm = arm
+        self.settings = settings or DriverSettings()
+        self.clock = clock
+        self._emit = on_event or (lambda level, text: getattr(log, level)(text))
+        gripper = GripperCommander(max_opening=arm.gripper_max_opening, force=gripper_force)
+        self.controller = StreamController(arm, ChunkExecutor(planner), Watchdog(watchdog_timeout, clock=clock), gripper)
+        self._lock = threading.RLock()  # guards the controller and the fields below
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = False
+        self._estop = False
+        self._homing = False
+        self._state: ArmState | None = None
+        self._state_read_at = -math.inf
+        self._state_wall_time = 0.0  # time.time() of the latest state read (stamps the published state)
+        self._backoff = Backoff(self.settings.reconnect_initial, self.settings.reconnect_max)
+        self._status = DriverStatus()
+        self._rejections: Counter[str] = Counter()
+        self._trial: tuple[str, int] | None = None  # (trial id, announcement stamp ns)
+        self._trial_running = False
+        self._done: dict[str, int] = {}  # trial id -> stamp of its latest "done" status
+        self.loop_stats = None  # LoopStats of the last streaming period (until a disconnect)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the control thread (connects in the background)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="arm-driver", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the control thread, stop the arm (if connected), close the link. Idempotent."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            try:
+                if self._connected:
+                    self.controller.halt()
+            except ArmError as exc:
+                self._emit("error", f"stopping the arm at shutdown failed: {exc}")
+            finally:
+                self._connected = False
+        self.arm.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def latest_state(self) -> ArmState | None:
+        """The most recent arm state read by the control thread (None before the first)."""
+        return self._state
+
+    @property
+    def latest_state_time(self) -> float:
+        """Wall-clock time (``time.time()``) at which ``latest_state`` was read."""
+        return self._state_wall_time
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected (True) or ``timeout`` s passed (False)."""
+        deadline = self.clock() + timeout
+        while not self._connected and self.clock() < deadline:
+            time.sleep(0.01)
+        return self._connected
+
+    # -- control thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._connected:
+                if not self._try_connect():
+                    continue
+            stats = PeriodicLoop(self.controller.executor.planner.stream_period, spin=self.settings.spin).run(
+                self._tick, stop=self._stop
+            )
+            self.loop_stats = stats
+
+    def _try_connect(self) -> bool:
+        try:
+            self.arm.connect()
+            state = self.arm.state()
+        except ArmError as exc:
+            delay = self._backoff.next()
+            with self._lock:
+                self._status.connect_failures += 1
+                self._status.last_error = str(exc)
+                self._status.next_retry_s = delay
+            self._emit("error", f"arm connection failed (attempt {self._backoff.attempts}): {exc}; retrying in {delay:.3g} s")
+            try:
+                self.arm.close()
+            except ArmError:
+                pass
+            self._stop.wait(delay)
+            return False
+        with self._lock:
+            # Fresh start: no stale motion, no stale rate history, the next chunk starts from here.
+            self.controller.executor.cancel()
+            self.controller.executor.planner.reset_history()
+            self.controller.watchdog.disarm()
+            self.controller.gripper.reset()
+            self._state, self._state_wall_time = state, time.time()
+            self._connected = True
+            self._status.connects += 1
+            self._status.next_retry_s = 0.0
+            self._backoff.reset()
+        where = getattr(self.arm, "address", type(self.arm).__name__)
+        self._emit("info", f"arm connected ({where}); EE at {np.round(state.ee_xyz, 3).tolist()} m")
+        if state.emergency_stopped:
+            self._estop = True
+        return True
+
+    def _connection_lost(self, exc: ArmError) -> None:
+        with self._lock:
+            self._connected = False
+            self.controller.executor.cancel()
+            self.controller.watchdog.disarm()
+            self.controller.gripper.reset()
+            self._status.last_error = str(exc)
+        self._emit("error", f"lost the arm: {exc}; motion dropped, reconnecting")
+        try:
+            self.arm.close()
+        except ArmError:
+            pass
+
+    def _tick(self, now: float) -> bool:
+        """One streaming period; returns False to leave the loop (link lost)."""
+        try:
+            return self._tick_inner(now)
+        except Exception as exc:  # noqa: BLE001 - a bug must stop the arm, not kill the control thread
+            self._emit("error", f"internal error in the control loop ({type(exc).__name__}: {exc}); motion stopped")
+            with self._lock:
+                self.controller.executor.cancel()
+                self.controller.watchdog.disarm()
+            try:
+                self.arm.stop()
+            except Exception:  # noqa: BLE001 - already reporting the original error
+                pass
+            return not self._stop.is_set()
+
+    def _tick_inner(self, now: float) -> bool:
+        try:
+            with self._lock:
+                if not self._homing:
+                    result = self.controller.tick(now)
+                    if result.watchdog_fired:
+                        self._emit("warning", f"watchdog: no valid chunk for {self.controller.watchdog.timeout:.2f} s; arm stopped")
+        except ArmConnectionError as exc:
+            self._connection_lost(exc)
+            return False
+        except ArmError as exc:
+            # Refused / timed out: the controller already dropped the queued motion; hold still.
+            with self._lock:
+                self._status.last_error = str(exc)
+            self._emit("error", f"arm command failed, motion stopped: {exc}")
+            try:
+                with self._lock:
+                    self.controller.halt()
+            except ArmConnectionError as lost:
+                self._connection_lost(lost)
+                return False
+            except ArmError:
+                pass
+        if self._state is None or now - self._state_read_at >= self.settings.state_period:
+            try:
+                state = self.arm.state()
+                self._state, self._state_wall_time, self._state_read_at = state, time.time(), now
+            except ArmConnectionError as exc:
+                self._connection_lost(exc)
+                return False
+            except ArmError as exc:
+                self._status.last_error = str(exc)
+        return not self._stop.is_set()
+
+    # -- chunks ---------------------------------------------------------------------------------
+
+    def submit(self, *, trial_id: str, step_index: int, horizon: int, execute_steps: int, action_dim: int,
+               action_space: str, data) -> Plan:
+        """Validate, safety-check and queue one chunk; raise ``ChunkRejected`` (nothing queued) otherwise."""
+        now = self.clock()
+        try:
+            with self._lock:
+                expected = self._gate(trial_id)
+                chunk = validate_chunk(
+                    trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
+                    action_dim=action_dim, action_space=action_space, data=data,
+                    expected_trial_id=expected, next_step=None,  # streaming: step indices are advisory
+                )
+                try:
+                    plan = self.controller.submit(chunk, now)
+                except ArmConnectionError as exc:
+                    raise ChunkRejected("not_connected", str(exc)) from exc
+                except ArmError as exc:
+                    raise ChunkRejected("arm_error", str(exc)) from exc
+                self._status.chunks_accepted += 1
+                if self._trial_running:
+                    self._status.trial_chunks_accepted += 1
+                return plan
+        except ChunkRejected as exc:
+            with self._lock:
+                if exc.reason in IGNORED_REASONS:
+                    self._status.chunks_ignored += 1
+                else:
+                    self._status.chunks_rejected += 1
+                    self._rejections[exc.reason] += 1
+                    self._status.last_rejection = str(exc)
+                    if self._trial_running:
+                        self._status.trial_chunks_rejected += 1
+            raise
+
+    def _gate(self, trial_id: str) -> str | None:
+        """The trial id a chunk must carry (None: any), or raise for states that refuse chunks."""
+        if not self._connected:
+            raise ChunkRejected("not_connected", "the arm is not connected (reconnecting)")
+        if self._estop:
+            raise ChunkRejected("emergency_stop", "emergency stop is latched; call the resume service first")
+        if self._homing:
+            raise ChunkRejected("homing", "the arm is moving to its home posture")
+        if not self.settings.trial_gating:
+            return None
+        if self._trial is None:
+            raise ChunkRejected("no_trial", f"chunk for {trial_id!r} but no trial was announced on /gf/trial")
+        if trial_id != self._trial[0]:
+            raise ChunkRejected("stale_trial", f"chunk for {trial_id!r}, current trial {self._trial[0]!r}")
+        if not self._trial_running:
+            raise ChunkRejected("episode_done", f"trial {trial_id!r} has ended")
+        return self._trial[0]
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def start_trial(self, trial_id: str, stamp_ns: int = 0) -> None:
+        """A trial was announced (a re-announcement with a newer stamp starts a new attempt)."""
+        with self._lock:
+            if self._trial == (trial_id, stamp_ns):
+                return
+            if self._trial is not None and self._trial_running:
+                self._halt_locked()
+            self._trial = (trial_id, int(stamp_ns))
+            # A "done" status stamped at or after this announcement (late-joining latched
+            # messages may arrive in either order) means this attempt is already over.
+            self._trial_running = self._done.get(trial_id, -1) < int(stamp_ns)
+            self._status.trial_chunks_accepted = 0
+            self._status.trial_chunks_rejected = 0
+
+    def end_trial(self, trial_id: str, stamp_ns: int = 0) -> None:
+        """The trial's episode is done: stop motion and ignore its further chunks."""
+        with self._lock:
+            self._done[trial_id] = max(self._done.get(trial_id, -1), int(stamp_ns))
+            if self._trial is not None and self._trial[0] == trial_id and stamp_ns >= self._trial[1] and self._trial_running:
+                self._trial_running = False
+                self._halt_locked()
+
+    def _halt_locked(self) -> None:
+        try:
+            if self._connected:
+                self.controller.halt()
+        except ArmConnectionError as exc:
+            self._connection_lost(exc)
+        except ArmError as exc:
+            self._emit("error", f"stopping the arm failed: {exc}")
+
+    # -- operator services ----------------------------------------------------------------------
+
+    def emergency_stop(self) -> tuple[bool, str]:
+        """Stop now and latch; (ok, message). The latch holds even when the arm call fails."""
+        self._estop = True
+        with self._lock:
+            self.controller.executor.cancel()
+            self.controller.watchdog.disarm()
+            self.controller.gripper.reset()
+        try:
+            self.arm.emergency_stop()
+        except ArmError as exc:
+            self._emit("error", f"emergency stop: {exc}")
+            return False, f"software latch set, but the arm call failed: {exc} (use the hardware e-stop)"
+        self._emit("warning", "EMERGENCY STOP: arm stopped; chunks are refused until resume")
+        return True, "emergency stop latched"
+
+    def resume(self) -> tuple[bool, str]:
+        """Release the e-stop latch (the arm does not move by itself)."""
+        if not self._estop:
+            return True, "not emergency-stopped"
+        try:
+            self.arm.clear_emergency()
+        except ArmError as exc:
+            return False, f"could not clear the emergency stop: {exc}"
+        with self._lock:
+            self.controller.executor.cancel()  # the next chunk starts from the measured pose
+            self._estop = False
+        self._emit("info", "emergency stop released; chunks accepted again")
+        return True, "resumed"
+
+    def home(self) -> tuple[bool, str]:
+        """Planned joint move to ``home_joints`` (blocking; streaming paused), then open the gripper."""
+        home = self.settings.home_joints
+        if home is None:
+            return False, "no home posture configured"
+        with self._lock:
+            if not self._connected:
+                return False, "the arm is not connected"
+            if self._estop:
+                return False, "emergency stop is latched; resume first"
+            if self._homing:
+                return False, "already homing"
+            self._homing = True
+            self._halt_locked()
+        try:
+            self.arm.move_joints(np.asarray(home, dtype=np.float64), speed=self.settings.home_speed,
+                                 timeout=self.settings.home_timeout)
+            self.arm.gripper_open()
+        except ArmError as exc:
+            return False, f"homing failed: {exc}"
+        finally:
+            with self._lock:
+                self.controller.executor.cancel()
+                self._homing = False
+        return True, "at home"
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> DriverStatus:
+        """A copy of the current status."""
+        with self._lock:
+            s = DriverStatus(**asdict(self._status))
+            s.connected = self._connected
+            s.emergency_stopped = self._estop
+            s.homing = self._homing
+            s.motion_active = self.controller.executor.active
+            s.trial_id = self._trial[0] if self._trial else ""
+            s.trial_running = self._trial_running
+            s.rejections = dict(self._rejections)
+            s.watchdog_fired = self.controller.watchdog.fired_count
+            s.setpoints_sent = self.controller.setpoints_sent
+            return s

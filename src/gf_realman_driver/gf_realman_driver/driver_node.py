@@ -1,0 +1,257 @@
+"""realman_driver node: the RM75 (or, with ``dry_run``, a ``SimulatedArm``) on the project's topics.
+
+Publishes ``/joint_states`` (``joint1..joint7``, rad, as Realman's own ROS 2 driver) and
+``/gf/ee_state`` (EE pose, gripper, the 7-D proprio) at ``publish_rate_hz``; executes
+``/gf/action_chunk`` through ``ArmDriver`` (validation, safety limits, streaming set-points at
+``stream_period_s``, watchdog, reconnect with backoff). Follows ``/gf/trial`` and
+``/gf/episode_status`` to gate chunks to the running trial (``trial_gating``).
+
+Services (``lifecycle_msgs/srv/ChangeState``: the request is ignored, ``success`` is the answer;
+the reason is logged): ``~/emergency_stop`` (stop and latch), ``~/resume`` (release the latch),
+``~/home`` (planned move to ``home_joints_deg``, gripper open). ``~/status`` (std_msgs/String,
+JSON of ``DriverStatus``, latched) reports the connection, e-stop, counters and last rejection.
+
+Frame and scale of the actions: see ``gf_realman_driver.safety`` (``frame_rotation``,
+``translation_scale``, ``rotation_scale``); limits are in the RM75 base frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from lifecycle_msgs.srv import ChangeState
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    declare_config,
+    latched_qos,
+    ns_to_stamp,
+    reliable_qos,
+    run_node,
+    stamp_to_ns,
+)
+from gf_eval.action_space import ChunkRejected
+from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
+
+from .arm import ArmBackend
+from .driver import IGNORED_REASONS, ArmDriver, DriverSettings
+from .safety import FrameMapping, SafetyLimits, TargetPlanner
+
+SERVICE_TYPE = ChangeState  # std_srvs is no wheel; a gf_interfaces Trigger-like service would replace it
+
+
+@dataclass
+class DriverConfig:
+    dry_run: bool = config_field(False, "true: a kinematic SimulatedArm instead of the real RM75 (no network traffic)")
+    arm_ip: str = config_field("", "controller IP address (set it in config/rm75.yaml; '' = not configured)")
+    arm_port: int = config_field(8080, "controller TCP port")
+    connect_timeout_s: float = config_field(3.0, "give up one connection attempt after this long")
+    command_timeout_ms: int = config_field(500, "SDK receive timeout per command")
+    reconnect_initial_s: float = config_field(0.5, "first retry delay after a failed connect / dropped link")
+    reconnect_max_s: float = config_field(10.0, "retry delays double up to this")
+    stream_period_s: float = config_field(0.01, "movep_canfd set-point period (<= 0.01 s for high-follow mode)")
+    control_period_s: float = config_field(0.05, "duration of one action (policy control step; 20 Hz as in the sim)")
+    stream_spin_us: float = config_field(0.0, "busy-wait this long before each set-point deadline (tighter period; costs CPU; see gf-bench arm)")
+    publish_rate_hz: float = config_field(50.0, "rate of /joint_states and /gf/ee_state")
+    watchdog_timeout_s: float = config_field(1.0, "stop the arm when no valid chunk came for this long")
+    workspace_min: list[float] = config_field([0.15, -0.40, 0.0], "EE workspace box, lower corner (m, base frame)")
+    workspace_max: list[float] = config_field([0.65, 0.40, 0.55], "EE workspace box, upper corner (m, base frame)")
+    floor_z: float = config_field(0.02, "table floor: no EE target below this z (m, base frame, reported tool frame)")
+    max_step_translation: float = config_field(0.03, "max EE translation per control step (m)")
+    max_translation_per_second: float = config_field(0.30, "max EE path length within any second (m)")
+    max_step_rotation: float = config_field(0.15, "max EE rotation per control step (rad)")
+    max_rotation_per_second: float = config_field(1.0, "max EE rotation within any second (rad)")
+    max_tracking_error: float = config_field(0.05, "refuse chunks while the arm is this far from its last set-point (m)")
+    frame_rotation: list[float] = config_field([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                                               "3x3 rotation (row-major) from the policy's action axes to the RM75 base axes")
+    translation_scale: float = config_field(1.0, "scale of action translations on the real arm")
+    rotation_scale: float = config_field(1.0, "scale of action rotations on the real arm")
+    gripper_max_opening: float = config_field(0.08, "gripper opening when fully open (m)")
+    gripper_force: float = config_field(0.5, "gripper closing force, fraction of the maximum")
+    home_joints_deg: list[float] = config_field([0.0, 20.0, 0.0, 90.0, 0.0, 70.0, 0.0], "home posture for ~/home (deg)")
+    home_speed: float = config_field(0.2, "joint speed of ~/home, fraction of the maximum")
+    trial_gating: bool = config_field(True, "execute only chunks of the running trial (false for teleop and calibration)")
+    movep_follow: bool = config_field(True, "movep_canfd high-follow mode")
+    movep_trajectory_mode: int = config_field(0, "movep_canfd trajectory mode: 0 pass-through, 1 curve fitting, 2 filtering")
+    movep_smoothing: int = config_field(0, "movep_canfd smoothing ratio (mode 2)")
+    sim_rate_hz: float = config_field(500.0, "dry run: SimulatedArm stepping rate")
+    sim_latency_s: float = config_field(0.005, "dry run: SimulatedArm command latency")
+    frame_id: str = config_field("base_link", "frame of the EE state (the arm base)")
+
+
+MOVEP_MAX_PERIOD = 0.01  # s; movep_canfd high-follow mode needs a set-point at least this often
+
+
+def build_planner(cfg: DriverConfig) -> TargetPlanner:
+    """The safety core's planner from the node parameters (``ValueError`` for unusable ones)."""
+    if not cfg.dry_run and cfg.movep_follow and cfg.stream_period_s > MOVEP_MAX_PERIOD + 1e-9:
+        raise ValueError(f"stream_period_s {cfg.stream_period_s} s is too long for movep_canfd high-follow mode "
+                         f"(at most {MOVEP_MAX_PERIOD} s)")
+    limits = SafetyLimits(
+        workspace_min=tuple(cfg.workspace_min), workspace_max=tuple(cfg.workspace_max), floor_z=cfg.floor_z,
+        max_step_translation=cfg.max_step_translation, max_translation_per_second=cfg.max_translation_per_second,
+        max_step_rotation=cfg.max_step_rotation, max_rotation_per_second=cfg.max_rotation_per_second,
+        max_tracking_error=cfg.max_tracking_error,
+    )
+    if len(cfg.frame_rotation) != 9:
+        raise ValueError(f"frame_rotation needs 9 numbers (a row-major 3x3 rotation), got {len(cfg.frame_rotation)}")
+    rows = tuple(tuple(float(v) for v in cfg.frame_rotation[i:i + 3]) for i in (0, 3, 6))
+    mapping = FrameMapping(rotation=rows, translation_scale=cfg.translation_scale, rotation_scale=cfg.rotation_scale)
+    return TargetPlanner(limits, mapping, control_period=cfg.control_period_s, stream_period=cfg.stream_period_s)
+
+
+def build_arm(cfg: DriverConfig) -> ArmBackend:
+    """``SimulatedArm`` for a dry run, otherwise ``RealmanArm`` at ``arm_ip:arm_port``."""
+    if cfg.dry_run:
+        from .simulated_arm import SimulatedArm
+
+        return SimulatedArm(realtime=True, rate_hz=cfg.sim_rate_hz, latency_s=cfg.sim_latency_s,
+                            gripper_max_opening=cfg.gripper_max_opening)
+    if not cfg.arm_ip:
+        raise ValueError("arm_ip is empty: set the controller address in config/rm75.yaml or pass -p arm_ip:=ADDRESS "
+                         "(or dry_run:=true for the simulated arm)")
+    from .realman_arm import RealmanArm
+
+    return RealmanArm(
+        cfg.arm_ip, cfg.arm_port, connect_timeout=cfg.connect_timeout_s, command_timeout_ms=cfg.command_timeout_ms,
+        follow=cfg.movep_follow, trajectory_mode=cfg.movep_trajectory_mode, smoothing=cfg.movep_smoothing,
+        gripper_max_opening=cfg.gripper_max_opening,
+    )
+
+
+class DriverNode(Node):
+    """Adapter: ArmDriver <-> topics and services."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__("realman_driver", **node_kwargs)
+        self.cfg = declare_config(self, DriverConfig)
+        cfg = self.cfg
+        planner = build_planner(cfg)
+        arm = build_arm(cfg)
+        settings = DriverSettings(
+            state_period=min(0.02, 1.0 / cfg.publish_rate_hz), reconnect_initial=cfg.reconnect_initial_s,
+            reconnect_max=cfg.reconnect_max_s, home_joints=tuple(math.radians(a) for a in cfg.home_joints_deg),
+            home_speed=cfg.home_speed, trial_gating=cfg.trial_gating, spin=cfg.stream_spin_us * 1e-6,
+        )
+        logger = self.get_logger()
+        self.driver = ArmDriver(arm, planner, watchdog_timeout=cfg.watchdog_timeout_s, gripper_force=cfg.gripper_force,
+                                settings=settings, on_event=self._log)
+        self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
+        self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
+        self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
+        self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
+        self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
+        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, latched_qos(1))
+        services = ReentrantCallbackGroup()  # e-stop must get through while ~/home blocks
+        self.create_service(SERVICE_TYPE, "~/emergency_stop", self._service(self.driver.emergency_stop), callback_group=services)
+        self.create_service(SERVICE_TYPE, "~/resume", self._service(self.driver.resume), callback_group=services)
+        self.create_service(SERVICE_TYPE, "~/home", self._service(self.driver.home), callback_group=services)
+        self.create_timer(1.0 / cfg.publish_rate_hz, self._publish_state)
+        self.create_timer(0.5, self._publish_status)
+        self._last_status = ""
+        self._published_at = 0.0
+        self.driver.start()
+        what = "dry run: SimulatedArm" if cfg.dry_run else f"RM75 at {cfg.arm_ip}:{cfg.arm_port}"
+        logger.info(
+            f"realman driver up ({what}); streaming every {cfg.stream_period_s * 1000:g} ms, watchdog "
+            f"{cfg.watchdog_timeout_s:g} s, workspace {cfg.workspace_min}..{cfg.workspace_max} m, floor z {cfg.floor_z} m, "
+            f"trial gating {'on' if cfg.trial_gating else 'off'}"
+        )
+
+    def _log(self, level: str, text: str) -> None:
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        elif level == "info":
+            logger.info(text)
+        else:
+            logger.debug(text)
+
+    def close(self) -> None:
+        """Stop the arm and release the link (run_node calls this on shutdown)."""
+        self.driver.shutdown()
+        print("[realman_driver] arm stopped and link closed", flush=True)  # rosout is gone by now
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        try:
+            self.driver.submit(
+                trial_id=msg.trial_id, step_index=msg.step_index, horizon=msg.horizon, execute_steps=msg.execute_steps,
+                action_dim=msg.action_dim, action_space=msg.action_space, data=msg.data,
+            )
+        except ChunkRejected as exc:
+            if exc.reason in IGNORED_REASONS:
+                self.get_logger().debug(f"ignored action chunk: {exc}", throttle_duration_sec=2.0)
+            else:
+                self.get_logger().warning(f"rejected action chunk: {exc}", throttle_duration_sec=0.5)
+            self._publish_status()
+
+    def _on_trial(self, msg: Trial) -> None:
+        self.driver.start_trial(msg.trial_id, stamp_to_ns(msg.header.stamp))
+        self._publish_status()
+
+    def _on_status(self, msg: EpisodeStatus) -> None:
+        if msg.done:
+            self.driver.end_trial(msg.trial_id, stamp_to_ns(msg.header.stamp))
+            self._publish_status()
+
+    def _service(self, action):
+        def callback(request, response):  # noqa: ARG001 - the request carries nothing we need
+            ok, message = action()
+            response.success = bool(ok)
+            self._log("info" if ok else "error", f"{action.__name__}: {message}")
+            self._publish_status()
+            return response
+
+        return callback
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _publish_state(self) -> None:
+        state, read_at = self.driver.latest_state, self.driver.latest_state_time
+        if state is None or not self.driver.connected or read_at == self._published_at:
+            return
+        self._published_at = read_at
+        stamp = ns_to_stamp(int(read_at * 1e9))  # when the state was measured, not when it is sent
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = list(state.joint_names)
+        joints.position = [float(v) for v in state.joint_positions]
+        joints.velocity = [float(v) for v in state.joint_velocities]
+        self.pub_joints.publish(joints)
+        ee = EeState()
+        ee.header.stamp = stamp
+        ee.header.frame_id = self.cfg.frame_id
+        ee.pose.position.x, ee.pose.position.y, ee.pose.position.z = (float(v) for v in state.ee_xyz)
+        qx, qy, qz, qw = Rotation.from_euler("xyz", np.asarray(state.ee_rpy, dtype=np.float64)).as_quat()
+        ee.pose.orientation.x, ee.pose.orientation.y, ee.pose.orientation.z, ee.pose.orientation.w = (
+            float(qx), float(qy), float(qz), float(qw))
+        ee.rpy = [float(v) for v in state.ee_rpy]
+        ee.gripper_opening = float(state.gripper_opening)
+        ee.gripper_opening_max = float(self.driver.arm.gripper_max_opening)
+        ee.proprio = [float(v) for v in state.proprio(self.driver.arm.gripper_max_opening)]
+        self.pub_ee.publish(ee)
+
+    def _publish_status(self) -> None:
+        text = json.dumps(self.driver.status().to_dict(), sort_keys=True)
+        if text != self._last_status:
+            self._last_status = text
+            self.pub_status.publish(String(data=text))
+
+
+def main(args=None) -> int:
+    return run_node(DriverNode, args, threads=3,
+                    help_text=f"gf-realman-driver --ros-args [-p name:=value ...]\n\nparameters:\n{config_help(DriverConfig)}")
