@@ -129,13 +129,13 @@ class TouchEvalNode(Node):
             template=self.cfg.template, package_versions=package_versions(), force=self.cfg.force,
             extra={"layout_file": os.path.abspath(self.cfg.layout_file)},
         )
-        from lifecycle_msgs.srv import ChangeState  # the driver's command services (see driver_node)
+        from gf_interfaces.srv import Command  # the driver's command services (see driver_node)
 
-        self._srv_type = ChangeState
+        self._srv_type = Command
         driver = self.cfg.driver.rstrip("/")
-        self.client_home = self.create_client(ChangeState, f"{driver}/home")
-        self.client_estop = self.create_client(ChangeState, f"{driver}/emergency_stop")
-        self.client_resume = self.create_client(ChangeState, f"{driver}/resume")
+        self.client_home = self.create_client(Command, f"{driver}/home")
+        self.client_estop = self.create_client(Command, f"{driver}/emergency_stop")
+        self.client_resume = self.create_client(Command, f"{driver}/resume")
         self.pub_trial = self.create_publisher(Trial, "/gf/trial", latched_qos(1))
         self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
         self.pub_result = self.create_publisher(TrialResult, "/gf/trial_result", reliable_qos())

@@ -35,7 +35,7 @@ class RobotAndOperator:
 
     def __init__(self):
         import rclpy
-        from lifecycle_msgs.srv import ChangeState
+        from gf_interfaces.srv import Command
         from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
@@ -62,10 +62,10 @@ class RobotAndOperator:
         self.node.create_subscription(EpisodeStatus, "/gf/episode_status",
                                       lambda m: m.done and self._add(self.done, m), latched_qos(1))
         self.node.create_subscription(TrialResult, "/gf/trial_result", lambda m: self._add(self.results, m), reliable_qos(20))
-        self.node.create_service(ChangeState, "/realman_driver/home", self._home)
+        self.node.create_service(Command, "/realman_driver/home", self._home)
         self.driver_calls: list[str] = []
         for name in ("emergency_stop", "resume"):
-            self.node.create_service(ChangeState, f"/realman_driver/{name}",
+            self.node.create_service(Command, f"/realman_driver/{name}",
                                      lambda req, res, name=name: (self._add(self.driver_calls, name), setattr(res, "success", True), res)[2])
         self.node.create_timer(0.02, self._publish_ee)
         self.pub_status.publish(String(data=json.dumps({"trial_chunks_accepted": 7, "trial_chunks_rejected": 1})))

@@ -40,6 +40,8 @@ class PolicyNodeConfig:
     backend_args: str = config_field("", "YAML mapping of keyword arguments for the backend, e.g. '{checkpoint: /path}'")
     trigger: str = config_field("status", "when to act: status (lock-step sim) or stream (real robot)")
     stream_rate_hz: float = config_field(10.0, "maximum decisions per second in stream mode")
+    stream_sync_s: float = config_field(0.05, "stream mode: the image and EE state of one decision may be this far apart (s)")
+    control_rate_hz: float = config_field(20.0, "executor control rate: in stream mode the next decision waits until the executed part of a chunk has run")
     frame_id: str = config_field("base_link", "frame of the action deltas")
 
 
@@ -76,6 +78,9 @@ class PolicyNode(Node):
         self._truth: dict[int, SimState] = {}
         self._pending: EpisodeStatus | None = None
         self._acted: set[tuple[str, int]] = set()
+        self._trial_stamp = -1  # announcement stamp of the current trial (a re-announcement restarts it)
+        self._trial_done = False
+        self._next_stream_decision = 0.0  # monotonic time before which stream mode does not act
         self.decisions = 0
         self.pub_chunk = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
@@ -111,30 +116,35 @@ class PolicyNode(Node):
         return callback
 
     def _on_trial(self, msg: Trial) -> None:
-        trial = trial_from_msg(msg)
+        trial, stamp = trial_from_msg(msg), stamp_to_ns(msg.header.stamp)
         with self._lock:
-            if self.trial is not None and self.trial.trial_id == trial.trial_id:
-                return
-            self.trial = trial
-            self._acted = {k for k in self._acted if k[0] == trial.trial_id}
+            same = self.trial is not None and self.trial.trial_id == trial.trial_id
+            if same and stamp == self._trial_stamp:
+                return  # the same announcement again (latched topic)
+            # A new trial, or the same trial announced anew (e.g. re-run after the operator voided it).
+            self.trial, self._trial_stamp, self._trial_done = trial, stamp, False
+            self._acted = set()
+            self._next_stream_decision = 0.0
         self._worker.submit(self.backend.reset, trial).result()
         self.get_logger().debug(f"trial {trial.trial_id}: {trial.instruction}")
         self._try_decide()
 
     def _on_status(self, msg: EpisodeStatus) -> None:
-        if msg.done:
-            return
         with self._lock:
+            if msg.done:
+                if self.trial is not None and msg.trial_id == self.trial.trial_id:
+                    self._trial_done = True  # stop spending compute on a finished trial
+                return
             self._pending = msg
         self._try_decide()
 
     # --- decisions ------------------------------------------------------------------------------
 
     def _observation(self, stamp: int, step: int) -> PolicyObservation | None:
-        """The complete observation at ``stamp`` or None while parts are missing (lock held)."""
-        ee = self._ee.get(stamp)
-        image = self._images.get(stamp) if self.needs_image else None
-        truth = self._truth.get(stamp) if self.needs_privileged else None
+        """Lock-step mode: the complete observation at ``stamp`` or None while parts are missing (lock held)."""
+        return self._build(self._ee.get(stamp), self._images.get(stamp), self._truth.get(stamp), step, stamp)
+
+    def _build(self, ee, image, truth, step: int, stamp: int) -> PolicyObservation | None:
         if ee is None or (self.needs_image and image is None) or (self.needs_privileged and truth is None):
             return None
         return PolicyObservation(
@@ -163,12 +173,30 @@ class PolicyNode(Node):
         else:
             self._worker.submit(self._infer_and_publish, obs)
 
+    def _latest_observation(self) -> PolicyObservation | None:
+        """Stream mode: the newest image with the EE state nearest to it in time (lock held).
+
+        Camera and arm stamp their messages independently, so the two are paired by time, not by
+        equal stamps; a pair further apart than ``stream_sync_s`` is not used.
+        """
+        if not self._ee:
+            return None
+        if not self.needs_image:
+            newest = max(self._ee)
+            return self._build(self._ee[newest], None, self._truth.get(newest), 0, newest)
+        if not self._images:
+            return None
+        image_stamp = max(self._images)
+        ee_stamp = min(self._ee, key=lambda s: abs(s - image_stamp))
+        if abs(ee_stamp - image_stamp) > self.cfg.stream_sync_s * 1e9:
+            return None
+        return self._build(self._ee[ee_stamp], self._images[image_stamp], self._truth.get(ee_stamp), 0, image_stamp)
+
     def _stream_tick(self) -> None:
         with self._lock:
-            if self._busy or self.trial is None or not self._ee:
+            if self._busy or self.trial is None or self._trial_done or time.monotonic() < self._next_stream_decision:
                 return
-            stamps = sorted(self._ee, reverse=True)
-            obs = next((o for o in (self._observation(s, 0) for s in stamps) if o is not None), None)
+            obs = self._latest_observation()
             if obs is None:
                 return
             self._busy = True
@@ -192,6 +220,11 @@ class PolicyNode(Node):
             msg.data = array.array("f", actions.reshape(-1).tobytes())
             self.pub_chunk.publish(msg)
             self.decisions += 1
+            if self.cfg.trigger == "stream":
+                # The executor queues chunks: ask again only once the executed part has run.
+                executed = plan.execute_steps or actions.shape[0]
+                with self._lock:
+                    self._next_stream_decision = time.monotonic() + executed / self.cfg.control_rate_hz
         except Exception as exc:  # noqa: BLE001 - keep the node alive; the eval times the trial out
             self.get_logger().error(f"policy backend failed on {obs.trial.trial_id} step {obs.step}: {type(exc).__name__}: {exc}")
         finally:

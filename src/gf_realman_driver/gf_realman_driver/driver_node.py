@@ -6,7 +6,7 @@ Publishes ``/joint_states`` (``joint1..joint7``, rad, as Realman's own ROS 2 dri
 ``stream_period_s``, watchdog, reconnect with backoff). Follows ``/gf/trial`` and
 ``/gf/episode_status`` to gate chunks to the running trial (``trial_gating``).
 
-Services (``lifecycle_msgs/srv/ChangeState``: the request is ignored, ``success`` is the answer;
+Services (``gf_interfaces/srv/Command``: the request is ignored, ``success`` is the answer;
 the reason is logged): ``~/emergency_stop`` (stop and latch), ``~/resume`` (release the latch),
 ``~/home`` (planned move to ``home_joints_deg``, gripper open). ``~/status`` (std_msgs/String,
 JSON of ``DriverStatus``, latched) reports the connection, e-stop, counters and last rejection.
@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from lifecycle_msgs.srv import ChangeState
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from scipy.spatial.transform import Rotation
@@ -41,12 +40,13 @@ from gf_bringup.rosutil import (
 )
 from gf_eval.action_space import ChunkRejected
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
+from gf_interfaces.srv import Command
 
 from .arm import ArmBackend
 from .driver import IGNORED_REASONS, ArmDriver, DriverSettings
 from .safety import FrameMapping, SafetyLimits, TargetPlanner
 
-SERVICE_TYPE = ChangeState  # std_srvs is no wheel; a gf_interfaces Trigger-like service would replace it
+SERVICE_TYPE = Command
 
 
 @dataclass

@@ -87,7 +87,7 @@ class Probe:
 
     def __init__(self, driver: str = "/realman_driver"):
         import rclpy
-        from lifecycle_msgs.srv import ChangeState
+        from gf_interfaces.srv import Command
         from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
@@ -106,8 +106,8 @@ class Probe:
         self.pub_chunk = self.node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.pub_trial = self.node.create_publisher(Trial, "/gf/trial", latched_qos(1))
         self.pub_episode = self.node.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
-        self.srv = ChangeState
-        self.clients = {n: self.node.create_client(ChangeState, f"{driver}/{n}") for n in ("emergency_stop", "resume", "home")}
+        self.srv = Command
+        self.clients = {n: self.node.create_client(Command, f"{driver}/{n}") for n in ("emergency_stop", "resume", "home")}
         self.ActionChunk, self.Trial, self.EpisodeStatus = ActionChunk, Trial, EpisodeStatus
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(self.node)
