@@ -57,19 +57,25 @@ def _lock_output_dir(output_dir: Path):
 class Evaluation:
     """One evaluation run's state: plan, results so far, progress."""
 
-    def __init__(self, config: EvaluationConfig, package_versions: dict | None = None, force: bool = False):
+    def __init__(
+        self, config: EvaluationConfig, package_versions: dict | None = None, force: bool = False,
+        plan: list[TrialSpec] | None = None,
+    ):
+        """``plan`` replaces the trials of ``config.protocols`` (e.g. the real-robot Touch trials)."""
         self.config = config
         self._lock = _lock_output_dir(Path(config.output_dir))
         self.splits: EmojiSplits = load_splits(config.split)
         self.results = ResultsFile(Path(config.output_dir))
-        id_combos: list[Combination] | None = None
-        if config.demo_manifest:
-            id_combos = combinations_from_manifest(Path(config.demo_manifest))
-        self.plan: list[TrialSpec] = [
-            make_trial(p, i, config.base_seed, self.splits, id_combinations=id_combos, template=config.template or None)
-            for p in config.protocols
-            for i in range(config.first_index, config.first_index + config.trials_per_protocol)
-        ]
+        if plan is None:
+            id_combos: list[Combination] | None = None
+            if config.demo_manifest:
+                id_combos = combinations_from_manifest(Path(config.demo_manifest))
+            plan = [
+                make_trial(p, i, config.base_seed, self.splits, id_combinations=id_combos, template=config.template or None)
+                for p in config.protocols
+                for i in range(config.first_index, config.first_index + config.trials_per_protocol)
+            ]
+        self.plan: list[TrialSpec] = plan
         self.run_info = write_run_config(Path(config.output_dir), {
             "policy": config.policy, "checkpoint": config.checkpoint, "split_name": self.splits.name,
             "split_hash": self.splits.hash, "base_seed": config.base_seed, "robot": config.robot,

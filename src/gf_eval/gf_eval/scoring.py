@@ -60,7 +60,8 @@ class EpisodeScore:
     card_distances: tuple[float, ...]
 
 
-def _inside(card: CardFootprint, x: float, y: float) -> bool:
+def inside_footprint(card: CardFootprint, x: float, y: float) -> bool:
+    """Whether (x, y) lies in the card's square footprint (rotated with the card)."""
     dx, dy = x - card.x, y - card.y
     c, s = math.cos(card.yaw), math.sin(card.yaw)
     local_x, local_y = c * dx + s * dy, -s * dx + c * dy
@@ -72,7 +73,7 @@ def placed_card(state: FinalState) -> int:
     x, y, z = state.cube_xyz
     for i, card in enumerate(state.cards):
         resting = z <= card.top_z + state.cube_half_size + RESTING_TOLERANCE
-        if resting and _inside(card, x, y):
+        if resting and inside_footprint(card, x, y):
             return i
     return -1
 

@@ -39,9 +39,8 @@ from pathlib import Path
 import yaml
 
 from gf_eval.evaluation import Evaluation, EvaluationConfig
-from gf_eval.scoring import CardFootprint
-from gf_eval.scoring import _inside as inside_footprint
-from gf_eval.splits import DEFAULT_SPLIT, EmojiSplits
+from gf_eval.scoring import CardFootprint, inside_footprint
+from gf_eval.splits import DEFAULT_SPLIT, EmojiSplits, load_splits
 from gf_eval.trials import TrialSpec, make_trial
 
 TOUCH_PROTOCOL = "Touch"
@@ -416,25 +415,16 @@ class TouchEvaluation(Evaluation):
     ):
         if trials < 1 or first_index < 0:
             raise ValueError("need trials >= 1 and first_index >= 0")
-        # Evaluation plans the simulated protocols; an empty protocol list plans nothing and the
-        # Touch plan is installed below (the run identity and resume logic stay Evaluation's).
         config = EvaluationConfig(
-            output_dir=output_dir, policy=policy, protocols=(), trials_per_protocol=trials, first_index=first_index,
-            base_seed=base_seed, split=split, checkpoint=checkpoint, robot=robot, task="touch", template=template,
-            extra={"protocols": [TOUCH_PROTOCOL], "layout": layout.to_dict(), "layout_hash": layout.hash, **(extra or {})},
+            output_dir=output_dir, policy=policy, protocols=(TOUCH_PROTOCOL,), trials_per_protocol=trials,
+            first_index=first_index, base_seed=base_seed, split=split, checkpoint=checkpoint, robot=robot, task="touch",
+            template=template, extra={"layout": layout.to_dict(), "layout_hash": layout.hash, **(extra or {})},
         )
-        super().__init__(config, package_versions, force=force)
+        splits = load_splits(split)
+        plan = [make_touch_trial(i, base_seed, splits, layout, template) for i in range(first_index, first_index + trials)]
+        super().__init__(config, package_versions, force=force, plan=plan)
         self.layout = layout
         self.template = template
-        self.plan = [make_touch_trial(i, base_seed, self.splits, layout, template) for i in range(first_index, first_index + trials)]
-        planned = {s.trial_id for s in self.plan}
-        seen: set[str] = set()
-        self.done = []
-        for record in self.results.read():
-            if record.trial_id in planned and record.trial_id not in seen:
-                seen.add(record.trial_id)
-                self.done.append(record)
-        self._done_ids = seen
 
     @property
     def voided_path(self) -> Path:
