@@ -23,6 +23,20 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "gf-recorder = gf_teleop.recorder_node:main",
+            "gf-teleop = gf_teleop.teleop_node:main",
+            "gf-demos = gf_teleop.demos:main",
+            "gf-replay = gf_teleop.replay:main",
+        ],
+        "gf.policy_backends": [
+            "replay = gf_teleop.replay_backend:ReplayBackend",
+        ],
+        "gf.graphs": [
+            "demos = gf_teleop.graphs:DEMOS",
+            "teleop_sim = gf_teleop.graphs:TELEOP_SIM",
+        ],
+        "gf.bench": [
+            "record = gf_teleop.bench:main",
         ],
     },
 )

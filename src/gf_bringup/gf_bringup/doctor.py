@@ -94,6 +94,7 @@ def check_ros_round_trip() -> str:
     env = dict(os.environ)
     try:
         import rclpy
+
         from gf_interfaces.msg import Trial
     except ImportError as exc:
         raise DoctorError(f"cannot import rclpy/gf_interfaces ({exc}); run scripts/setup.sh") from exc

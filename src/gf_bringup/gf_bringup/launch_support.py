@@ -11,8 +11,7 @@ def launch_description(graph: Graph):
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
     from launch_ros.actions import Node
 
-    from gf_bringup.runtime import configure_environment
-    from gf_bringup.runtime import package_file
+    from gf_bringup.runtime import configure_environment, package_file
 
     def create_nodes(context):
         values = graph.resolve_args({a.name: context.launch_configurations[a.name] for a in graph.args})

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from gf_bringup.domains import free_domains_subprocess
 from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object
 from gf_bringup.runtime import configure_environment, package_file, random_domain_id
 
@@ -180,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     configure_environment(network=values.get("network") or None)
     if not os.environ.get("ROS_DOMAIN_ID"):
-        os.environ["ROS_DOMAIN_ID"] = str(random_domain_id())
+        # A random domain nobody on this machine uses: two lock-step graphs must never meet.
+        try:
+            os.environ["ROS_DOMAIN_ID"] = str(free_domains_subprocess(1)[0])
+        except (subprocess.SubprocessError, RuntimeError, ValueError, IndexError):
+            os.environ["ROS_DOMAIN_ID"] = str(random_domain_id())
     print(f"[gf-launch] {graph.name}: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, network={os.environ['GF_NETWORK']}, "
           f"{'composed' if args.composed else 'processes'}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"gf-launch-{graph.name}-") as tmp:

@@ -68,7 +68,7 @@ def config_help(config_cls: type) -> str:
 
 def sensor_qos(depth: int = 5):
     """QoS for camera streams: best effort, keep last (rclpy's sensor data profile)."""
-    from rclpy.qos import qos_profile_sensor_data, QoSProfile
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
 
     profile = QoSProfile(depth=depth)
     profile.reliability = qos_profile_sensor_data.reliability
@@ -91,6 +91,12 @@ def latched_qos(depth: int = 1):
     return QoSProfile(
         depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
     )
+
+
+def status_qos():
+    """QoS of /gf/episode_status: latched for late joiners, and deep enough that a subscriber
+    busy for a few steps (a recorder writing images) does not lose intermediate statuses."""
+    return latched_qos(depth=50)
 
 
 def stamp_to_ns(stamp) -> int:

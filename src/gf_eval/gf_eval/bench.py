@@ -73,7 +73,7 @@ def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
-    from gf_bringup.rosutil import latched_qos, reliable_qos, sensor_qos
+    from gf_bringup.rosutil import reliable_qos, sensor_qos, status_qos
     from gf_eval.ros_msgs import trial_to_msg
     from gf_eval.trials import make_trial
     from gf_interfaces.msg import ActionChunk, EpisodeStatus
@@ -118,7 +118,7 @@ def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
                 state["step"], state["done"] = msg.step, msg.done
 
         node.create_subscription(Image, "/camera/image_raw", on_image, sensor_qos())
-        node.create_subscription(EpisodeStatus, "/gf/episode_status", on_status, latched_qos(1))
+        node.create_subscription(EpisodeStatus, "/gf/episode_status", on_status, status_qos())
         pub = node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         client = node.create_client(ResetTrial, "reset_trial")
         if not client.wait_for_service(timeout_sec=120):

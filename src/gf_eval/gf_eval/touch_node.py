@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node
+from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.eval_node import package_versions
 from gf_eval.report import results_table
 from gf_eval.results import TrialRecord
@@ -137,7 +137,7 @@ class TouchEvalNode(Node):
         self.client_estop = self.create_client(Command, f"{driver}/emergency_stop")
         self.client_resume = self.create_client(Command, f"{driver}/resume")
         self.pub_trial = self.create_publisher(Trial, "/gf/trial", latched_qos(1))
-        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
+        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
         self.pub_result = self.create_publisher(TrialResult, "/gf/trial_result", reliable_qos())
         self.pub_prompt = self.create_publisher(String, "~/prompt", latched_qos(1))
         self.create_subscription(EeState, "/gf/ee_state", self._on_ee, reliable_qos())

@@ -9,8 +9,15 @@ from PIL import Image
 
 from gf_eval.catalog import build_catalog, card_image_path, load_catalog, png_bytes, render_card
 from gf_eval.splits import (
-    DEFAULT_SPLIT, PROTOCOL_SPLITS, SplitFormatError, build_default_splits, confusable, import_upstream, load_splits,
-    parse_splits, _thumbnail,
+    DEFAULT_SPLIT,
+    PROTOCOL_SPLITS,
+    SplitFormatError,
+    _thumbnail,
+    build_default_splits,
+    confusable,
+    import_upstream,
+    load_splits,
+    parse_splits,
 )
 
 UPSTREAM = Path(__file__).resolve().parents[3].parent / "shared" / "upstream" / "grinningface-emoji"

@@ -35,12 +35,12 @@ class RobotAndOperator:
 
     def __init__(self):
         import rclpy
-        from gf_interfaces.srv import Command
         from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
         from gf_bringup.rosutil import latched_qos, reliable_qos
         from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial, TrialResult
+        from gf_interfaces.srv import Command
 
         self.rclpy, self.String, self.EeState = rclpy, String, EeState
         self.context = rclpy.Context()

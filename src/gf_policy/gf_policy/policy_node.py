@@ -26,7 +26,17 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from gf_bringup.images import msg_to_image
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, sensor_qos, stamp_to_ns
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    declare_config,
+    latched_qos,
+    reliable_qos,
+    run_node,
+    sensor_qos,
+    stamp_to_ns,
+    status_qos,
+)
 from gf_eval.ros_msgs import trial_from_msg
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState, Trial
 from gf_policy.backend import PolicyObservation, backend_class, load_backend
@@ -84,7 +94,7 @@ class PolicyNode(Node):
         self.decisions = 0
         self.pub_chunk = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, latched_qos(1))
+        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         self.create_subscription(EeState, "/gf/ee_state", self._store(self._ee), reliable_qos())
         if self.needs_image:
             self.create_subscription(Image, "/camera/image_raw", self._store(self._images), sensor_qos())
@@ -108,9 +118,11 @@ class PolicyNode(Node):
     def _store(self, table: dict):
         def callback(msg) -> None:
             with self._lock:
-                table[stamp_to_ns(msg.header.stamp)] = msg
-                while len(table) > KEEP_STAMPS:
-                    table.pop(min(table))
+                stamp = stamp_to_ns(msg.header.stamp)
+                table.pop(stamp, None)
+                table[stamp] = msg
+                while len(table) > KEEP_STAMPS:  # forget the oldest arrival (a foreign stamp cannot stick)
+                    table.pop(next(iter(table)))
             self._try_decide()
 
         return callback
@@ -124,6 +136,8 @@ class PolicyNode(Node):
             # A new trial, or the same trial announced anew (e.g. re-run after the operator voided it).
             self.trial, self._trial_stamp, self._trial_done = trial, stamp, False
             self._acted = set()
+            for table in (self._ee, self._images, self._truth):
+                table.clear()  # observations of the previous trial must not feed this one
             self._next_stream_decision = 0.0
         self._worker.submit(self.backend.reset, trial).result()
         self.get_logger().debug(f"trial {trial.trial_id}: {trial.instruction}")

@@ -37,6 +37,7 @@ from gf_bringup.rosutil import (
     reliable_qos,
     run_node,
     stamp_to_ns,
+    status_qos,
 )
 from gf_eval.action_space import ChunkRejected
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
@@ -150,7 +151,7 @@ class DriverNode(Node):
         self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
         self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, latched_qos(1))
+        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         services = ReentrantCallbackGroup()  # e-stop must get through while ~/home blocks
         self.create_service(SERVICE_TYPE, "~/emergency_stop", self._service(self.driver.emergency_stop), callback_group=services)
         self.create_service(SERVICE_TYPE, "~/resume", self._service(self.driver.resume), callback_group=services)

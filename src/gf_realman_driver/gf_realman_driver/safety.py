@@ -40,8 +40,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from gf_eval.action_space import EE_DELTA_POSE, ActionSpace, ChunkRejected, ValidChunk
 from scipy.spatial.transform import Rotation
+
+from gf_eval.action_space import EE_DELTA_POSE, ActionSpace, ChunkRejected, ValidChunk
 
 from .kinematics import rpy_to_matrix
 

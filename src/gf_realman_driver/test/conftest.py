@@ -87,12 +87,12 @@ class Probe:
 
     def __init__(self, driver: str = "/realman_driver"):
         import rclpy
-        from gf_interfaces.srv import Command
         from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
         from gf_bringup.rosutil import latched_qos, reliable_qos
         from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
+        from gf_interfaces.srv import Command
 
         self.rclpy = rclpy
         self.context = rclpy.Context()

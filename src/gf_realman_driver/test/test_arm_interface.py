@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from gf_realman_driver.arm import (
     JOINT_NAMES,
     ArmCommandRefused,

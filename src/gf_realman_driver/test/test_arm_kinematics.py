@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from gf_realman_driver.kinematics import (
     RM75_HOME,
     RM75_JOINT_LOWER,

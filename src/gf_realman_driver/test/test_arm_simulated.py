@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from gf_realman_driver.arm import (
     ArmConnectionError,
     ArmEmergencyStopped,

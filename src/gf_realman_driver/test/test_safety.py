@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from gf_eval.action_space import ChunkRejected, validate_chunk
 from gf_realman_driver.arm import ArmConnectionError
 from gf_realman_driver.kinematics import rotation_error, rpy_to_matrix

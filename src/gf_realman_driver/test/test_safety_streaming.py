@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from gf_realman_driver.streaming import LoopStats, PeriodicLoop
 
 from gf_realman_driver import bench
+from gf_realman_driver.streaming import LoopStats, PeriodicLoop
 
 
 class SimClock:

@@ -14,23 +14,23 @@ import time
 from dataclasses import dataclass
 
 from geometry_msgs.msg import Point
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
 from gf_bringup.images import camera_info_msg, image_to_msg
 from gf_bringup.rosutil import (
     config_field,
     config_help,
     declare_config,
-    latched_qos,
     ns_to_stamp,
     reliable_qos,
     run_node,
     sensor_qos,
+    status_qos,
 )
 from gf_eval.action_space import ChunkRejected, validate_chunk
 from gf_eval.ros_msgs import trial_from_msg
-from rclpy.node import Node
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState
-
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState
 from gf_interfaces.srv import ResetTrial
 from gf_sim_bridge.session import SimConfig, SimSession
@@ -65,7 +65,7 @@ class SimBridgeNode(Node):
         self.pub_info = self.create_publisher(CameraInfo, "/camera/camera_info", sensor_qos())
         self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
         self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
-        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
+        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
         self.pub_truth = (
             self.create_publisher(SimState, "/gf/sim_state", reliable_qos()) if self.cfg.ground_truth else None
         )

@@ -19,13 +19,13 @@ import numpy as np
 import sapien
 import torch
 from mani_skill.envs.sapien_env import BaseEnv
-from PIL import Image
 from mani_skill.sensors.camera import CameraConfig
 from mani_skill.utils import sapien_utils
 from mani_skill.utils.building import actors
 from mani_skill.utils.registration import register_env
 from mani_skill.utils.scene_builder.table import TableSceneBuilder
 from mani_skill.utils.structs.pose import Pose
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from gf_eval.catalog import DEFAULT_EMOJI_FRACTION, card_image_path, load_catalog

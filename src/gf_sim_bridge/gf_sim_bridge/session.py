@@ -92,6 +92,9 @@ class SimSession:
     def reset(self, trial: TrialSpec) -> None:
         """Lay the scene out exactly as ``trial`` says and start a new episode."""
         self.env.reset(seed=trial.seed, options={"trial": trial})
+        # The reset is an instant of its own: the first observation of an episode never shares a
+        # stamp with the last one of the previous episode (consumers key observations by stamp).
+        self.sim_time_ns += self.step_ns
         self.trial = trial
         self.status = EpisodeStatusData(trial_id=trial.trial_id)
         self._update_status(self.task.get_info())

@@ -1,0 +1,62 @@
+"""The graphs of gf_teleop, built from the simulated evaluation graph (gf_bringup.graphs.SIM_EVAL).
+
+* ``demos``: sim bridge + policy (the scripted expert by default) + eval node running the
+  ``Demo`` protocol + the episode recorder in auto mode. ``gf-demos generate`` runs one per
+  worker, each on its own ROS domain and trial-index range.
+* ``teleop_sim``: the same without the policy node: a person drives the simulated arm with
+  ``gf-teleop`` (in another terminal, same ROS_DOMAIN_ID) and every trial is recorded.
+
+Both are registered under the ``gf.graphs`` entry-point group, so ``gf-launch demos ...`` and
+the launch files in gf_teleop/launch start them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gf_bringup.graphs import SIM_EVAL, Arg, Graph, NodeSpec
+
+RECORDER = NodeSpec(
+    package="gf_teleop", executable="gf-recorder", name="recorder",
+    node_class="gf_teleop.recorder_node:RecorderNode", config_class="gf_teleop.recorder_node:RecorderNodeConfig",
+    params_file="config/recorder.yaml",
+    parameters={"output_dir": "{demo_dir}", "operator": "{operator}", "mode": "auto", "source": "sim"},
+)
+
+
+def _args(defaults: dict[str, str], drop: tuple[str, ...] = ()) -> tuple[Arg, ...]:
+    return tuple(replace(a, default=defaults.get(a.name, a.default)) for a in SIM_EVAL.args if a.name not in drop)
+
+
+def _derive(values: dict[str, str]) -> dict[str, str]:
+    derived = SIM_EVAL.derive(values) if SIM_EVAL.derive else {}
+    if values["output_dir"] == "":
+        # Eval results (scores, report) next to the demos they belong to.
+        derived["output_dir"] = f"{values['demo_dir'].rstrip('/')}/eval"
+    return derived
+
+
+DEMOS = Graph(
+    name="demos",
+    description="Demonstrations in simulation: sim bridge + policy + eval node (Demo protocol) + episode recorder",
+    args=(
+        *_args({"protocols": "[Demo]", "trials": "10"}),
+        Arg("demo_dir", "demos", "demo directory of the recorder (bags + manifest.jsonl)"),
+        Arg("operator", "scripted-expert", "recorded as the operator of every episode"),
+    ),
+    nodes=(*SIM_EVAL.nodes, RECORDER),
+    derive=_derive,
+)
+
+TELEOP_SIM = Graph(
+    name="teleop_sim",
+    description="Teleoperated demonstrations in simulation: sim bridge + eval node + recorder; drive with gf-teleop",
+    args=(
+        *_args({"policy": "teleop", "protocols": "[Demo]", "trials": "10", "ground_truth": "false",
+                "policy_timeout": "300.0"}, drop=("backend_args",)),
+        Arg("demo_dir", "demos/teleop", "demo directory of the recorder (bags + manifest.jsonl)"),
+        Arg("operator", "operator", "recorded as the operator of every episode"),
+    ),
+    nodes=tuple(n for n in (*SIM_EVAL.nodes, RECORDER) if n.package != "gf_policy"),
+    derive=_derive,
+)
