@@ -140,8 +140,9 @@ def counted_forward_flops(cfg: Any) -> float:
     Runs the vision tower and ``predict_velocity`` (what ``compute_loss`` runs, minus its
     data-dependent checks, which a meta tensor cannot answer).
     """
-    from gf_policy.vla import PI0StyleVLA
     from torch.utils.flop_counter import FlopCounterMode
+
+    from gf_policy.vla import PI0StyleVLA
 
     width = int(cfg.text_config["hidden_size"])
     with torch.device("meta"):
@@ -220,6 +221,7 @@ def measure_train(steps: int, batch: int, threads: int) -> dict[str, Any]:
 
 def _tiny_checkpoint(directory: Path) -> Path:
     import numpy as np
+
     from gf_policy.vla import (
         NormStats,
         PI0StyleVLA,
@@ -227,7 +229,6 @@ def _tiny_checkpoint(directory: Path) -> Path:
         VLAProcessor,
         train_tiny_tokenizer,
     )
-
     from gf_training.data import SYNTHETIC_TARGETS
 
     cfg = VLAConfig.tiny()
@@ -244,6 +245,7 @@ def _tiny_checkpoint(directory: Path) -> Path:
 def measure_infer(repeats: int, threads: int, image_hw: tuple[int, int] = (480, 640)) -> dict[str, Any]:
     """Latency of ``VLABackend.act`` (batch 1) on a tiny checkpoint, with and without the KV cache."""
     import numpy as np
+
     from gf_eval.trials import make_trial
     from gf_policy.backend import PolicyObservation
     from gf_policy.backends.vla import VLABackend

@@ -8,8 +8,10 @@ key, everything else (numbers, strings, lists) is replaced. Command-line overrid
 ``model.path=null``). Unknown keys are errors, so a typo never passes silently.
 
 Sections (see ``configs/base.yaml`` for every key with its default and meaning):
-``model`` (initialisation and VLAConfig overrides), ``scheme`` (``gf_training.schemes``),
-``data``, ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
+``model`` (initialisation and VLAConfig overrides, incl. the training targets: discrete and
+latent actions, knowledge insulation), ``scheme`` (``gf_training.schemes``), ``data``,
+``cotrain`` (vision-language co-training), ``latent`` (the latent action model that labels the
+data), ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
 ``seed``.
 """
 
@@ -71,6 +73,36 @@ class DataSection:
             self.demo_dirs = [self.demo_dirs]
         if isinstance(self.augment, dict):
             self.augment = _build(AugmentConfig, self.augment, "data.augment")
+
+
+@dataclass
+class CotrainSection:
+    """Co-training: vision-language samples (``gf-vl-data`` directories) mixed into every
+    micro-batch; their loss is next-token cross-entropy on the answer through the VLM's LM head."""
+
+    vl_dirs: list[str] = field(default_factory=list)
+    ratio: float = 0.0  # share of each micro-batch that is VL samples (0: off)
+    loss_weight: float = 1.0  # weight of a VL sample's loss relative to an action sample's
+    max_text_tokens: int = 64  # question + answer tokens after the image tokens
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vl_dirs, str):
+            self.vl_dirs = [self.vl_dirs]
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError("cotrain.ratio must be in [0, 1)")
+        if self.ratio > 0 and not self.vl_dirs:
+            raise ValueError("cotrain.ratio > 0 needs cotrain.vl_dirs (directories written by gf-vl-data)")
+        if self.loss_weight < 0 or self.max_text_tokens < 4:
+            raise ValueError("need cotrain.loss_weight >= 0 and cotrain.max_text_tokens >= 4")
+
+
+@dataclass
+class LatentSection:
+    """Latent-action targets: the latent action model (``gf-lam train``) that labels the episodes
+    when ``model.config`` asks for latent actions (``latent_action_mode``)."""
+
+    lam: str | None = None  # LAM directory
+    device: str = "auto"  # where the labelling runs: auto | cpu | cuda
 
 
 @dataclass
@@ -136,6 +168,10 @@ class LoggingSection:
     wandb: bool = False  # needs the optional wandb package
     wandb_project: str = "grinningface"
     progress: bool = True
+    # Attention mass on the target card (gf_training.attention) every N optimiser steps, on the
+    # first frames of up to ``attention_samples`` training episodes with a trial (0: off).
+    attention_every: int = 0
+    attention_samples: int = 8
 
 
 @dataclass
@@ -146,6 +182,8 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     scheme: SchemeConfig = field(default_factory=SchemeConfig)
     data: DataSection = field(default_factory=DataSection)
+    cotrain: CotrainSection = field(default_factory=CotrainSection)
+    latent: LatentSection = field(default_factory=LatentSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
@@ -181,6 +219,8 @@ _SECTIONS = {
     (TrainConfig, "model"): ModelSection,
     (TrainConfig, "scheme"): SchemeConfig,
     (TrainConfig, "data"): DataSection,
+    (TrainConfig, "cotrain"): CotrainSection,
+    (TrainConfig, "latent"): LatentSection,
     (TrainConfig, "optim"): OptimSection,
     (TrainConfig, "train"): TrainSection,
     (TrainConfig, "distributed"): DistributedSection,

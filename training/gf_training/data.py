@@ -34,9 +34,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gf_policy.vla import NormStats, VLAProcessor
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+
+from gf_policy.vla import NormStats, VLAProcessor
 
 CACHE_FORMAT = 1  # bump when the cached layout or decoding changes: old entries are rebuilt
 _FINGERPRINT_BYTES = 1 << 16
@@ -308,6 +309,8 @@ class ChunkDataset(Dataset):
     Sample: ``image`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (proprio_dim,) and
     ``actions`` (H, action_dim) float32 normalised with ``norm_stats``, ``action_is_pad`` (H,) bool
     (True past the episode end; those rows repeat the last action and are left out of the loss).
+    With ``latent_codes`` (one (T, n) int array per episode, ``gf_training.latent``) samples also
+    carry ``latent_codes`` (n,), the latent-action targets of step t.
     """
 
     def __init__(
@@ -315,6 +318,7 @@ class ChunkDataset(Dataset):
         episodes: Sequence[EpisodeLike],
         action_horizon: int,
         norm_stats: dict[str, NormStats] | None = None,
+        latent_codes: Sequence[np.ndarray] | None = None,
     ):
         if action_horizon < 1:
             raise ValueError("action_horizon must be >= 1")
@@ -324,6 +328,11 @@ class ChunkDataset(Dataset):
             check_episode(ep, f"episode {i}")
         self.episodes = list(episodes)
         self.horizon = action_horizon
+        if latent_codes is not None:
+            if len(latent_codes) != len(self.episodes) or any(
+                    len(c) != len(ep.actions) for c, ep in zip(latent_codes, self.episodes)):
+                raise ValueError("latent_codes must hold one (T, n) array per episode, T = its length")
+        self.latent_codes = None if latent_codes is None else [np.asarray(c, np.int64) for c in latent_codes]
         self.norm_stats = norm_stats if norm_stats is not None else compute_norm_stats(self.episodes)
         lengths = np.array([len(ep.actions) for ep in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -366,7 +375,7 @@ class ChunkDataset(Dataset):
         chunk[end - t :] = actions[-1]
         is_pad = np.zeros(self.horizon, dtype=bool)
         is_pad[end - t :] = True
-        return {
+        sample = {
             "image": np.asarray(ep.images[t]),
             "instruction": ep.instruction,
             "proprio": self._proprio[e][t],
@@ -375,6 +384,9 @@ class ChunkDataset(Dataset):
             "episode": e,
             "step": t,
         }
+        if self.latent_codes is not None:
+            sample["latent_codes"] = self.latent_codes[e][t]
+        return sample
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +475,8 @@ class VLACollator:
         batch["proprio"] = torch.from_numpy(np.stack([s["proprio"] for s in samples]))
         batch["actions"] = torch.from_numpy(np.stack([s["actions"] for s in samples]))
         batch["action_is_pad"] = torch.from_numpy(np.stack([s["action_is_pad"] for s in samples]))
+        if "latent_codes" in samples[0]:
+            batch["latent_codes"] = torch.from_numpy(np.stack([s["latent_codes"] for s in samples]))
         return batch
 
 

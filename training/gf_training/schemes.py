@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gf_policy.vla.modeling import PI0StyleVLA
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+from gf_policy.vla.modeling import PI0StyleVLA
 
 SCHEMES = ("full", "lora", "action_expert", "frozen_vlm")
 VLM_ADAPTER_DIR = "vlm_lora"

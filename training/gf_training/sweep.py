@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from gf_eval.results import ResultsFile
 from gf_eval.scoring import CHANCE_RECOGNITION, ProtocolSummary, Rate, summarize
-
 from gf_training.train import CHECKPOINT_DIR, INFERENCE_WEIGHTS
 
 DEFAULT_PROTOCOLS = ("ID", "Train", "Val")

@@ -48,14 +48,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from gf_policy.vla import (
-    NormStats,
-    PI0StyleVLA,
-    VLAConfig,
-    VLAProcessor,
-    train_tiny_tokenizer,
-)
-from gf_policy.vla.normalization import load_norm_stats, save_norm_stats
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -68,6 +60,14 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 from transformers.initialization import no_init_weights
 
+from gf_policy.vla import (
+    NormStats,
+    PI0StyleVLA,
+    VLAConfig,
+    VLAProcessor,
+    train_tiny_tokenizer,
+)
+from gf_policy.vla.normalization import load_norm_stats, save_norm_stats
 from gf_training.config import TrainConfig, dump_config, load_config
 from gf_training.data import (
     ChunkDataset,
@@ -225,7 +225,9 @@ def build_processor(cfg: TrainConfig, config: VLAConfig, instructions: list[str]
     if info.is_main and not (tok_dir / "tokenizer_config.json").exists():
         source = _tokenizer_source(cfg)
         if source is None:
-            train_tiny_tokenizer(sorted(set(instructions)), int(config.text_config["vocab_size"]), tok_dir)
+            # Stay below the ids that action bins / latent codes overwrite at the vocabulary's end.
+            size = int(config.text_config["vocab_size"]) - config.reserved_vocab_size
+            train_tiny_tokenizer(sorted(set(instructions)), size, tok_dir)
         else:
             AutoTokenizer.from_pretrained(source).save_pretrained(str(tok_dir))
     info.barrier()
@@ -288,6 +290,7 @@ class TrainResult:
     run_dir: Path
     step: int
     losses: list[float] = field(default_factory=list)  # per optimiser step of this process, this session
+    parts: dict[str, list[float]] = field(default_factory=dict)  # per-target losses (loss_flow, loss_lm, ...)
     checkpoints: list[Path] = field(default_factory=list)
     steps_per_second: float = float("nan")
 
@@ -340,10 +343,25 @@ class Trainer:
             model.gradient_checkpointing_enable()
         vla_cfg = model.config
         episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info)
+        self.episodes = episodes
         self.norm_stats = self._norm_stats(episodes, info)
         model.norm_stats = self.norm_stats
-        self.processor = build_processor(cfg, vla_cfg, [e.instruction for e in episodes], self.run_dir, info)
-        self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats)
+        latent_codes = self._latent_labels(model, episodes, info) if vla_cfg.latent_active else None
+        texts = [e.instruction for e in episodes]
+        self.vl_dataset = None
+        if cfg.cotrain.ratio > 0:
+            from gf_training.vl_data import VLDataset
+
+            self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size)
+            texts += self.vl_dataset.texts()
+        self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
+        self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes)
+        # Co-training splits every micro-batch: round(ratio x micro) VL samples, the rest actions.
+        self.vl_micro = round(cfg.train.micro_batch_size * cfg.cotrain.ratio) if self.vl_dataset is not None else 0
+        self.vla_micro = cfg.train.micro_batch_size - self.vl_micro
+        if self.vl_dataset is not None and not 1 <= self.vl_micro < cfg.train.micro_batch_size:
+            raise ValueError(f"cotrain.ratio={cfg.cotrain.ratio} gives {self.vl_micro} VL samples per micro-batch of "
+                             f"{cfg.train.micro_batch_size}: need at least one of each kind")
 
         apply_scheme(model, cfg.scheme)
         self.vla_config = vla_cfg
@@ -371,11 +389,11 @@ class Trainer:
             seed_everything(cfg.seed * 7919 + 1 + info.rank)
         self.forward = torch.compile(self.wrapped) if self.use_compile else self.wrapped
 
-        consumed = self.step * self.accum * cfg.train.micro_batch_size
+        consumed = self.step * self.accum * self.vla_micro
         sampler = ResumableSampler(len(self.dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                                    start=consumed)
         self.loader = DataLoader(
-            self.dataset, batch_size=cfg.train.micro_batch_size, sampler=sampler,
+            self.dataset, batch_size=self.vla_micro, sampler=sampler,
             collate_fn=VLACollator(self.processor, cfg.data.augment), num_workers=cfg.data.num_workers,
             pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
             # Its own generator: creating the iterator draws a worker base seed, which must not
@@ -383,7 +401,59 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + info.rank + self.step),
         )
         self._batches: Iterator[dict[str, torch.Tensor]] = iter(self.loader)
+        self._vl_batches: Iterator[dict[str, torch.Tensor]] | None = None
+        if self.vl_dataset is not None:
+            from gf_training.vl_data import VLCollator
+
+            vl_sampler = ResumableSampler(len(self.vl_dataset), seed=cfg.seed + 1, rank=info.rank,
+                                          world_size=info.world_size, start=self.step * self.accum * self.vl_micro)
+            self.vl_loader = DataLoader(
+                self.vl_dataset, batch_size=self.vl_micro, sampler=vl_sampler,
+                collate_fn=VLCollator(self.processor, cfg.cotrain.max_text_tokens), num_workers=cfg.data.num_workers,
+                pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
+                generator=torch.Generator().manual_seed(cfg.seed * 7919 + 17 + info.rank + self.step),
+            )
+            self._vl_batches = iter(self.vl_loader)
+        self.attention_probe = None
+        # Rank 0 measures on its own copy of the weights: not possible when FSDP shards them.
+        if cfg.logging.attention_every > 0 and info.is_main and not (info.enabled and cfg.distributed.strategy == "fsdp"):
+            from gf_training.attention import AttentionMassProbe
+
+            self.attention_probe = AttentionMassProbe.from_episodes(episodes, self.processor,
+                                                                     cfg.logging.attention_samples)
         return self
+
+    def _latent_labels(self, model: PI0StyleVLA, episodes: list[DecodedEpisode], info: DistInfo) -> list[np.ndarray]:
+        """Latent-action codes of every episode step, from ``latent.lam`` (computed once per run
+        and kept in ``run_dir/latent_codes.npz``); in expert mode the model gets the codebook."""
+        from gf_training.latent import LatentActionModel, label_episodes, pairs_for
+
+        cfg, vcfg = self.cfg, model.config
+        if not self.cfg.latent.lam:
+            raise ValueError("model.config asks for latent-action targets: set latent.lam to a latent action model "
+                             "directory (gf-lam train)")
+        device = cfg.latent.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        lam = LatentActionModel.from_pretrained(cfg.latent.lam, device=device)
+        lc = lam.config
+        if lc.codebook_size != vcfg.latent_codebook_size or (
+                vcfg.latent_action_mode == "expert" and lc.code_dim != vcfg.latent_code_dim):
+            raise ValueError(f"the LAM has {lc.codebook_size} codes of width {lc.code_dim}; the model expects "
+                             f"{vcfg.latent_codebook_size} of width {vcfg.latent_code_dim}")
+        pairs = pairs_for(vcfg.latent_action_tokens, lc.codes_per_pair)
+        path = self.run_dir / "latent_codes.npz"
+        if info.is_main and not path.exists():
+            codes = label_episodes(lam, episodes, pairs, progress=cfg.logging.progress)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, *codes)
+            os.replace(tmp, path)
+        info.barrier()
+        with np.load(path) as data:
+            codes = [data[f"arr_{i}"] for i in range(len(data.files))]
+        if vcfg.latent_action_mode == "expert":
+            model.set_latent_codebook(lam.code_vectors().cpu())
+        return codes
 
     def _norm_stats(self, episodes: list[DecodedEpisode], info: DistInfo) -> dict[str, NormStats]:
         """Computed once per run and kept in the run directory (a resumed run reuses them)."""
@@ -422,12 +492,21 @@ class Trainer:
         batch = next(self._batches)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _next_vl_batch(self) -> dict[str, torch.Tensor] | None:
+        if self._vl_batches is None:
+            return None
+        batch = next(self._vl_batches)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
     def train_step(self) -> dict[str, float]:
-        """One optimiser step (``accum`` micro-batches); returns loss, lr and gradient norm."""
+        """One optimiser step (``accum`` micro-batches); returns loss, lr and gradient norm, and
+        the per-target losses (``loss_flow``, ``loss_discrete``, ``loss_latent``, ``loss_lm``)."""
         self.wrapped.train()
         total = 0.0
+        parts: dict[str, float] = {}
         for micro in range(self.accum):
             batch = self._next_batch()
+            vl_batch = self._next_vl_batch()
             last = micro == self.accum - 1
             # Gradients are reduced across ranks on the last micro-batch only.
             sync: Any = contextlib.nullcontext()
@@ -439,9 +518,15 @@ class Trainer:
                         if self.autocast_dtype is not None else contextlib.nullcontext())
             with sync:
                 with autocast:
-                    loss = self.forward(batch) / self.accum
+                    if vl_batch is None:
+                        loss = self.forward(batch) / self.accum
+                    else:
+                        fraction = self.vl_micro / (self.vl_micro + self.vla_micro)
+                        loss = self.forward(batch, vl_batch, fraction, self.cfg.cotrain.loss_weight) / self.accum
                 loss.backward()
             total += float(loss.detach())
+            for name, value in self.model.last_losses.items():
+                parts[f"loss_{name}"] = parts.get(f"loss_{name}", 0.0) + float(value) / self.accum
         clip = self.cfg.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
@@ -451,7 +536,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **parts}
 
     def run(self) -> TrainResult:
         """Train to ``train.steps``, logging and saving checkpoints on the way."""
@@ -470,19 +555,30 @@ class Trainer:
                        dynamic_ncols=True)
         started, start_step = time.perf_counter(), self.step
         window_loss, window_n = 0.0, 0
+        window_parts: dict[str, float] = {}
         try:
             while self.step < cfg.train.steps:
                 stats = self.train_step()
                 result.losses.append(stats["loss"])
                 window_loss, window_n = window_loss + stats["loss"], window_n + 1
+                for key, value in stats.items():
+                    if key.startswith("loss_"):
+                        window_parts[key] = window_parts.get(key, 0.0) + value
+                        result.parts.setdefault(key, []).append(value)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     mean = self._mean_over_ranks(window_loss / window_n)
                     elapsed = time.perf_counter() - started
-                    self._log({"train/loss": mean, "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
-                               "train/steps_per_s": (self.step - start_step) / max(elapsed, 1e-9)})
+                    values = {"train/loss": mean, "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
+                              "train/steps_per_s": (self.step - start_step) / max(elapsed, 1e-9)}
+                    if len(window_parts) > 1 or "loss_flow" not in window_parts:  # more than plain pi0
+                        values.update({f"train/{k}": v / window_n for k, v in window_parts.items()})
+                    self._log(values)
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{stats['lr']:.2e}")
-                    window_loss, window_n = 0.0, 0
+                    window_loss, window_n, window_parts = 0.0, 0, {}
+                if self.attention_probe is not None and self.step % cfg.logging.attention_every == 0:
+                    mass = self.attention_probe.measure(self.model)
+                    self._log({f"attention/{k}": v for k, v in mass.items()})
                 if bar is not None:
                     bar.update(1)
                 if self.step in cfg.train.save_steps or self.step == cfg.train.steps:

@@ -9,6 +9,9 @@ import os
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
 from gf_policy.vla import PI0StyleVLA, VLAConfig
 from gf_policy.vla.testing import make_batch
 from gf_training.bench import (
@@ -20,8 +23,6 @@ from gf_training.bench import (
     train_main,
     train_step_flops,
 )
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

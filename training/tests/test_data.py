@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+
 from gf_policy.vla import (
     NormStats,
     PI0StyleVLA,

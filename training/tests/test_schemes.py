@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from gf_policy.vla import PI0StyleVLA, VLAConfig
 from gf_policy.vla.testing import make_batch, make_noise
 from gf_training.schemes import (

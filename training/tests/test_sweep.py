@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from gf_eval.results import ResultsFile, TrialRecord
 from gf_eval.scoring import summarize
 from gf_eval.trials import make_trial

@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from gf_policy.vla import VLAInference
 from gf_training.config import (
     TrainConfig,
@@ -17,7 +19,6 @@ from gf_training.config import (
 )
 from gf_training.data import synthetic_episodes
 from gf_training.train import list_checkpoints, lr_factor, main, train
-from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from gf_eval.action_space import validate_chunk
 from gf_eval.trials import make_trial
 from gf_policy.backend import (

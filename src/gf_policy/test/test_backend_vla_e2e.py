@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gf_eval.results import ResultsFile
 
 pytestmark = pytest.mark.slow

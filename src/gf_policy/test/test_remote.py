@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from gf_eval.trials import make_trial
 from gf_policy.backend import PolicyObservation, load_backend
 from gf_policy.backends.remote import (

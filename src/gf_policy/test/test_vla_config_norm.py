@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from gf_policy.vla import NormStats, VLAConfig, load_norm_stats, save_norm_stats
 
 

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from gf_policy.vla import (
     NormStats,
     PI0StyleVLA,

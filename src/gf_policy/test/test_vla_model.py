@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+from transformers import PaliGemmaForConditionalGeneration
+
 from gf_policy.vla import (
     PI0StyleVLA,
     VLAConfig,
@@ -15,7 +17,6 @@ from gf_policy.vla import (
     train_tiny_tokenizer,
 )
 from gf_policy.vla.testing import make_batch, make_noise
-from transformers import PaliGemmaForConditionalGeneration
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

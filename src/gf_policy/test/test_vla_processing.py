@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from gf_policy.vla import VLAConfig, VLAProcessor, train_tiny_tokenizer
 from transformers import AutoTokenizer
+
+from gf_policy.vla import VLAConfig, VLAProcessor, train_tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

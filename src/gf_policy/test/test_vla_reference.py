@@ -9,10 +9,11 @@ import os
 
 import pytest
 import torch
-from gf_policy.vla import PI0StyleVLA, import_pi0
-from gf_policy.vla.pi0_import import config_from_lerobot_pi0, convert_pi0_key
 from safetensors.torch import save_file
 from transformers import PI0Config, PI0ForConditionalGeneration
+
+from gf_policy.vla import PI0StyleVLA, import_pi0
+from gf_policy.vla.pi0_import import config_from_lerobot_pi0, convert_pi0_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

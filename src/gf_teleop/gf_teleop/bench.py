@@ -77,9 +77,9 @@ class _Publisher:
         self.pub_image = self.node.create_publisher(Image, ep.IMAGE, sensor_qos())
         self.pub_joints = self.node.create_publisher(JointState, ep.JOINT_STATES, reliable_qos())
         self.pub_ee = self.node.create_publisher(EeState, ep.EE_STATE, reliable_qos())
-        from lifecycle_msgs.srv import ChangeState
+        from gf_interfaces.srv import Command
 
-        self.control = self.node.create_client(ChangeState, "/recorder/control")
+        self.control = self.node.create_client(Command, "/recorder/control")
 
     def wait_for_recorder(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -93,10 +93,11 @@ class _Publisher:
 
     def command(self, label: str) -> bool:
         import rclpy
-        from lifecycle_msgs.srv import ChangeState
 
-        request = ChangeState.Request()
-        request.transition.label = label
+        from gf_interfaces.srv import Command
+
+        request = Command.Request()
+        request.command = label
         future = self.control.call_async(request)
         rclpy.spin_until_future_complete(self.node, future, timeout_sec=30)
         return bool(future.result() and future.result().success)

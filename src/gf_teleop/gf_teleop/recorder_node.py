@@ -5,11 +5,9 @@ messages into episodes is gf_teleop.recorder.EpisodeRecorder. Each topic is reco
 QoS its publishers offer (queried from the graph), like rosbag2 does.
 
 Control (manual mode, or to discard an episode in either mode): the service ``~/control``
-(lifecycle_msgs/srv/ChangeState; the transition *label* is the command: ``start``, ``stop``,
-``success``, ``failure``, ``discard``) and ``~/get_state`` (lifecycle_msgs/srv/GetState: the
-label is ``idle`` or ``recording:<episode id>``). The teleop node maps keys to these commands.
-std_srvs is not available as a wheel, and lifecycle transitions are the closest standard
-interface: a command label in, success out.
+(gf_interfaces/srv/Command: ``start``, ``stop``, ``success``, ``failure``, ``discard``) and
+``~/get_state`` (gf_interfaces/srv/Command, request ignored: the message is ``idle`` or
+``recording:<episode id>``). The teleop node maps keys to these commands.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from rclpy.node import Node
 
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, sensor_qos
+from gf_interfaces.srv import Command
 from gf_teleop import episodes as ep
 from gf_teleop.bagtypes import message_class
 from gf_teleop.recorder import EpisodeRecorder, RecorderConfig
@@ -98,10 +97,8 @@ class RecorderNode(Node):
         for topic in self.cfg.topics:
             self.create_subscription(message_class(ep.TOPIC_TYPES[topic]), topic, self._callback(topic),
                                      subscription_qos(topic, self.cfg.sensor_depth), raw=True)
-        from lifecycle_msgs.srv import ChangeState, GetState
-
-        self.create_service(ChangeState, "~/control", self._on_control)
-        self.create_service(GetState, "~/get_state", self._on_get_state)
+        self.create_service(Command, "~/control", self._on_control)
+        self.create_service(Command, "~/get_state", self._on_get_state)
         self.create_timer(0.1, self.core.tick)
         if self.cfg.mode == "manual" and self.cfg.autostart:
             self.core.start()
@@ -120,30 +117,33 @@ class RecorderNode(Node):
         return callback
 
     def _on_control(self, request, response):
-        command = request.transition.label.strip().lower()
+        command = request.command.strip().lower()
         try:
             if command == "start":
                 episode = self.core.start()
                 self.get_logger().info(f"recording {episode}")
+                response.message = f"recording {episode}"
             elif command in ("stop", "success", "failure"):
                 entry = self.core.stop(success={"stop": None, "success": True, "failure": False}[command])
                 if entry is None:
                     raise RuntimeError("not recording")
+                response.message = f"saved {entry.bag}"
             elif command == "discard":
                 if self.core.discard() is None:
                     raise RuntimeError("nothing to discard")
+                response.message = "discarded"
             else:
                 raise ValueError(f"unknown command {command!r} (use {', '.join(COMMANDS)})")
             response.success = True
         except (RuntimeError, ValueError) as exc:
             self.get_logger().warning(f"control {command!r} refused: {exc}")
-            response.success = False
+            response.success, response.message = False, str(exc)
         return response
 
     def _on_get_state(self, request, response):  # noqa: ARG002
         current = self.core.current
-        response.current_state.label = f"recording:{current.rec.episode_id}" if current is not None else "idle"
-        response.current_state.id = 3 if current is not None else 2  # lifecycle ids: active / inactive
+        response.success = True
+        response.message = f"recording:{current.rec.episode_id}" if current is not None else "idle"
         return response
 
     def close(self) -> None:

@@ -80,9 +80,9 @@ class TeleopNode(Node):
         self.pub = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
         self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
-        from lifecycle_msgs.srv import ChangeState
+        from gf_interfaces.srv import Command
 
-        self.recorder_client = self.create_client(ChangeState, f"{self.cfg.recorder.rstrip('/')}/control")
+        self.recorder_client = self.create_client(Command, f"{self.cfg.recorder.rstrip('/')}/control")
         self.create_timer(1.0 / self.cfg.rate_hz, self._tick)
         self._say(f"teleop ready: {self.device.name}, {self.cfg.mode} mode at {self.cfg.rate_hz:g} Hz\n{self.device.help_text}")
 
@@ -151,13 +151,13 @@ class TeleopNode(Node):
         self.published += 1
 
     def _recorder(self, command: str) -> None:
-        from lifecycle_msgs.srv import ChangeState
+        from gf_interfaces.srv import Command
 
         if not self.recorder_client.service_is_ready():
             self._say(f"no recorder at {self.cfg.recorder} (start gf-recorder or a graph with one)")
             return
-        request = ChangeState.Request()
-        request.transition.label = command
+        request = Command.Request()
+        request.command = command
         future = self.recorder_client.call_async(request)
 
         def done(f) -> None:

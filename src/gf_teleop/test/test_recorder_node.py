@@ -270,15 +270,15 @@ def reader_deser(conn, raw):
 
 def test_control_service_starts_stops_and_discards(tmp_path, fresh_domain, helpers):
     import rclpy
-    from lifecycle_msgs.srv import ChangeState, GetState
 
     from gf_eval.trials import make_trial
+    from gf_interfaces.srv import Command
 
     out = tmp_path / "manual"
     recorder = _start_recorder(helpers, out, "-p", "mode:=manual", "-p", "source:=robot")
     graph = GraphImitation(make_trial("Demo", 2))
-    control = graph.node.create_client(ChangeState, "/recorder/control")
-    state = graph.node.create_client(GetState, "/recorder/get_state")
+    control = graph.node.create_client(Command, "/recorder/control")
+    state = graph.node.create_client(Command, "/recorder/get_state")
 
     def call(client, request):
         future = client.call_async(request)
@@ -286,17 +286,17 @@ def test_control_service_starts_stops_and_discards(tmp_path, fresh_domain, helpe
         return future.result()
 
     def command(label):
-        request = ChangeState.Request()
-        request.transition.label = label
+        request = Command.Request()
+        request.command = label
         return call(control, request).success
 
     try:
         graph.wait_for_recorder()
         assert control.wait_for_service(timeout_sec=30)
-        assert call(state, GetState.Request()).current_state.label == "idle"
+        assert call(state, Command.Request()).message == "idle"
         assert not command("stop") and not command("discard") and not command("fly")
         assert command("start")
-        assert call(state, GetState.Request()).current_state.label.startswith("recording:")
+        assert call(state, Command.Request()).message.startswith("recording:")
         graph.episode(steps=4)
         graph.spin(0.3)
         assert command("failure")

@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 import numpy as np
-from gf_eval.action_space import EE_DELTA_POSE
-from gf_eval.trials import TrialSpec
 from PIL import Image
 
+from gf_eval.action_space import EE_DELTA_POSE
+from gf_eval.trials import TrialSpec
 from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation
 from gf_policy.backends.vla import (
     check_observations,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_eval.trials import TrialSpec
-
 from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation
 
 

@@ -14,8 +14,10 @@ from .modeling import PI0StyleVLA, make_block_attention_mask
 from .normalization import NormStats, load_norm_stats, save_norm_stats
 from .pi0_import import import_pi0
 from .processing import VLAProcessor, train_tiny_tokenizer
+from .techniques import ActionDiscretizer
 
 __all__ = [
+    "ActionDiscretizer",
     "NormStats",
     "PI0StyleVLA",
     "VLAConfig",

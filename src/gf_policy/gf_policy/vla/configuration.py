@@ -108,6 +108,28 @@ class VLAConfig:
     time_offset: float = 0.001
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
+    # --- training targets beyond flow matching (gf_training's knowledge-transfer techniques;
+    # the defaults are plain pi0). See ``gf_policy.vla.techniques`` for the token layout. ---
+    flow_matching: bool = True  # the action expert's flow-matching loss
+    # Discretised actions predicted by the VLM's language head: None | "parallel" (one learnable
+    # query token per action dimension and step, all decoded at once) | "autoregressive" (OpenVLA).
+    discrete_actions: str | None = None
+    num_action_bins: int = 256  # uniform bins over the normalised range, the last vocabulary ids
+    discrete_loss_weight: float = 1.0  # 0 keeps the architecture but trains no discrete target
+    # Softmax over the "full" vocabulary (OpenVLA) or only over the reserved "reserved" ids (cheaper).
+    discrete_vocab: str = "full"
+    # Knowledge insulation: the expert reads the VLM's keys/values through a stop-gradient, so
+    # the flow-matching loss trains the expert only and the VLM learns from the discrete targets.
+    knowledge_insulation: bool = False
+    action_decoding: str = "auto"  # what sample_actions returns: auto (flow if trained) | flow | discrete
+    # Latent actions (villa-X style): None | "expert" (jointly denoised by the action expert
+    # before the robot actions, which attend to them) | "tokens" (codes predicted by the VLM's
+    # language head from learnable query tokens, as reserved vocabulary ids).
+    latent_action_mode: str | None = None
+    latent_codebook_size: int = 0  # codes of the latent action model's VQ codebook
+    latent_code_dim: int = 0  # width of a code vector (expert mode)
+    latent_action_tokens: int = 0  # latent codes per sample (frame pairs x codes per pair)
+    latent_loss_weight: float = 1.0  # 0: no latent targets (fine-tuning on robot actions only)
     # --- inputs ---
     num_images: int = 1
     max_text_tokens: int = 48
@@ -209,8 +231,66 @@ class VLAConfig:
             raise ValueError(f"execution_horizon must be in [1, action_horizon={self.action_horizon}]")
         if self.num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
+        self._validate_targets()
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', not {self.attn_implementation!r}")
+
+    def _validate_targets(self) -> None:
+        if self.discrete_actions not in (None, "parallel", "autoregressive"):
+            raise ValueError(f"discrete_actions must be null, 'parallel' or 'autoregressive', not {self.discrete_actions!r}")
+        if self.latent_action_mode not in (None, "expert", "tokens"):
+            raise ValueError(f"latent_action_mode must be null, 'expert' or 'tokens', not {self.latent_action_mode!r}")
+        if self.action_decoding not in ("auto", "flow", "discrete"):
+            raise ValueError(f"action_decoding must be auto, flow or discrete, not {self.action_decoding!r}")
+        if self.discrete_vocab not in ("full", "reserved"):
+            raise ValueError(f"discrete_vocab must be 'full' or 'reserved', not {self.discrete_vocab!r}")
+        if min(self.discrete_loss_weight, self.latent_loss_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if not self.flow_matching and self.discrete_actions is None:
+            raise ValueError("with flow_matching off the model needs discrete_actions to predict actions")
+        if not self.flow_matching and self.discrete_loss_weight == 0:
+            raise ValueError("with flow_matching off and discrete_loss_weight 0 nothing would be trained")
+        if self.action_decoding == "discrete" and self.discrete_actions is None:
+            raise ValueError("action_decoding='discrete' needs discrete_actions")
+        if self.action_decoding == "flow" and not self.flow_matching:
+            raise ValueError("action_decoding='flow' needs flow_matching")
+        if self.knowledge_insulation and not self.flow_matching:
+            raise ValueError("knowledge_insulation applies to the flow-matching expert: it needs flow_matching")
+        if self.latent_action_mode is not None:
+            if self.latent_codebook_size < 2 or self.latent_action_tokens < 1:
+                raise ValueError("latent actions need latent_codebook_size >= 2 and latent_action_tokens >= 1")
+            if self.latent_action_mode == "expert" and (self.latent_code_dim < 1 or not self.flow_matching):
+                raise ValueError("latent_action_mode='expert' needs latent_code_dim >= 1 and flow_matching")
+        if self.discrete_actions is not None and self.num_action_bins < 2:
+            raise ValueError("num_action_bins must be >= 2")
+        reserved = self.reserved_vocab_size
+        vocab = int(self.text_config["vocab_size"])
+        if reserved and reserved > vocab - 64:  # the reserved ids overwrite the end; text needs the rest
+            raise ValueError(f"a vocabulary of {vocab} cannot give {reserved} ids to action bins / latent codes")
+
+    @property
+    def reserved_vocab_size(self) -> int:
+        """Vocabulary ids (at the end) that action bins and latent-code tokens overwrite."""
+        bins = self.num_action_bins if self.discrete_actions is not None else 0
+        codes = self.latent_codebook_size if self.latent_action_mode == "tokens" else 0
+        return bins + codes
+
+    @property
+    def discrete_active(self) -> bool:
+        """Discrete action targets are trained."""
+        return self.discrete_actions is not None and self.discrete_loss_weight > 0
+
+    @property
+    def latent_active(self) -> bool:
+        """Latent-action targets are trained (and, in expert mode, denoised at inference)."""
+        return self.latent_action_mode is not None and self.latent_loss_weight > 0
+
+    @property
+    def decodes_discrete(self) -> bool:
+        """``sample_actions`` decodes discrete tokens instead of integrating the flow."""
+        if self.action_decoding == "auto":
+            return not self.flow_matching
+        return self.action_decoding == "discrete"
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

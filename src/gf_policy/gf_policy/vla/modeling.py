@@ -16,6 +16,13 @@ Numerics follow transformers' ``PI0ForConditionalGeneration`` (checked by a test
 configs): text embeddings scaled by sqrt(width) (Gemma), image and suffix embeddings not
 scaled, RoPE positions = cumulative count of valid tokens, the expert's final RMSNorm before the
 action head.
+
+Training targets beyond pi0 (``VLAConfig``; all off by default, see ``techniques``): discrete
+action bins predicted by the VLM's language head (parallel query tokens or autoregressive),
+knowledge insulation (the expert reads the VLM's keys/values through a stop-gradient), latent
+actions (denoised by the expert, or predicted as tokens by the VLM), and the language-model loss
+of co-training (``compute_lm_loss``) with greedy decoding (``generate_text``). They use the
+layout ``[prefix | VLM block | expert suffix]``; with none of them on, the code path is pi0's.
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ from transformers.models.gemma.modeling_gemma import (
 
 from .configuration import CONFIG_NAME, VLAConfig
 from .normalization import NORM_STATS_NAME, NormStats, load_norm_stats, save_norm_stats
+from .techniques import (
+    ActionDiscretizer,
+    TokenRange,
+    make_layout_mask,
+    make_prefix_lm_mask,
+    reserved_token_ranges,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -97,19 +111,27 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, impl: str) -> torch.Tensor:
-    """Grouped-query attention with an explicit boolean mask (B, Lq, Lk); returns (B, Lq, H * D)."""
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, impl: str,
+    record: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Grouped-query attention with an explicit boolean mask (B, Lq, Lk); returns (B, Lq, H * D).
+
+    With ``record`` (a list) the explicit softmax runs and the weights (B, H, Lq, Lk) are
+    appended to it (attention maps, ``gf_training.attention``)."""
     batch, heads, q_len, head_dim = q.shape
     if k.shape[1] != heads:  # GQA: query head h reads key/value head h // group
         k = k.repeat_interleave(heads // k.shape[1], dim=1)
         v = v.repeat_interleave(heads // v.shape[1], dim=1)
     scaling = head_dim**-0.5
-    if impl == "sdpa":
+    if impl == "sdpa" and record is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scaling)
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
         scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if record is not None:
+            record.append(weights.detach())
         out = torch.matmul(weights, v)
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
 
@@ -147,16 +169,54 @@ class PI0StyleVLA(nn.Module):
         self.action_time_mlp_out = nn.Linear(width, width)
         self.action_out_proj = nn.Linear(width, config.model_action_dim)
         self.norm_stats: dict[str, NormStats] | None = None
+        self._build_technique_heads()
+        # Detached per-target losses of the last compute_loss / forward call (for logging).
+        self.last_losses: dict[str, torch.Tensor] = {}
+        # When a list: every joint layer appends its attention weights (gf_training.attention).
+        self.attention_recorder: list[torch.Tensor] | None = None
         self._init_new_weights()
         self._check_vlm_matches_config()
         if config.gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
     # ------------------------------------------------------------------ construction helpers
+    def _build_technique_heads(self) -> None:
+        """Parameters of the targets beyond flow matching (only those the config asks for)."""
+        cfg = self.config
+        vlm_width = int(cfg.text_config["hidden_size"])
+        if cfg.discrete_actions is not None or cfg.latent_action_mode == "tokens":
+            # The proprio "state" token that opens the VLM block (pi0 feeds proprio to the expert only).
+            self.vlm_state_proj = nn.Linear(cfg.model_proprio_dim, vlm_width)
+        if cfg.discrete_actions == "parallel":
+            self.action_queries = nn.Parameter(torch.zeros(cfg.action_horizon * cfg.action_dim, vlm_width))
+        if cfg.latent_action_mode == "tokens":
+            self.latent_queries = nn.Parameter(torch.zeros(cfg.latent_action_tokens, vlm_width))
+        if cfg.latent_action_mode == "expert":
+            self.latent_in_proj = nn.Linear(cfg.latent_code_dim, cfg.expert_hidden_size)
+            self.latent_out_proj = nn.Linear(cfg.expert_hidden_size, cfg.latent_code_dim)
+            # The latent action model's (unit-norm) code vectors: the expert denoises them.
+            self.register_buffer("latent_codebook", torch.zeros(cfg.latent_codebook_size, cfg.latent_code_dim))
+        self.action_tokens, self.latent_tokens = reserved_token_ranges(
+            int(cfg.text_config["vocab_size"]),
+            cfg.num_action_bins if cfg.discrete_actions is not None else 0,
+            cfg.latent_codebook_size if cfg.latent_action_mode == "tokens" else 0,
+        )
+        self.discretizer = ActionDiscretizer(cfg.num_action_bins)
+
+    def technique_modules(self) -> list[nn.Module | nn.Parameter]:
+        """The parameters that exist only for discrete / latent targets."""
+        names = ("vlm_state_proj", "action_queries", "latent_queries", "latent_in_proj", "latent_out_proj")
+        return [getattr(self, n) for n in names if hasattr(self, n)]
+
     def _init_new_weights(self) -> None:
         std = self.config.initializer_range
         new_modules = [self.expert, self.state_proj, self.action_in_proj, self.action_time_mlp_in,
                        self.action_time_mlp_out, self.action_out_proj]
+        for extra in self.technique_modules():
+            if isinstance(extra, nn.Parameter):
+                nn.init.normal_(extra, std=std)
+            else:
+                new_modules.append(extra)
         for root in new_modules:
             for module in root.modules():
                 if isinstance(module, nn.Linear):
@@ -251,16 +311,24 @@ class PI0StyleVLA(nn.Module):
         embeds = text.masked_scatter(is_image[..., None], features.to(text.dtype))
         return embeds, attention_mask.bool()
 
-    def embed_suffix(self, proprio: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """[proprio token, action tokens] (B, 1 + H, expert width); time enters by an MLP on
-        [action embedding, sinusoidal time embedding]."""
+    def embed_suffix(
+        self, proprio: torch.Tensor, noisy_actions: torch.Tensor, time: torch.Tensor,
+        noisy_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[proprio token, (latent tokens,) action tokens] (B, 1 + [n +] H, expert width); time
+        enters by an MLP on [token embedding, sinusoidal time embedding]."""
         state = self.state_proj(proprio.to(self.dtype))
-        actions = self.action_in_proj(noisy_actions.to(self.dtype))
+        parts = [state[:, None, :]]
+        if noisy_latents is not None:
+            parts.append(self._fuse_time(self.latent_in_proj(noisy_latents.to(self.dtype)), time))
+        parts.append(self._fuse_time(self.action_in_proj(noisy_actions.to(self.dtype)), time))
+        return torch.cat(parts, dim=1)
+
+    def _fuse_time(self, tokens: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         time_emb = sinusoidal_time_embedding(time, cfg.expert_hidden_size, cfg.time_min_period, cfg.time_max_period)
-        time_emb = time_emb.to(actions.dtype)[:, None, :].expand_as(actions)
-        fused = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([actions, time_emb], dim=2))))
-        return torch.cat([state[:, None, :], fused], dim=1)
+        time_emb = time_emb.to(tokens.dtype)[:, None, :].expand_as(tokens)
+        return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([tokens, time_emb], dim=2))))
 
     # ------------------------------------------------------------------ transformer
     def _layer(
@@ -272,6 +340,7 @@ class PI0StyleVLA(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        keep_prefix_out: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """One joint layer; returns new prefix/suffix states and this layer's keys/values."""
         streams = [
@@ -298,11 +367,24 @@ class PI0StyleVLA(nn.Module):
         k, v = k_new, v_new
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = _attention(torch.cat(qs, dim=2), k, v, mask, self.config.attn_implementation)
+        impl = self.config.attn_implementation
+        if (self.config.knowledge_insulation and len(qs) == 2 and past is None and torch.is_grad_enabled()
+                and self.attention_recorder is None):
+            # Knowledge insulation: the expert reads the VLM stream's keys/values through a
+            # stop-gradient. The VLM rows never attend to expert keys (block mask), so splitting
+            # the attention by query stream gives the same forward values.
+            n_vlm = lengths[0]
+            out = torch.cat([
+                _attention(qs[0], ks[0], vs[0], mask[:, :n_vlm, :n_vlm], impl),
+                _attention(qs[1], torch.cat([ks[0].detach(), ks[1]], dim=2),
+                           torch.cat([vs[0].detach(), vs[1]], dim=2), mask[:, n_vlm:], impl),
+            ], dim=1)
+        else:
+            out = _attention(torch.cat(qs, dim=2), k, v, mask, impl, record=self.attention_recorder)
 
-        # The prefix output of the last layer feeds nothing (only the VLM's LM head would read
-        # it): skip its attention output projection and MLP.
-        last = index == len(self.action_expert.layers) - 1
+        # The prefix output of the last layer feeds nothing unless the VLM's LM head reads it
+        # (``keep_prefix_out``): otherwise skip its attention output projection and MLP.
+        last = index == len(self.action_expert.layers) - 1 and not keep_prefix_out
         results: list[torch.Tensor | None] = []
         start = 0
         for stream, ((hidden, layer), length) in enumerate(zip(streams, lengths)):
@@ -324,11 +406,13 @@ class PI0StyleVLA(nn.Module):
         mask: torch.Tensor,
         cache: KVCache | None = None,
         build_cache: bool = False,
+        keep_prefix_out: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, KVCache | None]:
         """All layers over the given streams; ``positions`` (B, Lq) covers prefix then suffix.
 
-        Returns the final suffix states (before the expert's final norm), ``None`` for the prefix
-        (its last-layer output is never needed), and the per-layer prefix K/V if ``build_cache``.
+        Returns the final suffix states (before the expert's final norm), the final prefix states
+        (before the VLM's final norm) only with ``keep_prefix_out`` (else ``None``: pi0 never
+        needs them), and the per-layer K/V of this call's tokens if ``build_cache``.
         """
         any_stream = prefix if prefix is not None else suffix
         cos, sin = self.vlm.model.language_model.rotary_emb(any_stream, positions)
@@ -338,10 +422,10 @@ class PI0StyleVLA(nn.Module):
             past = cache[index] if cache is not None else None
             if use_ckpt:
                 prefix, suffix, k, v = checkpoint(
-                    self._layer, index, prefix, suffix, cos, sin, mask, past, use_reentrant=False
+                    self._layer, index, prefix, suffix, cos, sin, mask, past, keep_prefix_out, use_reentrant=False
                 )
             else:
-                prefix, suffix, k, v = self._layer(index, prefix, suffix, cos, sin, mask, past)
+                prefix, suffix, k, v = self._layer(index, prefix, suffix, cos, sin, mask, past, keep_prefix_out)
             if new_cache is not None:
                 new_cache.append((k, v))
         return prefix, suffix, new_cache
@@ -398,6 +482,8 @@ class PI0StyleVLA(nn.Module):
         dimensions (``max_action_dim`` > ``action_dim``) are excluded from the loss (LeRobot).
         """
         cfg = self.config
+        if cfg.discrete_active or cfg.latent_active or not cfg.flow_matching:
+            return self._technique_loss(batch, noise=noise, time=time)
         actions = batch["actions"].to(self.dtype)
         batch_size = actions.shape[0]
         actions = self._pad(actions, cfg.model_action_dim)
@@ -411,16 +497,278 @@ class PI0StyleVLA(nn.Module):
         target = noise - actions
         prefix, pad_mask = self.embed_prefix(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         velocity = self.predict_velocity(prefix, pad_mask, proprio, noisy, time)
-        err = (velocity.float() - target.float())[..., : cfg.action_dim].pow(2).mean(dim=-1)  # (B, H)
-        is_pad = batch.get("action_is_pad")
+        loss = self._flow_loss(velocity, target, batch.get("action_is_pad"))
+        self.last_losses = {"flow": loss.detach()}
+        return loss
+
+    def _flow_loss(self, velocity: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
+        err = (velocity.float() - target.float())[..., : self.config.action_dim].pow(2).mean(dim=-1)  # (B, H)
         if is_pad is None:
             return err.mean()
         valid = (~is_pad.bool()).float()
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Training loss (so that DDP/FSDP wrappers see a forward call)."""
-        return self.compute_loss(batch)
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], vl_batch: Mapping[str, torch.Tensor] | None = None,
+        vl_fraction: float = 0.0, vl_loss_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Training loss (so that DDP/FSDP wrappers see a forward call).
+
+        Co-training: with ``vl_batch`` (see ``compute_lm_loss``) the loss is the per-sample mean
+        over a mixed batch, ``(1 - f) * action loss + f * w * LM loss`` with ``f = vl_fraction``
+        (the share of vision-language samples) and ``w = vl_loss_weight``."""
+        loss = self.compute_loss(batch)
+        if vl_batch is None:
+            return loss
+        losses = dict(self.last_losses)
+        lm = self.compute_lm_loss(vl_batch)
+        self.last_losses = {**losses, "lm": lm.detach()}
+        return (1.0 - vl_fraction) * loss + vl_fraction * vl_loss_weight * lm
+
+    # ------------------------------------------------------------------ discrete / latent targets
+    @property
+    def _vlm_width(self) -> int:
+        return int(self.config.text_config["hidden_size"])
+
+    def _n_expert_latents(self) -> int:
+        """Latent tokens in the expert suffix (expert mode, latent targets on)."""
+        cfg = self.config
+        return cfg.latent_action_tokens if cfg.latent_active and cfg.latent_action_mode == "expert" else 0
+
+    def _expert_blocks(self, n_latents: int) -> list[int]:
+        """Block ids of [proprio | latents | actions]: latents see proprio and each other, actions see all."""
+        horizon = self.config.action_horizon
+        if n_latents:
+            return [1] + [2] * n_latents + [3] * horizon
+        return [1] + [2] * horizon
+
+    def _latent_targets(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latent codes (B, n) -> code vectors (B, n, d), scaled to unit variance per dimension."""
+        book = self.latent_codebook
+        if not bool(book.abs().sum() > 0):
+            raise ValueError("the latent codebook is empty: call set_latent_codebook() with the latent action model's codes")
+        return book[codes] * (book.shape[1] ** 0.5)
+
+    def set_latent_codebook(self, codebook: torch.Tensor) -> None:
+        """Copy the latent action model's code vectors (K, d) into the model (expert mode)."""
+        if not hasattr(self, "latent_codebook"):
+            raise ValueError("latent_action_mode is not 'expert': the model keeps no codebook")
+        if tuple(codebook.shape) != tuple(self.latent_codebook.shape):
+            raise ValueError(f"codebook shape {tuple(codebook.shape)} != {tuple(self.latent_codebook.shape)}")
+        with torch.no_grad():
+            self.latent_codebook.copy_(codebook.to(self.latent_codebook))
+
+    def _has_vlm_block(self) -> bool:
+        cfg = self.config
+        return cfg.discrete_active or cfg.decodes_discrete or (cfg.latent_active and cfg.latent_action_mode == "tokens")
+
+    def _vlm_block(
+        self, proprio: torch.Tensor, actions: torch.Tensor | None, with_actions: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """The VLM block [state, (latent queries), (action queries | action tokens)] (B, Lb, D).
+
+        Returns it and, per target, ``(first logit position in the block, count)``: parallel
+        queries predict their own target; autoregressive tokens are predicted from the position
+        before them (teacher forcing: the inputs are the target tokens shifted by one).
+        ``actions`` (normalised, (B, H, action_dim)) is needed for the autoregressive variant;
+        ``with_actions=False`` stops before the action part (the start of AR decoding)."""
+        cfg = self.config
+        batch = proprio.shape[0]
+        parts = [self.vlm_state_proj(proprio.to(self.dtype))[:, None, :]]
+        info: dict[str, tuple[int, int]] = {}
+        pos = 1
+        if cfg.latent_active and cfg.latent_action_mode == "tokens":
+            parts.append(self.latent_queries.to(self.dtype)[None].expand(batch, -1, -1))
+            info["latent"] = (pos, cfg.latent_action_tokens)
+            pos += cfg.latent_action_tokens
+        n_targets = cfg.action_horizon * cfg.action_dim
+        if cfg.discrete_actions == "parallel" and with_actions:
+            parts.append(self.action_queries.to(self.dtype)[None].expand(batch, -1, -1))
+            info["discrete"] = (pos, n_targets)
+        elif cfg.discrete_actions == "autoregressive":
+            info["discrete"] = (pos - 1, n_targets)
+            if with_actions:
+                ids = self.action_tokens.ids(self.discretizer.encode(actions[..., : cfg.action_dim]).flatten(1))
+                parts.append(self.vlm.model.language_model.embed_tokens(ids[:, :-1]).to(self.dtype))
+        return torch.cat(parts, dim=1), info
+
+    def _reserved_logits(self, hidden: torch.Tensor, tokens: TokenRange) -> torch.Tensor:
+        """LM-head logits over a reserved id range only (B, N, size)."""
+        weight = self.vlm.lm_head.weight[tokens.start : tokens.stop]
+        return F.linear(hidden, weight)
+
+    def _token_ce(self, hidden: torch.Tensor, index: torch.Tensor, tokens: TokenRange) -> torch.Tensor:
+        """Per-target cross-entropy (B, N) of range indices ``index`` (B, N) given final hidden states."""
+        if self.config.discrete_vocab == "full":
+            logits, target = self.vlm.lm_head(hidden), tokens.ids(index)
+        else:
+            logits, target = self._reserved_logits(hidden, tokens), index
+        return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view(index.shape)
+
+    def _technique_loss(
+        self, batch: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None, time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Losses of the extended layout ``[prefix | VLM block | expert suffix]`` (see
+        ``gf_policy.vla.techniques``): flow matching (optionally with jointly denoised latent
+        actions), discrete action tokens and latent-action tokens; weighted sum."""
+        cfg = self.config
+        actions = batch["actions"].to(self.dtype)
+        batch_size, horizon = actions.shape[:2]
+        proprio = self._pad(batch["proprio"].to(self.dtype), cfg.model_proprio_dim)
+        is_pad = batch.get("action_is_pad")
+        prefix, pad_mask = self.embed_prefix(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        prefix_len = prefix.shape[1]
+        n_valid = pad_mask.long().sum(dim=1, keepdim=True)
+        positions = [pad_mask.long().cumsum(1) - 1]
+        stream, info, block_len = prefix, {}, 0
+        if self._has_vlm_block():
+            block, info = self._vlm_block(proprio, actions)
+            block_len = block.shape[1]
+            stream = torch.cat([prefix, block], dim=1)
+            positions.append(n_valid + torch.arange(block_len, device=prefix.device)[None, :])
+        suffix, expert_blocks, n_lat = None, [], 0
+        if cfg.flow_matching:
+            padded = self._pad(actions, cfg.model_action_dim)
+            noise = torch.randn_like(padded) if noise is None else noise.to(padded)
+            time = self.sample_time(batch_size, padded.device) if time is None else time
+            t = time.to(padded.dtype)[:, None, None]
+            noisy_latents = None
+            n_lat = self._n_expert_latents()
+            if n_lat:
+                z = self._latent_targets(batch["latent_codes"].long()).to(padded.dtype)
+                z_noise = torch.randn_like(z)
+                noisy_latents, z_target = t * z_noise + (1 - t) * z, z_noise - z
+            suffix = self.embed_suffix(proprio, t * noise + (1 - t) * padded, time, noisy_latents)
+            expert_blocks = self._expert_blocks(n_lat)
+            positions.append(n_valid + torch.arange(len(expert_blocks), device=prefix.device)[None, :])
+        mask = make_layout_mask(pad_mask, block_len, cfg.discrete_actions == "autoregressive", expert_blocks)
+        vlm_out, suffix_out, _ = self._run_layers(stream, suffix, torch.cat(positions, 1), mask,
+                                                  keep_prefix_out=block_len > 0)
+        losses: dict[str, torch.Tensor] = {}
+        if suffix_out is not None:
+            losses["flow"] = self._flow_loss(self._velocity(suffix_out), noise - padded, is_pad)
+            if n_lat:
+                z_velocity = self.latent_out_proj(self.action_expert.norm(suffix_out[:, 1 : 1 + n_lat]))
+                losses["latent"] = (z_velocity.float() - z_target.float()).pow(2).mean()
+        if block_len:
+            hidden = self.vlm.model.language_model.norm(vlm_out[:, prefix_len:])
+            if "discrete" in info:
+                start, count = info["discrete"]
+                bins = self.discretizer.encode(actions[..., : cfg.action_dim]).flatten(1)
+                ce = self._token_ce(hidden[:, start : start + count], bins, self.action_tokens)
+                ce = ce.view(batch_size, horizon, cfg.action_dim).mean(dim=-1)
+                valid = torch.ones_like(ce) if is_pad is None else (~is_pad.bool()).float()
+                losses["discrete"] = (ce * valid).sum() / valid.sum().clamp_min(1.0)
+            if "latent" in info:
+                start, count = info["latent"]
+                codes = batch["latent_codes"].long()
+                losses["latent"] = self._token_ce(hidden[:, start : start + count], codes, self.latent_tokens).mean()
+        weights = {"flow": 1.0, "discrete": cfg.discrete_loss_weight, "latent": cfg.latent_loss_weight}
+        self.last_losses = {k: v.detach() for k, v in losses.items()}
+        return sum(weights[k] * v for k, v in losses.items())
+
+    @torch.no_grad()
+    def sample_discrete(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, proprio: torch.Tensor,
+    ) -> torch.Tensor:
+        """Decode the discrete action tokens (greedy): (B, H, action_dim) bin centres, normalised.
+
+        Parallel: one forward over [prefix | state, queries]. Autoregressive: the prefix is
+        encoded once (KV cache), then one token per step through the VLM, OpenVLA style."""
+        cfg = self.config
+        if cfg.discrete_actions is None:
+            raise ValueError("the model has no discrete action head (discrete_actions is null)")
+        proprio = self._pad(proprio.to(self.dtype), cfg.model_proprio_dim)
+        batch_size = proprio.shape[0]
+        n_targets = cfg.action_horizon * cfg.action_dim
+        if cfg.discrete_actions == "parallel":
+            prefix, pad_mask = self.embed_prefix(pixel_values, input_ids, attention_mask)
+            block, info = self._vlm_block(proprio, None)
+            n_valid = pad_mask.long().sum(dim=1, keepdim=True)
+            positions = torch.cat([pad_mask.long().cumsum(1) - 1,
+                                   n_valid + torch.arange(block.shape[1], device=block.device)[None]], 1)
+            mask = make_layout_mask(pad_mask, block.shape[1])
+            out, _, _ = self._run_layers(torch.cat([prefix, block], 1), None, positions, mask, keep_prefix_out=True)
+            start, count = info["discrete"]
+            hidden = self.vlm.model.language_model.norm(out[:, prefix.shape[1] + start : prefix.shape[1] + start + count])
+            bins = self._reserved_logits(hidden, self.action_tokens).argmax(dim=-1)
+        else:
+            cache, pad_mask = self.build_prefix_cache(pixel_values, input_ids, attention_mask)
+            n_valid = pad_mask.long().sum(dim=1, keepdim=True)
+            tokens, _ = self._vlm_block(proprio, None, with_actions=False)
+            done, picked = 0, []
+            for _ in range(n_targets):
+                length = tokens.shape[1]
+                positions = n_valid + done + torch.arange(length, device=tokens.device)[None]
+                own = torch.ones(length, done + length, dtype=torch.bool, device=tokens.device).tril(done)
+                mask = torch.cat([pad_mask[:, None, :].expand(-1, length, -1), own[None].expand(batch_size, -1, -1)], 2)
+                out, _, new = self._run_layers(tokens, None, positions, mask, cache=cache, build_cache=True,
+                                               keep_prefix_out=True)
+                cache = [(torch.cat([ck, k], 2), torch.cat([cv, v], 2)) for (ck, cv), (k, v) in zip(cache, new)]
+                done += length
+                hidden = self.vlm.model.language_model.norm(out[:, -1:])
+                bin_ = self._reserved_logits(hidden, self.action_tokens).argmax(dim=-1)  # (B, 1)
+                picked.append(bin_)
+                tokens = self.vlm.model.language_model.embed_tokens(self.action_tokens.ids(bin_)).to(self.dtype)
+            bins = torch.cat(picked, dim=1)
+        return self.discretizer.decode(bins).view(batch_size, cfg.action_horizon, cfg.action_dim).to(self.dtype)
+
+    # ------------------------------------------------------------------ language head (co-training, probes)
+    def compute_lm_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token cross-entropy on the answer of vision-language samples (PaliGemma prefix-LM).
+
+        ``batch``: ``vl_pixel_values``, ``vl_input_ids`` ([image tokens, BOS, question, "\\n",
+        answer, EOS], right-padded), ``vl_attention_mask`` and ``vl_target_mask`` (True on the
+        answer and EOS tokens: they are predicted, causally; the rest is a bidirectional prefix)."""
+        ids, attn = batch["vl_input_ids"], batch["vl_attention_mask"].bool()
+        target = batch["vl_target_mask"].bool() & attn
+        embeds, pad_mask = self.embed_prefix(batch["vl_pixel_values"], ids, attn)
+        mask = make_prefix_lm_mask(pad_mask, target)
+        positions = (pad_mask.long().cumsum(1) - 1).clamp_min(0)
+        out, _, _ = self._run_layers(embeds, None, positions, mask, keep_prefix_out=True)
+        predicts = target[:, 1:]  # position j predicts token j + 1
+        hidden = self.vlm.model.language_model.norm(out[:, :-1][predicts])
+        logits = self.vlm.lm_head(hidden)
+        return F.cross_entropy(logits.float(), ids[:, 1:][predicts])
+
+    @torch.no_grad()
+    def generate_text(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        max_new_tokens: int = 24, eos_token_id: int | None = 1, suppress_ids: list[int] | None = None,
+    ) -> list[list[int]]:
+        """Greedy decoding from a right-padded prompt [image tokens, BOS, prompt, "\\n"] (the
+        PaliGemma captioning format); returns the new token ids of each row, up to EOS.
+        ``suppress_ids`` are never generated (e.g. the reserved action-bin ids)."""
+        embeds, pad_mask = self.embed_prefix(pixel_values, input_ids, attention_mask)
+        batch_size = embeds.shape[0]
+        positions = pad_mask.long().cumsum(1) - 1
+        mask = make_layout_mask(pad_mask)
+        out, _, cache = self._run_layers(embeds, None, positions, mask, build_cache=True, keep_prefix_out=True)
+        n_valid = pad_mask.long().sum(dim=1)
+        hidden = out[torch.arange(batch_size), n_valid - 1][:, None]
+        key_mask = pad_mask
+        outputs: list[list[int]] = [[] for _ in range(batch_size)]
+        finished = torch.zeros(batch_size, dtype=torch.bool, device=embeds.device)
+        for step in range(max_new_tokens):
+            logits = self.vlm.lm_head(self.vlm.model.language_model.norm(hidden))[:, -1].float()
+            if suppress_ids:
+                logits[:, suppress_ids] = float("-inf")
+            token = logits.argmax(dim=-1)
+            for row in range(batch_size):
+                if not finished[row]:
+                    if eos_token_id is not None and int(token[row]) == eos_token_id:
+                        finished[row] = True
+                    else:
+                        outputs[row].append(int(token[row]))
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            key_mask = torch.cat([key_mask, torch.ones(batch_size, 1, dtype=torch.bool, device=embeds.device)], 1)
+            emb = self.vlm.model.language_model.embed_tokens(token[:, None]).to(self.dtype)
+            out, _, new = self._run_layers(emb, None, (n_valid + step)[:, None], key_mask[:, None, :], cache=cache,
+                                           build_cache=True, keep_prefix_out=True)
+            cache = [(torch.cat([ck, k], 2), torch.cat([cv, v], 2)) for (ck, cv), (k, v) in zip(cache, new)]
+            hidden = out
+        return outputs
 
     # ------------------------------------------------------------------ inference
     def build_prefix_cache(
@@ -450,8 +798,12 @@ class PI0StyleVLA(nn.Module):
 
         Deterministic given ``noise`` (B, H, model_action_dim). With ``use_cache`` the prefix is
         encoded once; without it every step recomputes the full joint forward (same result).
+        Models that decode discrete actions (``VLAConfig.decodes_discrete``) return
+        ``sample_discrete`` instead; with latent actions in the expert they are integrated jointly.
         """
         cfg = self.config
+        if cfg.decodes_discrete:
+            return self.sample_discrete(pixel_values, input_ids, attention_mask, proprio)
         steps = num_steps or cfg.num_inference_steps
         batch_size = input_ids.shape[0]
         device = input_ids.device
@@ -464,6 +816,8 @@ class PI0StyleVLA(nn.Module):
         if x.shape[1:] != (cfg.action_horizon, cfg.model_action_dim):
             raise ValueError(f"noise must be (B, {cfg.action_horizon}, {cfg.model_action_dim}), got {tuple(x.shape)}")
         dt = -1.0 / steps
+        if self._n_expert_latents():
+            return self._sample_with_latents(pixel_values, input_ids, attention_mask, proprio, x, steps, generator)
         suffix_len = 1 + cfg.action_horizon
         if use_cache:
             cache, pad_mask = self.build_prefix_cache(pixel_values, input_ids, attention_mask)
@@ -481,6 +835,30 @@ class PI0StyleVLA(nn.Module):
             else:
                 velocity = self.predict_velocity(prefix, pad_mask, proprio, x, time)
             x = x + dt * velocity
+        return x[..., : cfg.action_dim]
+
+    def _sample_with_latents(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        proprio: torch.Tensor, x: torch.Tensor, steps: int, generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Joint Euler integration of latent actions and robot actions (villa-X style; the robot
+        action tokens attend to the latent tokens at every step)."""
+        cfg = self.config
+        n_lat = self._n_expert_latents()
+        batch_size, device = x.shape[0], x.device
+        z = torch.randn(batch_size, n_lat, cfg.latent_code_dim, generator=generator, device=device).to(self.dtype)
+        cache, pad_mask = self.build_prefix_cache(pixel_values, input_ids, attention_mask)
+        blocks = self._expert_blocks(n_lat)
+        prefix_len = pad_mask.shape[1]
+        mask = make_layout_mask(pad_mask, 0, False, blocks)[:, prefix_len:]
+        positions = self._suffix_positions(pad_mask, len(blocks))
+        dt = -1.0 / steps
+        for step in range(steps):
+            time = torch.full((batch_size,), 1.0 + step * dt, dtype=torch.float32, device=device)
+            suffix = self.embed_suffix(proprio, x, time, z)
+            _, suffix_out, _ = self._run_layers(None, suffix, positions, mask, cache=cache)
+            x = x + dt * self._velocity(suffix_out)
+            z = z + dt * self.latent_out_proj(self.action_expert.norm(suffix_out[:, 1 : 1 + n_lat]))
         return x[..., : cfg.action_dim]
 
     # ------------------------------------------------------------------ checkpoints

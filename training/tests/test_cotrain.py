@@ -1,0 +1,239 @@
+"""Co-training with vision-language data: reproducible generators with a manifest (glyphs; the
+tabletop scene labelling, and the simulator-rendered scenes as a slow test), the prefix-LM batch
+layout, the LM loss equal to Hugging Face PaliGemma's, greedy decoding consistent with it, and a
+co-training run whose action and language losses both fall."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gf_eval.trials import make_trial
+from gf_policy.vla import PI0StyleVLA, VLAConfig, VLAProcessor, train_tiny_tokenizer
+from gf_policy.vla.testing import make_batch
+from gf_training.config import load_config
+from gf_training.scene import look_at_camera
+from gf_training.train import train
+from gf_training.vl_data import (
+    VLCollator,
+    VLDataset,
+    generate_glyphs,
+    main,
+    read_vl_dir,
+    tabletop_sample,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+QUIET = ["logging.progress=false", "logging.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def glyph_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vl") / "glyphs"
+    generate_glyphs(out, per_emoji=1, size=32, seed=0)
+    return out
+
+
+def test_glyph_data_is_reproducible_with_a_manifest(glyph_dir, tmp_path):
+    info, records = read_vl_dir(glyph_dir)
+    assert info["generator"] == "glyphs" and info["split"] == "gf-default-v1" and info["lists"] == ["Train"]
+    assert info["count"] == len(records) == 100  # one image per Train emoji
+    first = records[0]
+    assert first.answer == "basketball" and first.question.endswith(("?", ".")) and first.emoji_ids == ["1f3c0"]
+    # the same command elsewhere gives the same bytes; an interrupted run completes identically
+    again = tmp_path / "again"
+    assert main(["glyphs", "--out", str(again), "--per-emoji", "1", "--size", "32", "--no-progress"]) == 0
+    assert (again / "manifest.jsonl").read_text() == (glyph_dir / "manifest.jsonl").read_text()
+    assert (again / "images" / "000007.png").read_bytes() == (glyph_dir / "images" / "000007.png").read_bytes()
+    (again / "images" / "000007.png").unlink()
+    lines = (again / "manifest.jsonl").read_text().splitlines()
+    (again / "manifest.jsonl").write_text("\n".join(lines[:50]) + "\n")
+    generate_glyphs(again, per_emoji=1, size=32, seed=0)
+    assert (again / "manifest.jsonl").read_text() == (glyph_dir / "manifest.jsonl").read_text()
+    assert (again / "images" / "000007.png").read_bytes() == (glyph_dir / "images" / "000007.png").read_bytes()
+    with pytest.raises(ValueError, match="other settings"):
+        generate_glyphs(again, per_emoji=1, size=32, seed=1)
+    shutil.rmtree(again)
+
+
+class FakeTask:
+    """What tabletop_sample needs of the simulator: reset, image, camera matrices."""
+
+    def __init__(self):
+        self.camera = look_at_camera((-0.15, 0.49, 0.564), (0.15, 0.65, 0.0), 1.2, 64, 64)
+        self.unwrapped = self
+
+    def reset(self, seed, options):
+        self.trial = options["trial"]
+
+    def policy_image(self):
+        return np.zeros((64, 64, 3), np.uint8)
+
+    def camera_intrinsics(self):
+        return self.camera.intrinsics
+
+    def camera_extrinsics(self):
+        return self.camera.extrinsics
+
+
+def test_tabletop_answers_name_the_cards_left_to_right_as_the_camera_sees_them():
+    trial = make_trial("Train", 5)
+    _, question, answer, meta = tabletop_sample(FakeTask(), trial, 5, seed=0)
+    # cards are laid out at y = 0.90 / 0.70 / 0.50; the camera sees y = 0.90 on the left
+    expected = [trial.cards[i].description for i in (0, 1, 2)]
+    assert answer == f"left: {expected[0]}; middle: {expected[1]}; right: {expected[2]}"
+    assert meta["left_to_right"] == [0, 1, 2] and "left to right" in question
+    # a mirrored camera (looking from the other side of the table) reverses the order
+    mirrored = FakeTask()
+    mirrored.camera = look_at_camera((0.55, 0.91, 0.564), (0.25, 0.75, 0.0), 1.2, 64, 64)
+    _, _, answer2, meta2 = tabletop_sample(mirrored, trial, 5, seed=0)
+    assert meta2["left_to_right"] == [2, 1, 0] and answer2.startswith(f"left: {expected[2]};")
+
+
+@pytest.mark.slow
+def test_tabletop_scenes_rendered_by_the_simulator(tmp_path):
+    from gf_training.vl_data import generate_tabletop
+
+    out = generate_tabletop(tmp_path / "tabletop", scenes=2, size=128, seed=0)
+    info, records = read_vl_dir(out)
+    assert info["generator"] == "tabletop" and len(records) == 2
+    for r in records:
+        trial = r.meta["trial"]
+        names = [trial["cards"][i]["description"] for i in r.meta["left_to_right"]]
+        assert r.answer == f"left: {names[0]}; middle: {names[1]}; right: {names[2]}"
+        image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / r.image))
+        assert image.shape == (128, 128, 3) and image.std() > 10
+
+
+def tiny_processor(tmp_path, texts):
+    cfg = VLAConfig.tiny()
+    return VLAProcessor(train_tiny_tokenizer(texts, 512, tmp_path / "tok"), cfg)
+
+
+def test_collator_builds_prefix_lm_batches(glyph_dir, tmp_path):
+    ds = VLDataset([glyph_dir], image_size=32)
+    processor = tiny_processor(tmp_path, ds.texts())
+    batch = VLCollator(processor, max_text_tokens=24)([ds[0], ds[1]])
+    cfg, tok = processor.config, processor.tokenizer
+    assert batch["vl_pixel_values"].shape == (2, 1, 3, 32, 32)
+    ids, target = batch["vl_input_ids"][0], batch["vl_target_mask"][0]
+    assert (ids[: cfg.tokens_per_image] == cfg.image_token_id).all() and ids[cfg.tokens_per_image] == tok.bos_token_id
+    answer = ids[target]
+    assert tok.decode(answer[:-1]).strip() == ds[0]["answer"] and answer[-1] == tok.eos_token_id
+    assert not target[: cfg.tokens_per_image + 3].any()  # image, BOS and question are the prefix
+
+
+def test_lm_loss_equals_paligemmas_and_greedy_decoding_follows_it():
+    torch.manual_seed(0)
+    model = PI0StyleVLA.from_config(VLAConfig.tiny()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.2)
+    b = make_batch(model.config, batch_size=2, text_lengths=[12, 8])
+    ids, attn = b["input_ids"], b["attention_mask"]
+    n_img = model.config.tokens_per_image
+    target = torch.zeros_like(attn)
+    target[0, n_img + 6 : n_img + 13] = True
+    target[1, n_img + 4 : n_img + 9] = True
+    vl = {"vl_pixel_values": b["pixel_values"], "vl_input_ids": ids, "vl_attention_mask": attn,
+          "vl_target_mask": target}
+    ours = model.compute_lm_loss(vl)
+    with torch.no_grad():
+        ref = model.vlm(input_ids=ids, pixel_values=b["pixel_values"][:, 0], attention_mask=attn.long(),
+                        token_type_ids=target.long()).logits
+    predicts = target[:, 1:]
+    expected = torch.nn.functional.cross_entropy(ref[:, :-1][predicts].float(), ids[:, 1:][predicts])
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+    # greedy decoding with the KV cache = the argmax chain of PaliGemma's full forward
+    prompt_len = n_img + 6
+    prompt_ids, prompt_mask = ids[:, :prompt_len], attn[:, :prompt_len]
+    generated = model.generate_text(b["pixel_values"], prompt_ids, prompt_mask, max_new_tokens=5, eos_token_id=None)
+    for row in range(2):
+        seq = torch.cat([prompt_ids[row], torch.tensor(generated[row])])[None]
+        types = torch.cat([torch.zeros(prompt_len), torch.ones(5)]).long()[None]
+        with torch.no_grad():
+            logits = model.vlm(input_ids=seq, pixel_values=b["pixel_values"][row : row + 1, 0],
+                               attention_mask=torch.ones_like(seq), token_type_ids=types).logits[0]
+        assert logits[prompt_len - 1 : prompt_len + 4].argmax(-1).tolist() == generated[row]
+
+
+def test_cotraining_lowers_both_losses(glyph_dir, tmp_path):
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", *QUIET, "train.steps=40", "train.save_steps=[]",
+                               "train.batch_size=8", "train.micro_batch_size=8", "optim.warmup_steps=4",
+                               f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=0.5", "cotrain.max_text_tokens=24"])
+    result, trainer = train(cfg)
+    assert (trainer.vla_micro, trainer.vl_micro) == (4, 4)
+    lm, flow = result.parts["loss_lm"], result.parts["loss_flow"]
+    assert np.mean(lm[-5:]) < 0.85 * np.mean(lm[:5]), (lm[:5], lm[-5:])
+    assert np.mean(flow[-5:]) < np.mean(flow[:5])
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    # the offline tokenizer learned the VL answers too (no unknown tokens in them)
+    tok = trainer.processor.tokenizer
+    assert tok.unk_token_id not in tok.encode("basketball", add_special_tokens=False)
+    with pytest.raises(ValueError, match="at least one of each"):
+        train(load_config("tiny", [f"output_dir={tmp_path / 'r2'}", *QUIET, "train.steps=1", "train.batch_size=2",
+                                   "train.micro_batch_size=2", f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=0.1"]))
+    with pytest.raises(ValueError, match="vl_dirs"):
+        load_config("tiny", ["cotrain.ratio=0.5"])
+    json.dumps(result.parts)  # plain floats, loggable
+
+
+def test_cotraining_resumes_exactly(glyph_dir, tmp_path):
+    common = [*QUIET, "train.batch_size=4", "train.micro_batch_size=2", "optim.decay_steps=4",
+              f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=0.5", "cotrain.max_text_tokens=24"]
+    straight, _ = train(load_config("tiny", [f"output_dir={tmp_path / 'a'}", "train.steps=4", "train.save_steps=[2]",
+                                             *common]))
+    first, _ = train(load_config("tiny", [f"output_dir={tmp_path / 'b'}", "train.steps=2", "train.save_steps=[2]",
+                                          *common]))
+    resumed, _ = train(load_config("tiny", [f"output_dir={tmp_path / 'b'}", "train.steps=4", "train.save_steps=[2]",
+                                            *common]))
+    assert first.losses + resumed.losses == straight.losses  # same action and VL samples, same noise
+
+
+DDP_WORKER = """
+import sys, torch
+from gf_training.config import load_config
+from gf_training.train import Trainer
+
+out, vl = sys.argv[1], sys.argv[2]
+cfg = load_config("tiny", [f"output_dir={out}/run", "train.steps=2", "train.save_steps=[]", "train.batch_size=8",
+                           "train.micro_batch_size=4", "logging.progress=false", "logging.tensorboard=false",
+                           f"distributed.init_method=file://{out}/store", f"cotrain.vl_dirs=[{vl}]",
+                           "cotrain.ratio=0.5", "cotrain.max_text_tokens=24",
+                           "model.config={discrete_actions: parallel, knowledge_insulation: true}"])
+trainer = Trainer(cfg).setup()
+result = trainer.run()
+torch.save({"state": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+            "parts": result.parts}, f"{out}/rank{trainer.info.rank}.pt")
+trainer.close()
+"""
+
+
+@pytest.mark.slow
+def test_cotraining_with_discrete_targets_under_ddp(glyph_dir, tmp_path):
+    """Two gloo ranks: VL batches, the discrete head and knowledge insulation in one DDP forward."""
+    import subprocess
+    import sys
+
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", GLOO_SOCKET_IFNAME="lo",
+                   OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path), str(glyph_dir)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert {"loss_flow", "loss_discrete", "loss_lm"} <= set(a["parts"])
