@@ -7,7 +7,7 @@ tokens is averaged over those tokens, giving one patch grid per layer and head. 
 per layer / head or averaged, overlaid on the camera image, side by side for several models (the
 VLM backbone, a pre-trained and a fine-tuned VLA).
 
-Summary number: the trial's card positions projected into the image (``gf_training.scene``)
+Summary number: the trial's card positions projected into the image (``gf_eval.camera``)
 give each patch's coverage by each card; the attention mass on the target card, on the two
 distractors, and the target's share ``target / (target + distractors)`` (1/3 when attention
 ignores which card is named). ``AttentionMassProbe`` logs these during training
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gf_eval.camera import card_quads, policy_camera, quad_coverage
 from gf_policy.vla import PI0StyleVLA, VLAProcessor
 from gf_policy.vla.processing import clean_instruction
 from gf_policy.vla.techniques import make_layout_mask
-from gf_training.scene import card_quads, policy_camera, quad_coverage
 
 # ---------------------------------------------------------------------------------------------
 # maps

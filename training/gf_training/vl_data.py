@@ -120,7 +120,7 @@ def glyph_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[I
 
 def tabletop_answer(descriptions_left_to_right: Sequence[str]) -> str:
     """``"left: a; middle: b; right: c"``."""
-    from gf_training.scene import POSITION_NAMES
+    from gf_eval.camera import POSITION_NAMES
 
     return "; ".join(f"{pos}: {desc}" for pos, desc in zip(POSITION_NAMES, descriptions_left_to_right))
 
@@ -129,7 +129,7 @@ def tabletop_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.nda
     """Render ``trial`` in ``env`` (a GrinningFace-v1 env); image, question, answer, parameters.
 
     Positions come from the env's own camera matrices and the trial's card positions."""
-    from gf_training.scene import PinholeCamera, positions_left_to_right
+    from gf_eval.camera import PinholeCamera, positions_left_to_right
 
     env.reset(seed=trial.seed, options={"trial": trial})
     image = env.unwrapped.policy_image()

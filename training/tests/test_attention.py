@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gf_eval.camera import look_at_camera, positions_left_to_right, quad_coverage
 from gf_policy.vla import PI0StyleVLA, VLAConfig, VLAProcessor, train_tiny_tokenizer
 from gf_training.attention import (
     AttentionMassProbe,
@@ -23,7 +24,6 @@ from gf_training.attention import (
     main,
     select_maps,
 )
-from gf_training.scene import look_at_camera, positions_left_to_right, quad_coverage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from gf_eval.camera import look_at_camera
 from gf_eval.trials import make_trial
 from gf_policy.vla import PI0StyleVLA, VLAConfig, VLAProcessor, train_tiny_tokenizer
 from gf_policy.vla.testing import make_batch
 from gf_training.config import load_config
-from gf_training.scene import look_at_camera
 from gf_training.train import train
 from gf_training.vl_data import (
     VLCollator,

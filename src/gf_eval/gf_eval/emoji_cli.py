@@ -20,7 +20,8 @@ from gf_eval.catalog import build_catalog, load_catalog, render_card
 from gf_eval.splits import DEFAULT_SPLIT, build_default_splits, import_upstream, load_splits
 
 
-def _label_font(size: int = 12):
+def label_font(size: int = 12):
+    """DejaVu Sans at ``size`` px for labels on contact sheets (Pillow's default font otherwise)."""
     for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"):
         if Path(path).exists():
             return ImageFont.truetype(path, size)
@@ -30,7 +31,7 @@ def _label_font(size: int = 12):
 def split_sheet(name_or_path: str, out: Path, thumb: int = 96, columns: int = 10) -> Path:
     """One row block per protocol list: each emoji's card thumbnail with its description."""
     splits = load_splits(name_or_path)
-    font, header = _label_font(11), _label_font(16)
+    font, header = label_font(11), label_font(16)
     label_h, block_gap = 30, 34
     blocks = [(name, entries) for name, entries in splits.splits.items()]
     height = sum(block_gap + math.ceil(len(e) / columns) * (thumb + label_h) for _, e in blocks) + 10

@@ -66,7 +66,7 @@ def write_report(output_dir: Path, records: list[TrialRecord], run_info: dict, s
     with open(report / "per_emoji.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["protocol", "target_emoji_id", "char", "name", "trials", "executed", "successes", "overall_rate"])
-        for (protocol, emoji), (exe, rec, overall) in breakdown(rows, lambda r: (r["protocol"], r["target_emoji_id"])).items():
+        for (protocol, emoji), (exe, _recognition, overall) in breakdown(rows, lambda r: (r["protocol"], r["target_emoji_id"])).items():
             char, name = names.get(emoji, ("", ""))
             w.writerow([protocol, emoji, char, name, overall.trials, exe.successes, overall.successes, f"{overall.value:.4f}"])
     with open(report / "per_position.csv", "w", newline="") as f:
@@ -87,7 +87,7 @@ def plot_rates(runs: dict[str, dict[str, ProtocolSummary]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.1), squeeze=False)
     colors = {"Exe. SR": "#4C72B0", "Rec. SR": "#DD8452", "Overall SR": "#55A868"}
     for ax, (title, summaries) in zip(axes[0], runs.items()):
         ordered = _ordered(summaries)
@@ -108,8 +108,9 @@ def plot_rates(runs: dict[str, dict[str, ProtocolSummary]], path: Path) -> None:
         ax.set_ylim(0, 105)
         ax.set_ylabel("success rate (%)")
         ax.set_title(title, fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -28,6 +28,7 @@ from mani_skill.utils.structs.pose import Pose
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from gf_eval.camera import CAMERA_EYE, CAMERA_FOV, CAMERA_TARGET
 from gf_eval.catalog import DEFAULT_EMOJI_FRACTION, card_image_path, load_catalog
 from gf_eval.scoring import CardFootprint, FinalState, score_episode
 from gf_eval.splits import load_splits
@@ -35,11 +36,9 @@ from gf_eval.trials import DEFAULT_GEOMETRY, TrialSpec, make_trial
 from gf_sim_bridge import robots  # registers the gf_widowx250s agent
 from gf_sim_bridge.robots import CONTROL_MODE, robot_setup
 
-CAMERA_EYE = (-0.15, 0.49, 0.564)  # upstream's BridgeData-aligned third-person view
-CAMERA_TARGET = (0.15, 0.65, 0.0)
-CAMERA_FOV = 1.2  # rad
 CARD_TEXTURE_PX = 512
 CUBE_COLOR = (0.1, 0.1, 0.5, 1.0)
+GRASP_REACH = 0.08  # m: beyond this TCP-cube distance the fingers cannot touch the cube
 
 
 @register_env("GrinningFace-v1", max_episode_steps=200)
@@ -180,9 +179,12 @@ class GrinningFaceEnv(BaseEnv):
             CardFootprint(float(p[0]), float(p[1]), card.yaw, g.card_half_size, 2 * g.card_half_thickness)
             for p, card in zip((c.pose.p[0].cpu().numpy() for c in self.cards), self.trial.cards)
         )
+        # The contact query behind is_grasping is the costliest part of a physics step; a cube
+        # farther from the TCP than the fingers reach cannot be held.
+        near = np.linalg.norm(cube - self.agent.tcp.pose.p[0].cpu().numpy()) < GRASP_REACH
         return FinalState(
             cube_xyz=tuple(float(v) for v in cube), cube_half_size=g.cube_half_size,
-            cube_grasped=bool(self.agent.is_grasping(self.cube)[0]),
+            cube_grasped=bool(near and self.agent.is_grasping(self.cube)[0]),
             max_arm_joint_speed=float(np.abs(qvel).max()), cards=cards,
         )
 

@@ -13,19 +13,11 @@ import math
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 from PIL import Image, ImageDraw
 
-from gf_eval.emoji_cli import _label_font
+from gf_eval.camera import card_quads, policy_camera
+from gf_eval.emoji_cli import label_font
 from gf_eval.trials import make_trial
-
-
-def project(task, xyz: np.ndarray) -> np.ndarray:
-    """World points (N, 3) -> pixel coordinates (N, 2) of the policy camera."""
-    k, extr = task.camera_intrinsics(), task.camera_extrinsics()
-    cam = extr[:3, :3] @ np.asarray(xyz, dtype=float).T + extr[:3, 3:]
-    pix = k @ cam
-    return (pix[:2] / pix[2:]).T
 
 
 def render_layouts(protocol: str, indices: list[int], seed: int, image_size: int, robot: str, split: str) -> list[tuple[Image.Image, str]]:
@@ -38,12 +30,8 @@ def render_layouts(protocol: str, indices: list[int], seed: int, image_size: int
         trial = make_trial(protocol, i, seed, splits=task.splits)
         env.reset(seed=trial.seed, options={"trial": trial})
         image = Image.fromarray(task.policy_image())
-        g, card = trial.geometry, trial.target
-        h = g.card_half_size
-        corners = np.array([[card.x + h, card.y + h, 0], [card.x + h, card.y - h, 0],
-                            [card.x - h, card.y - h, 0], [card.x - h, card.y + h, 0]])
-        quad = [tuple(p) for p in project(task, corners)]
-        ImageDraw.Draw(image).polygon(quad, outline=(0, 220, 0), width=2)
+        quad = card_quads(trial, policy_camera(image_size))[trial.target_index]
+        ImageDraw.Draw(image).polygon([tuple(p) for p in quad], outline=(0, 220, 0), width=2)
         tiles.append((image, f"{trial.trial_id}: {trial.instruction}"))
     env.close()
     return tiles
@@ -53,7 +41,7 @@ def contact_sheet(tiles: list[tuple[Image.Image, str]], columns: int = 4, captio
     w, h = tiles[0][0].size
     rows = math.ceil(len(tiles) / columns)
     sheet = Image.new("RGB", (columns * (w + 6) + 6, rows * (h + caption_h + 6) + 6), "white")
-    draw, font = ImageDraw.Draw(sheet), _label_font(11)
+    draw, font = ImageDraw.Draw(sheet), label_font(11)
     for n, (image, caption) in enumerate(tiles):
         x, y = 6 + (n % columns) * (w + 6), 6 + (n // columns) * (h + caption_h + 6)
         sheet.paste(image, (x, y))

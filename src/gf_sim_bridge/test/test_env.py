@@ -9,6 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import gf_sim_bridge.env  # noqa: F401 - registers GrinningFace-v1
+from gf_eval.camera import card_quads, policy_camera
 from gf_eval.catalog import load_catalog, render_card
 from gf_eval.trials import make_trial
 from gf_sim_bridge.expert import ScriptedExpert
@@ -21,24 +22,17 @@ def env():
     e.close()
 
 
-def card_quad(task, card, half, z):
-    """Image positions of the card texture's corners (top-left, top-right, bottom-right, bottom-left)."""
-    corners = np.array([[card.x + half, card.y + half, z], [card.x + half, card.y - half, z],
-                        [card.x - half, card.y - half, z], [card.x - half, card.y + half, z], ])
-    k, extr = task.camera_intrinsics(), task.camera_extrinsics()
-    cam = (extr[:3, :3] @ corners.T + extr[:3, 3:]).T
-    pix = (k @ cam.T).T
-    return (pix[:, :2] / pix[:, 2:]).astype(np.float32)
-
-
 def test_the_three_rendered_cards_show_the_trials_emojis(env):
     task = env.unwrapped
     trial = make_trial("Val", 3)
     env.reset(seed=trial.seed, options={"trial": trial})
     image = task.policy_image()
-    g = trial.geometry
     catalog = load_catalog()
-    quads = [card_quad(task, c, g.card_half_size, 2 * g.card_half_thickness) for c in trial.cards]
+    camera = policy_camera(256)
+    # The analytic camera model of gf_eval must be the simulator's camera.
+    assert np.allclose(camera.intrinsics, task.camera_intrinsics(), atol=1e-3)
+    assert np.allclose(camera.extrinsics, task.camera_extrinsics(), atol=1e-5)
+    quads = [q.astype(np.float32) for q in card_quads(trial, camera)]
     expected = [np.asarray(render_card(catalog[c.emoji_id], 256, 0.8)) for c in trial.cards]
 
     def similarity(quad, card_img):

@@ -1,9 +1,11 @@
-"""Where the cards of a trial appear in the policy camera's image (no rendering needed).
+"""The policy camera of the benchmark, and where a trial's cards appear in its image.
 
-The simulator's policy camera (``gf_sim_bridge.env``: eye, target, vertical field of view) is a
-pinhole camera; its OpenCV matrices follow from those constants alone, so card positions known
-from a ``TrialSpec`` project into any resized policy image. Used to name the cards by position
-(co-training scenes) and to measure attention mass on the cards (attention maps).
+The simulated policy camera is upstream's BridgeData-aligned third-person view: a pinhole camera
+at ``CAMERA_EYE`` looking at ``CAMERA_TARGET`` (world frame, +z up) with a vertical field of view
+of ``CAMERA_FOV``. Its OpenCV matrices follow from those constants alone, so card positions known
+from a ``TrialSpec`` project into any (square) policy image without rendering: the simulator
+builds its camera from these constants, contact sheets outline target cards, co-training scenes
+name the cards by position, and attention maps measure the attention mass on each card.
 """
 
 from __future__ import annotations
@@ -11,20 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 POSITION_NAMES = ("left", "middle", "right")
 
 
-@lru_cache(maxsize=1)
-def _camera_constants() -> tuple[tuple[float, ...], tuple[float, ...], float]:
-    # The simulator module is the one place these live; importing it costs a few seconds
-    # (ManiSkill), so it happens lazily and once.
-    from gf_sim_bridge.env import CAMERA_EYE, CAMERA_FOV, CAMERA_TARGET
-
-    return tuple(CAMERA_EYE), tuple(CAMERA_TARGET), float(CAMERA_FOV)
+CAMERA_EYE = (-0.15, 0.49, 0.564)  # m, world frame
+CAMERA_TARGET = (0.15, 0.65, 0.0)
+CAMERA_FOV = 1.2  # rad, vertical
 
 
 @dataclass(frozen=True)
@@ -62,8 +59,7 @@ def look_at_camera(
 
 def policy_camera(image_size: int) -> PinholeCamera:
     """The simulator's policy camera for a square image of ``image_size`` pixels."""
-    eye, target, fov = _camera_constants()
-    return look_at_camera(eye, target, fov, image_size, image_size)
+    return look_at_camera(CAMERA_EYE, CAMERA_TARGET, CAMERA_FOV, image_size, image_size)
 
 
 def card_quads(trial: object, camera: PinholeCamera) -> np.ndarray:
