@@ -1,7 +1,7 @@
 """`gf-launch GRAPH [name:=value ...]`: start a graph of gf_bringup.graphs without ``ros2 launch``.
 
 Nodes run as separate processes (default, like ``ros2 launch``: one console script each, output
-prefixed with the node name) or composed in one process on a MultiThreadedExecutor
+prefixed with the node name) or composed in one process on one multi-threaded executor
 (``--composed``: less start-up time and memory). The graph ends when its required node exits
 (e.g. the eval node after the last trial); the exit code is that node's.
 
@@ -128,14 +128,16 @@ def _terminate(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> None:
 
 
 def run_composed(graph: Graph, values: dict[str, str], workdir: Path) -> int:
-    """All nodes in this process on one MultiThreadedExecutor; returns the required node's code."""
+    """All nodes in this process on one multi-threaded executor; returns the required node's code."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from gf_bringup.rosutil import multi_threaded_executor
 
     rclpy.init()
     nodes, required = [], None
     # Two threads: more only adds GIL contention (measured: 4 threads made lock-step trials 10x slower).
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = multi_threaded_executor(2)
     try:
         for spec in graph.active_nodes(values):
             cls = load_object(spec.node_class)

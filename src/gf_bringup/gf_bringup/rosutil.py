@@ -111,6 +111,64 @@ def ns_to_stamp(ns: int):
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
+def multi_threaded_executor(num_threads: int = 2, context=None):
+    """A MultiThreadedExecutor that hands each ready callback to its thread pool once.
+
+    rclpy 9.1.2 (the Kilted wheel) yields a callback again while it waits in the pool's queue, so
+    the spinning thread re-submits it in a tight loop that holds the GIL and keeps the pool from
+    starting it: subscriptions lose half their messages and stall for seconds (measured: 50 Hz
+    across processes arrived at ~24 Hz with 4 s gaps; rclpy issue #1452, fixed upstream by
+    rclpy#1547 in releases the wheels do not have yet). Here a callback already queued is not
+    queued again; the spinning thread instead waits (GIL released) until a worker has started it.
+    """
+    import threading
+
+    from rclpy.executors import (
+        ConditionReachedException,
+        ExternalShutdownException,
+        MultiThreadedExecutor,
+        ShutdownException,
+        TimeoutException,
+    )
+
+    class QueueOnceExecutor(MultiThreadedExecutor):
+        def __init__(self):
+            super().__init__(num_threads=num_threads, context=context)
+            self._started: dict = {}  # queued task -> Event set when a worker starts it
+            self._started_lock = threading.Lock()
+
+        def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
+            try:
+                handler, _entity, _node = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
+            except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
+                return
+            with self._started_lock:
+                started = self._started.get(handler)
+                if started is None:
+                    started = self._started[handler] = threading.Event()
+                    queue = True
+                else:
+                    queue = False
+            if not queue:
+                started.wait(0.05)
+                return
+
+            def run() -> None:
+                with self._started_lock:
+                    self._started.pop(handler, None)
+                started.set()
+                handler()
+
+            self._executor.submit(run)
+            self._futures.append(handler)
+            for future in self._futures[:]:
+                if future.done():
+                    self._futures.remove(future)
+                    future.result()  # raise any exceptions
+
+    return QueueOnceExecutor()
+
+
 def run_node(
     factory: Callable[[], Any], args: Sequence[str] | None = None, help_text: str | None = None, threads: int = 1
 ) -> int:
@@ -121,13 +179,13 @@ def run_node(
         return 0
     configure_environment()
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=argv)
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor = multi_threaded_executor(threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

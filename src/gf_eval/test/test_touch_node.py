@@ -35,10 +35,9 @@ class RobotAndOperator:
 
     def __init__(self):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
-        from gf_bringup.rosutil import latched_qos, reliable_qos
+        from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos
         from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial, TrialResult
         from gf_interfaces.srv import Command
 
@@ -69,7 +68,7 @@ class RobotAndOperator:
                                      lambda req, res, name=name: (self._add(self.driver_calls, name), setattr(res, "success", True), res)[2])
         self.node.create_timer(0.02, self._publish_ee)
         self.pub_status.publish(String(data=json.dumps({"trial_chunks_accepted": 7, "trial_chunks_rejected": 1})))
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = multi_threaded_executor(2, context=self.context)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
 

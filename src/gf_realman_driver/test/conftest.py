@@ -87,10 +87,9 @@ class Probe:
 
     def __init__(self, driver: str = "/realman_driver"):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
         from std_msgs.msg import String
 
-        from gf_bringup.rosutil import latched_qos, reliable_qos
+        from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos
         from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
         from gf_interfaces.srv import Command
 
@@ -109,7 +108,7 @@ class Probe:
         self.srv = Command
         self.clients = {n: self.node.create_client(Command, f"{driver}/{n}") for n in ("emergency_stop", "resume", "home")}
         self.ActionChunk, self.Trial, self.EpisodeStatus = ActionChunk, Trial, EpisodeStatus
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = multi_threaded_executor(2, context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()

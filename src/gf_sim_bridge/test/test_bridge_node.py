@@ -9,10 +9,9 @@ import pytest
 import rclpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import JointState
 
-from gf_bringup.rosutil import latched_qos, reliable_qos
+from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos
 from gf_eval.ros_msgs import trial_to_msg
 from gf_eval.trials import make_trial
 from gf_interfaces.msg import ActionChunk, EpisodeStatus
@@ -36,7 +35,7 @@ class Harness:
         self.node.create_subscription(JointState, "/joint_states", lambda m: setattr(self, "joints", m), reliable_qos())
         self.pub = self.node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.client = self.node.create_client(ResetTrial, "reset_trial")
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = multi_threaded_executor(2, context=self.context)
         self.executor.add_node(self.bridge)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
