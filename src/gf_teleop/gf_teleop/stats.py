@@ -140,13 +140,21 @@ def plot_trajectories(trajectories, path: Path) -> None:
     plt.close(fig)
 
 
-def contact_sheet(frames, path: Path, columns: int = 10, thumb: int = 128) -> None:
-    """First frames of all episodes in a grid, labelled with the episode id and outcome."""
+def contact_sheet(frames, path: Path, columns: int = 10, thumb: int = 128, limit: int = 60) -> None:
+    """First frames in a grid, labelled with the episode id and outcome: every failed or
+    incomplete episode first, then successful ones spread evenly over the rest, ``limit`` in all
+    (a sheet of 500 thumbnails is too tall to look at)."""
     from PIL import Image, ImageDraw
 
-    frames = [(e, f) for e, f in frames if f is not None]
+    frames = sorted(((e, f) for e, f in frames if f is not None), key=lambda ef: ef[0].episode_id)
     if not frames:
         return
+    problems = [ef for ef in frames if not ef[0].success]
+    good = [ef for ef in frames if ef[0].success]
+    room = max(0, limit - len(problems))
+    if len(good) > room:
+        good = [good[int(i * len(good) / room)] for i in range(room)] if room else []
+    frames = (problems + good)[:limit]
     columns = min(columns, len(frames))
     rows = (len(frames) + columns - 1) // columns
     label_h = 14

@@ -178,6 +178,23 @@ def test_stats_of_a_demo_directory(tmp_path, helpers):
     assert (tmp_path / "stats" / "trajectories.png").stat().st_size > 10_000
 
 
+def test_contact_sheet_shows_every_problem_and_a_spread_of_successes(tmp_path):
+    from types import SimpleNamespace
+
+    from gf_teleop.stats import contact_sheet
+
+    def entry(i, success):
+        return SimpleNamespace(episode_id=f"Demo-{i:04d}-0", success=success, complete=True)
+
+    frames = [(entry(i, i not in (7, 300)), np.full((8, 8, 3), i % 256, np.uint8)) for i in range(500)]
+    contact_sheet(frames, tmp_path / "sheet.png", columns=10, thumb=16, limit=30)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
+    assert sheet.shape[:2] == (3 * (16 + 14), 10 * 16)  # 30 thumbnails, not 500
+    firsts = [int(sheet[r * 30 + 8, c * 16 + 8, 0]) for r in range(3) for c in range(10)]
+    assert firsts[:2] == [7, 300 % 256]  # the failures lead
+    assert firsts[2] == 0 and firsts[-1] > 200  # then successes from the start to the end of the set
+
+
 def test_graphs_are_registered_and_consistent(helpers):
     """demos / teleop_sim: every node parameter exists in its config class and every template
     refers to an argument (the static check the sim_eval launch file has)."""
