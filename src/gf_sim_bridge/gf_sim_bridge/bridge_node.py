@@ -53,8 +53,6 @@ class SimBridgeNode(Node):
 
     def __init__(self, **node_kwargs):
         super().__init__("sim_bridge", **node_kwargs)
-
-
         self.cfg = declare_config(self, BridgeConfig)
         started = time.perf_counter()
         self.session = SimSession(SimConfig(
@@ -82,7 +80,6 @@ class SimBridgeNode(Node):
     # --- callbacks -------------------------------------------------------------------------
 
     def _on_reset(self, request, response):
-
         try:
             trial = trial_from_msg(request.trial)
             self.session.reset(trial)
@@ -95,7 +92,6 @@ class SimBridgeNode(Node):
         return response
 
     def _on_chunk(self, msg) -> None:
-
         session = self.session
         running = session.trial is not None and not session.status.done
         try:
@@ -129,8 +125,6 @@ class SimBridgeNode(Node):
         return self.pub_image.get_subscription_count() > 0
 
     def _publish_observation(self) -> None:
-
-
         render = self._wants_image()
         obs = self.session.observe(render=render, privileged=self.pub_truth is not None)
         stamp = ns_to_stamp(obs.sim_time_ns)
@@ -161,8 +155,6 @@ class SimBridgeNode(Node):
         self._publish_status(obs.sim_time_ns)
 
     def _sim_state_msg(self, obs, stamp):
-
-
         truth = obs.privileged
         msg = SimState()
         msg.header.stamp = stamp
@@ -180,7 +172,6 @@ class SimBridgeNode(Node):
         return msg
 
     def _publish_status(self, sim_time_ns: int) -> None:
-
         s = self.session.status
         msg = EpisodeStatus()
         msg.header.stamp = ns_to_stamp(sim_time_ns)
