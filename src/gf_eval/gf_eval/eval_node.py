@@ -20,10 +20,8 @@ from rclpy.node import Node
 
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.evaluation import Evaluation, EvaluationConfig
-from gf_eval.report import results_table
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
-from gf_eval.scoring import summarize
 from gf_interfaces.msg import EpisodeStatus, Trial, TrialResult
 from gf_interfaces.srv import ResetTrial
 
@@ -130,8 +128,7 @@ class EvalNode(Node):
             if i % max(1, self.cfg.progress_every) == 0 or i == len(pending):
                 self.get_logger().info(f"{ev.progress_line()}  last: {record.trial_id} {record.end_reason} placed={record.placed_card} target={record.target_index}")
         report = ev.finish()
-        table = results_table(summarize([r.to_dict() for r in ev.done]), f"{self.cfg.policy} ({self.cfg.output_dir})")
-        print("\n" + table + f"\nreport: {report}\n", file=sys.stdout, flush=True)
+        print("\n" + ev.results_table() + f"\nreport: {report}\n", file=sys.stdout, flush=True)
         return 0
 
     def _run_trial(self, spec) -> TrialRecord | None:

@@ -2,7 +2,8 @@
 
 The eval node (and the real-robot Touch evaluation) drive an ``Evaluation``: ``pending()`` lists
 the trials still to run (after those already in the output directory), ``record()`` stores one
-scored trial, ``progress_line()`` says how far along the run is, ``finish()`` writes the report.
+scored trial, ``progress_line()`` says how far along the run is, ``finish()`` writes the report
+and ``results_table()`` gives the paper's table.
 """
 
 from __future__ import annotations
@@ -132,3 +133,9 @@ class Evaluation:
         from gf_eval.report import write_report
 
         return write_report(Path(self.config.output_dir), self.done, self.run_info, self.splits)
+
+    def results_table(self) -> str:
+        """The paper's table of the trials recorded so far, titled with the policy and directory."""
+        from gf_eval.report import results_table
+
+        return results_table(summarize([r.to_dict() for r in self.done]), f"{self.config.policy} ({self.config.output_dir})")

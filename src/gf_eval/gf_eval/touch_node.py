@@ -40,10 +40,8 @@ from std_msgs.msg import String
 
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.eval_node import package_versions
-from gf_eval.report import results_table
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
-from gf_eval.scoring import summarize
 from gf_eval.touch import (
     CONFIRM,
     ESTOP,
@@ -310,8 +308,7 @@ class TouchEvalNode(Node):
                 break
         if ev.done:
             report = ev.finish()
-            table = results_table(summarize([r.to_dict() for r in ev.done]), f"{self.cfg.policy} ({self.cfg.output_dir})")
-            print("\n" + table + f"\nreport: {report}\n", flush=True)
+            print("\n" + ev.results_table() + f"\nreport: {report}\n", flush=True)
         if not ev.complete:
             self._say(f"stopped with {len(ev.pending())} trial(s) left; start again with the same output_dir to resume")
             return 5
