@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--composed", action="store_true", help="run every node in this process")
     parser.add_argument("--show-args", action="store_true", help="print the graph's arguments and exit")
     parser.add_argument("--print", dest="print_only", action="store_true", help="print the node commands and exit")
-    args = parser.parse_args(argv)
+    # Intermixed: options may come anywhere (`gf-launch sim_eval --composed policy:=oracle`).
+    args = parser.parse_intermixed_args(argv)
     graph = graphs[args.graph]
     if args.show_args:
         for a in graph.args:

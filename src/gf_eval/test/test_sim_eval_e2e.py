@@ -53,6 +53,19 @@ def test_chance_recognition_is_clearly_below_the_oracle(tmp_path, fresh_domain):
     assert val.recognition.value <= 0.6  # oracle: >= 0.95; chance level 1/3
 
 
+def test_the_composed_graph_runs_in_one_process(tmp_path, fresh_domain):
+    """`--composed` (options may follow the graph name): sim bridge, policy and eval node on one
+    multi-threaded executor in the starter's own process."""
+    out = tmp_path / "composed"
+    proc = launch("--composed", "policy:=chance", "trials:=6", "protocols:=[Val]", f"output_dir:={out}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "composed" in proc.stdout.splitlines()[0]
+    val = summary(out)["Val"]
+    assert val.trials == 6 and val.execution.value >= 0.8
+    ends = {r.end_reason for r in ResultsFile(out).read()}
+    assert ends <= {"success", "timeout"}, ends  # every episode ended in the simulator, none stalled
+
+
 def test_resume_after_sigkill_runs_each_trial_exactly_once(tmp_path, fresh_domain):
     out = tmp_path / "resume"
     cmd = [str(BIN / "gf-launch"), "sim_eval", "policy:=oracle", "trials:=4", "protocols:=[Train, Val]", f"output_dir:={out}"]
