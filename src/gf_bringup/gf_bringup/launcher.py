@@ -136,7 +136,8 @@ def run_composed(graph: Graph, values: dict[str, str], workdir: Path) -> int:
 
     rclpy.init()
     nodes, required = [], None
-    # Two threads: more only adds GIL contention (measured: 4 threads made lock-step trials 10x slower).
+    # Two threads: more only adds GIL contention (measured with rclpy's own executor: 4 threads
+    # made lock-step trials 10x slower).
     executor = multi_threaded_executor(2)
     try:
         for spec in graph.active_nodes(values):

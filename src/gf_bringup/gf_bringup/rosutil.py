@@ -144,12 +144,10 @@ def multi_threaded_executor(num_threads: int = 2, context=None):
                 return
             with self._started_lock:
                 started = self._started.get(handler)
-                if started is None:
+                already_queued = started is not None
+                if not already_queued:
                     started = self._started[handler] = threading.Event()
-                    queue = True
-                else:
-                    queue = False
-            if not queue:
+            if already_queued:
                 started.wait(0.05)
                 return
 
