@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'expert episodes/min (no camera)':34s}{gf['episodes_per_min']:18.1f}{'-':>20s}")
     print(f"\nexpert: {100 * gf['expert_success']:.0f}% success over {args.episodes} episodes, "
           f"{gf['steps_per_episode']:.0f} steps per episode")
-    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
-    print(f"targets: >= 300 physics steps/s ({verdict(physics >= 300)}), >= 15 rendered steps/s ({verdict(rendered >= 15)})")
+    met = {True: "met", False: "MISSED"}
+    print(f"targets: >= 300 physics steps/s ({met[physics >= 300]}), >= 15 rendered steps/s ({met[rendered >= 15]})")
     print(f"first rendered frame of a process (lavapipe compiles its shaders): {gf['first_render']:.1f} s; "
           "frame rates are measured after 15 warm-up frames")
     return 0
