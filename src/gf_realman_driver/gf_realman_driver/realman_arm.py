@@ -62,8 +62,13 @@ _pending_connect: threading.Thread | None = None
 
 
 def load_sdk() -> Any:
-    """Import the vendor SDK and initialise its C library once per process (dual-thread mode:
-    a receive thread, needed for blocking calls; no UDP push thread)."""
+    """Import the vendor SDK and initialise its C library once per process, in single-thread mode.
+
+    Dual-thread mode (a receive thread, needed only for the SDK's blocking moves, which this
+    driver does not use) is not safe here: when the controller closes the link, that thread can
+    die, and every later ``rm_create_robot_arm`` in the process then fails its handshake, so the
+    driver could never reconnect (robotic-arm 1.1.6: 1 in ~10-100 drops against the fake
+    controller; ``rm_destroy`` + ``rm_init`` does not bring the thread back)."""
     global _sdk_module
     with _sdk_lock:
         if _sdk_module is None:
@@ -73,7 +78,7 @@ def load_sdk() -> Any:
                 raise ArmError(
                     f"the Realman SDK is not usable ({exc}); install it with `pip install robotic-arm==1.1.6`"
                 ) from exc
-            sdk.rm_init(sdk.rm_thread_mode_e.RM_DUAL_MODE_E)
+            sdk.rm_init(sdk.rm_thread_mode_e.RM_SINGLE_MODE_E)
             _sdk_module = sdk
         return _sdk_module
 
