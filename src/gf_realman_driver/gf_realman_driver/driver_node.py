@@ -183,7 +183,8 @@ class DriverNode(Node):
     def close(self) -> None:
         """Stop the arm and release the link (run_node calls this on shutdown)."""
         self.driver.shutdown()
-        print("[realman_driver] arm stopped and link closed", flush=True)  # rosout is gone by now
+        # The context is shut down by now: the console logger still works, /rosout does not.
+        self.get_logger().info("arm stopped and link closed")
 
     # --- inputs ------------------------------------------------------------------------------
 
