@@ -83,7 +83,8 @@ class EvalNode(Node):
         with self._status_lock:
             if msg.trial_id == self._current:
                 self._status = msg
-                self._status_lock.notify_all()
+                if msg.done:  # progress is polled (once a second); waking the loop every step costs a context switch
+                    self._status_lock.notify_all()
 
     # --- the evaluation loop (own thread; the executor keeps serving callbacks) -----------
 

@@ -94,12 +94,14 @@ class PolicyNode(Node):
         self.decisions = 0
         self.pub_chunk = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         self.create_subscription(EeState, "/gf/ee_state", self._store(self._ee), reliable_qos())
         if self.needs_image:
             self.create_subscription(Image, "/camera/image_raw", self._store(self._images), sensor_qos())
         if self.needs_privileged:
             self.create_subscription(SimState, "/gf/sim_state", self._store(self._truth), reliable_qos())
+        # Created last: rclpy runs the ready callbacks of one wait in creation order, so when an
+        # instant's messages arrive together the status (the trigger) finds the observation complete.
+        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         if self.cfg.trigger == "stream":
             self.create_timer(1.0 / self.cfg.stream_rate_hz, self._stream_tick)
         elif self.cfg.trigger != "status":

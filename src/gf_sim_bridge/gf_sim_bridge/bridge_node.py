@@ -33,7 +33,7 @@ from gf_eval.action_space import ChunkRejected, validate_chunk
 from gf_eval.ros_msgs import trial_from_msg
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState
 from gf_interfaces.srv import ResetTrial
-from gf_sim_bridge.session import SimConfig, SimSession
+from gf_sim_bridge.session import SIM_TORCH_THREADS, SimConfig, SimSession, limit_torch_threads
 
 
 @dataclass
@@ -46,6 +46,9 @@ class BridgeConfig:
     ground_truth: bool = config_field(False, "publish privileged simulator state on /gf/sim_state (oracle baselines only)")
     frame_id: str = config_field("base_link", "frame of the EE state and action deltas")
     viewer: bool = config_field(False, "open the SAPIEN viewer window and draw every executed chunk (needs a display)")
+    torch_threads: int = config_field(
+        SIM_TORCH_THREADS, "torch CPU threads of this process (process-wide, also when composed; 0: torch's default)"
+    )
 
 
 class SimBridgeNode(Node):
@@ -55,6 +58,7 @@ class SimBridgeNode(Node):
         super().__init__("sim_bridge", **node_kwargs)
         self.cfg = declare_config(self, BridgeConfig)
         started = time.perf_counter()
+        limit_torch_threads(self.cfg.torch_threads)
         self.session = SimSession(SimConfig(
             robot=self.cfg.robot, image_size=self.cfg.image_size, split=self.cfg.split, max_steps=self.cfg.max_steps,
         ), render_mode="human" if self.cfg.viewer else None)
@@ -128,17 +132,21 @@ class SimBridgeNode(Node):
         render = self._wants_image()
         obs = self.session.observe(render=render, privileged=self.pub_truth is not None)
         stamp = ns_to_stamp(obs.sim_time_ns)
-        self.pub_clock.publish(Clock(clock=stamp))
+        # Volatile topics nobody listens to are skipped: each publish is serialisation and DDS work
+        # on the lock-step critical path. The latched status is always published.
+        if self.pub_clock.get_subscription_count():
+            self.pub_clock.publish(Clock(clock=stamp))
         if obs.image is not None:
             h, w = obs.image.shape[:2]
             self.pub_image.publish(image_to_msg(obs.image, stamp))
             self.pub_info.publish(camera_info_msg(self.session.task.camera_intrinsics(), w, h, stamp))
-        joints = JointState()
-        joints.header.stamp = stamp
-        joints.name = obs.joint_names
-        joints.position = obs.joint_positions.astype(float).tolist()
-        joints.velocity = obs.joint_velocities.astype(float).tolist()
-        self.pub_joints.publish(joints)
+        if self.pub_joints.get_subscription_count():
+            joints = JointState()
+            joints.header.stamp = stamp
+            joints.name = obs.joint_names
+            joints.position = obs.joint_positions.astype(float).tolist()
+            joints.velocity = obs.joint_velocities.astype(float).tolist()
+            self.pub_joints.publish(joints)
         ee = EeState()
         ee.header.stamp = stamp
         ee.header.frame_id = self.cfg.frame_id
