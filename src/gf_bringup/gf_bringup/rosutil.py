@@ -99,6 +99,25 @@ def status_qos():
     return latched_qos(depth=50)
 
 
+def lean_publisher(node, msg_type, topic: str, qos):
+    """``node.create_publisher`` without rclpy's default QoS-event handlers, for the lock-step
+    critical path. Each handler is a waitable that rclpy's executor walks in Python on every
+    wake-up, so a node with several publishers pays for them on every message it receives. An
+    incompatible QoS is still reported, by the handlers of the other end (its own node)."""
+    from rclpy.event_handler import PublisherEventCallbacks
+
+    return node.create_publisher(msg_type, topic, qos, event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+
+
+def lean_subscription(node, msg_type, topic: str, callback, qos):
+    """``node.create_subscription`` without rclpy's default QoS-event handlers (see ``lean_publisher``)."""
+    from rclpy.event_handler import SubscriptionEventCallbacks
+
+    return node.create_subscription(
+        msg_type, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False)
+    )
+
+
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -168,8 +168,8 @@ def compare(trials: int, rounds: int) -> dict[str, list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gf-bench eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=10, help="trials per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating direct/graph rounds")
+    parser.add_argument("--trials", type=int, default=8, help="trials per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating direct/graph rounds")
     parser.add_argument("--samples", type=int, default=60, help="image latency samples")
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args(argv)

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 from rclpy.node import Node
 
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    declare_config,
+    latched_qos,
+    lean_subscription,
+    reliable_qos,
+    run_node,
+    status_qos,
+)
 from gf_eval.evaluation import Evaluation, EvaluationConfig
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
@@ -70,7 +79,7 @@ class EvalNode(Node):
         self.pub_trial = self.create_publisher(Trial, "/gf/trial", latched_qos(1))
         self.pub_result = self.create_publisher(TrialResult, "/gf/trial_result", reliable_qos())
         self.reset_client = self.create_client(ResetTrial, "reset_trial")
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
+        lean_subscription(self, EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         self._status_lock = threading.Condition()
         self._current: str | None = None
         self._status: EpisodeStatus | None = None

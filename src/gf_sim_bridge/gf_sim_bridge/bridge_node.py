@@ -23,6 +23,8 @@ from gf_bringup.rosutil import (
     config_field,
     config_help,
     declare_config,
+    lean_publisher,
+    lean_subscription,
     ns_to_stamp,
     reliable_qos,
     run_node,
@@ -62,16 +64,16 @@ class SimBridgeNode(Node):
         self.session = SimSession(SimConfig(
             robot=self.cfg.robot, image_size=self.cfg.image_size, split=self.cfg.split, max_steps=self.cfg.max_steps,
         ), render_mode="human" if self.cfg.viewer else None)
-        self.pub_clock = self.create_publisher(Clock, "/clock", reliable_qos(10))
-        self.pub_image = self.create_publisher(Image, "/camera/image_raw", sensor_qos())
-        self.pub_info = self.create_publisher(CameraInfo, "/camera/camera_info", sensor_qos())
-        self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
-        self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
-        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
+        self.pub_clock = lean_publisher(self, Clock, "/clock", reliable_qos(10))
+        self.pub_image = lean_publisher(self, Image, "/camera/image_raw", sensor_qos())
+        self.pub_info = lean_publisher(self, CameraInfo, "/camera/camera_info", sensor_qos())
+        self.pub_joints = lean_publisher(self, JointState, "/joint_states", reliable_qos())
+        self.pub_ee = lean_publisher(self, EeState, "/gf/ee_state", reliable_qos())
+        self.pub_status = lean_publisher(self, EpisodeStatus, "/gf/episode_status", status_qos())
         self.pub_truth = (
-            self.create_publisher(SimState, "/gf/sim_state", reliable_qos()) if self.cfg.ground_truth else None
+            lean_publisher(self, SimState, "/gf/sim_state", reliable_qos()) if self.cfg.ground_truth else None
         )
-        self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
+        lean_subscription(self, ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
         self.create_service(ResetTrial, "reset_trial", self._on_reset)
         self.get_logger().info(
             f"sim bridge ready ({self.cfg.robot}, {self.cfg.image_size}px, render={self.cfg.render}, "
