@@ -154,13 +154,14 @@ def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
 
 def compare(trials: int, rounds: int) -> dict[str, list[float]]:
     """Alternating direct-loop and graph rounds on the same trials; per-round figures."""
-    out: dict[str, list[float]] = {"direct_s": [], "graph_s": [], "direct_sr": [], "graph_sr": [], "startup_s": []}
+    out: dict[str, list[float]] = {}
     for r in range(rounds):
         first = r * trials
         direct_s, direct_sr = direct_loop(trials, first_index=first)
         graph_s, graph_sr, startup = ros_graph(trials, first_index=first)
-        for key, value in zip(out, (direct_s, graph_s, direct_sr, graph_sr, startup)):
-            out[key].append(value)
+        figures = {"direct_s": direct_s, "graph_s": graph_s, "direct_sr": direct_sr, "graph_sr": graph_sr, "startup_s": startup}
+        for key, value in figures.items():
+            out.setdefault(key, []).append(value)
         print(f"  round {r + 1}/{rounds}: direct {direct_s:.3f} s/trial, graph {graph_s:.3f} s/trial "
               f"({100 * direct_s / graph_s:.0f}%)", flush=True)
     return out

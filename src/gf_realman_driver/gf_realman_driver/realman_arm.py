@@ -67,7 +67,7 @@ def load_sdk() -> Any:
     Dual-thread mode (a receive thread, needed only for the SDK's blocking moves, which this
     driver does not use) is not safe here: when the controller closes the link, that thread can
     die, and every later ``rm_create_robot_arm`` in the process then fails its handshake, so the
-    driver could never reconnect (robotic-arm 1.1.6: 1 in ~10-100 drops against the fake
+    driver could never reconnect (robotic-arm 1.1.6: within 3 to 115 drops against the fake
     controller; ``rm_destroy`` + ``rm_init`` does not bring the thread back)."""
     global _sdk_module
     with _sdk_lock:

@@ -226,7 +226,7 @@ def test_a_dropped_connection_becomes_a_connection_error(arm, controller):
 
 
 def test_the_link_comes_back_after_every_one_of_many_controller_drops(controller):
-    # In the SDK's dual-thread mode the receive thread died on one drop in ~10-100 and no
+    # In the SDK's dual-thread mode the receive thread died within 3 to 115 drops and no
     # handshake could complete in the process after that; the driver never reconnected.
     arm = RealmanArm(LOCALHOST, controller.port, connect_timeout=3.0, command_timeout_ms=300, gripper_poll_period=0.0)
     try:

@@ -23,7 +23,8 @@ CONTROL_RATE_HZ = 20
 MAX_STEPS = 200
 # Torch CPU threads for a process that runs one env: its tensors are tiny, so a second thread
 # only adds hand-offs, and when other processes (policy, eval) want the other core the two
-# threads wait for each other. Measured here: control step 3.7 ms with 1 thread vs 4.2 ms with 2.
+# threads wait for each other. A one-off timing of SimSession.execute on this 2-core host (oracle,
+# Val trials): 3.7 ms per control step with 1 thread vs 4.2 ms with 2.
 SIM_TORCH_THREADS = 1
 
 
