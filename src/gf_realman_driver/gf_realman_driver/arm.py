@@ -60,6 +60,11 @@ class ArmProtocolError(ArmError):
     """The controller's reply could not be parsed (SDK -3): version mismatch or corrupted data."""
 
 
+class ArmFrameMismatch(ArmError):
+    """The controller's active tool or work frame is not the configured one: poses (and so every
+    workspace and floor check) would be in another frame, so the driver refuses to stream."""
+
+
 class ArmUnsupportedError(ArmError):
     """The controller does not implement this command (e.g. emergency stop on 3rd-gen controllers)."""
 
@@ -281,6 +286,10 @@ class ArmBackend(abc.ABC):
     @abc.abstractmethod
     def clear_emergency(self) -> None:
         """Release the emergency-stop latch (the arm does not move by itself afterwards)."""
+
+    def clear_controller_error(self) -> None:
+        """Clear the controller's system error (an operator decision: the arm stopped for a reason)."""
+        raise ArmUnsupportedError(f"{type(self).__name__} cannot clear controller errors", command="clear_system_err")
 
     # -- shared argument checks (same rule for every backend) --------------------------------
 

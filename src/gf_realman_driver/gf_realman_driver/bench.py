@@ -1,10 +1,17 @@
-"""Arm streaming loop: set-point period jitter with SimulatedArm against the 10 ms movep_canfd budget.
+"""Arm streaming loop: set-point period jitter against the 10 ms movep_canfd budget, and (with
+``--arm fake``) the peak commanded acceleration against its limit.
 
 Runs the driver's real streaming path (chunk planning, watchdog, ``StreamController.tick``) at the
-configured period against a real-time ``SimulatedArm`` (its own 500 Hz thread competes for the
-CPU and the GIL, as the driver's threads will), feeding it a slow circle as 8-step chunks, and
-reports the achieved tick period: p50/p99/max, jitter |period - budget| and ticks late by more
-than 10 %. Reference: ``rm_movep_canfd`` high-follow mode needs a set-point at least every 10 ms.
+configured period, feeding a slow circle as 8-step chunks, and reports the achieved tick period:
+p50/p99/max, jitter |period - budget| and ticks late by more than 10 %. Reference:
+``rm_movep_canfd`` high-follow mode needs a set-point at least every 10 ms.
+
+``--arm sim`` (default): a real-time ``SimulatedArm`` (its own 500 Hz thread competes for the CPU
+and the GIL, as the driver's threads will), raw planner set-points. ``--arm fake``: ``RealmanArm``
+through the vendor SDK against the moving fake controller on 127.0.0.1 (UDP state push every 5 ms,
+state read by a second thread as in the driver, gripper commands from the worker), with
+jerk/acceleration-limited set-points; the peak commanded acceleration is the largest per-axis
+second difference of the sent positions / period^2, measured against ``--max-accel``.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import threading
 
 import numpy as np
 
 from .safety import ChunkExecutor, SafetyLimits, TargetPlanner, Watchdog
 from .simulated_arm import SimulatedArm
-from .streaming import PeriodicLoop, StreamController
+from .smoothing import MotionLimits, SetpointSmoother, peak_acceleration
+from .streaming import GripperWorker, PeriodicLoop, StreamController
 
 BUDGET_S = 0.010  # movep_canfd high-follow: period must not exceed 10 ms
 
@@ -53,49 +62,85 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-rate", type=float, default=500.0, help="SimulatedArm stepping rate in Hz (default 500)")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="SimulatedArm command latency (default 5 ms)")
     parser.add_argument("--spin-us", type=float, default=0.0, help="busy-wait this long before each deadline (default 0: sleep only)")
+    parser.add_argument("--arm", choices=("sim", "fake"), default="sim",
+                        help="sim: SimulatedArm, raw set-points; fake: RealmanArm + moving fake controller, smoothed")
+    parser.add_argument("--max-accel", type=float, default=5.0, help="--arm fake: acceleration limit, m/s^2 (default 5, as the driver)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.period_ms <= 0:
         parser.error("--seconds and --period-ms must be positive")
 
     period = args.period_ms / 1000.0
-    arm = SimulatedArm(realtime=True, rate_hz=args.sim_rate, latency_s=args.latency_ms / 1000.0)
     try:
         planner = TargetPlanner(SafetyLimits(), control_period=args.control_period_ms / 1000.0, stream_period=period)
     except ValueError as exc:
         parser.error(str(exc))
-    controller = StreamController(arm, ChunkExecutor(planner), Watchdog(timeout=1.0))
+    fake = None
+    stop_state = threading.Event()
+    latest: dict = {}
+    if args.arm == "fake":
+        from .fake_controller import FakeRealmanController
+        from .realman_arm import RealmanArm
+
+        fake = FakeRealmanController(moving=True, latency=args.latency_ms / 1000.0)
+        arm = RealmanArm("127.0.0.1", fake.port, realtime_push=True)
+        limits = MotionLimits(max_linear_acceleration=args.max_accel, stall_after=3 * period)
+        controller = StreamController(arm, ChunkExecutor(planner), Watchdog(timeout=1.0),
+                                      smoother=SetpointSmoother(period, limits), measured=lambda: latest.get("state"),
+                                      gripper_worker=GripperWorker(arm))
+    else:
+        arm = SimulatedArm(realtime=True, rate_hz=args.sim_rate, latency_s=args.latency_ms / 1000.0)
+        controller = StreamController(arm, ChunkExecutor(planner), Watchdog(timeout=1.0))
     chunks = _CircleChunks()
     tracking: list[float] = []
+    sent: list[np.ndarray] = []
+
+    def read_states() -> None:  # as the driver does: off the control tick
+        while not stop_state.is_set():
+            latest["state"] = arm.state()
+            stop_state.wait(0.01)
 
     def tick(now: float) -> None:
         end = controller.executor.end_time
         if end is None or end - now < 0.2:
             controller.submit(chunks.next(), now)
         result = controller.tick(now)
-        if result.setpoint is not None and controller.setpoints_sent % 10 == 0:
-            tracking.append(float(np.linalg.norm(arm.state().ee_xyz - result.setpoint.xyz)))
+        if result.setpoint is not None:
+            sent.append(result.setpoint.xyz)
+            if controller.setpoints_sent % 10 == 0 and "state" in latest:
+                tracking.append(float(np.linalg.norm(latest["state"].ee_xyz - result.setpoint.xyz)))
 
     arm.connect()
+    latest["state"] = arm.state()
+    reader = threading.Thread(target=read_states, daemon=True)
+    reader.start()
     try:
         stats = PeriodicLoop(period, spin=args.spin_us / 1e6).run(tick, duration=args.seconds)
     finally:
+        stop_state.set()
+        reader.join(1.0)
         controller.halt()
         arm.close()
+        if fake is not None:
+            fake.close()
     figures = stats.summary(budget=BUDGET_S)
     figures.update(
         period_ms=args.period_ms,
         setpoints_sent=float(controller.setpoints_sent),
-        setpoints_ignored_by_arm=float(arm.setpoints_ignored),
+        setpoints_ignored_by_arm=float(getattr(arm, "setpoints_ignored", 0)),
+        peak_accel=peak_acceleration(sent, period),
+        max_accel=float(args.max_accel) if args.arm == "fake" else float("nan"),
         tracking_error_p50_mm=float(np.percentile(tracking, 50) * 1000) if tracking else float("nan"),
     )
     if args.json:
         print(json.dumps(figures, sort_keys=True))
         return 0
     f = figures
+    what = (f"SimulatedArm {args.sim_rate:g} Hz" if args.arm == "sim"
+            else "RealmanArm + moving fake controller, UDP push, smoothed set-points")
     print(
         f"arm streaming loop: {int(f['ticks'])} ticks in {args.seconds:g} s at a {args.period_ms:g} ms period "
-        f"(SimulatedArm {args.sim_rate:g} Hz, latency {args.latency_ms:g} ms, spin {args.spin_us:g} us)"
+        f"({what}, latency {args.latency_ms:g} ms, spin {args.spin_us:g} us)"
     )
     print(f"  period  p50 {f['period_p50_ms']:6.3f} ms   p99 {f['period_p99_ms']:6.3f} ms   max {f['period_max_ms']:6.3f} ms")
     print(f"  jitter  p50 {f['jitter_p50_ms']:6.3f} ms   p99 {f['jitter_p99_ms']:6.3f} ms   max {f['jitter_max_ms']:6.3f} ms")
@@ -107,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  set-points sent {int(f['setpoints_sent'])}, ignored by the arm {int(f['setpoints_ignored_by_arm'])}, "
         f"EE tracking error p50 {f['tracking_error_p50_mm']:.2f} mm"
     )
+    if args.arm == "fake":
+        accel_verdict = "within" if f["peak_accel"] <= f["max_accel"] * (1 + 1e-6) else "OVER"
+        print(f"  peak commanded acceleration {f['peak_accel']:.3f} m/s^2 (per axis) -> {accel_verdict} the limit "
+              f"{f['max_accel']:g} m/s^2")
+    else:
+        print(f"  peak commanded acceleration {f['peak_accel']:.3f} m/s^2 (per axis; raw planner set-points, no limit)")
     verdict = "within" if f["period_p99_ms"] <= f["budget_ms"] * 1.1 else "OVER"
     print(f"  reference: movep_canfd budget {f['budget_ms']:g} ms per set-point -> p99 period {verdict} budget (+10 %)")
     return 0

@@ -3,9 +3,19 @@
 It owns one ``ArmBackend`` and runs a control thread that
 
 1. connects, retrying with exponential backoff (``Backoff``) after a failed attempt or a dropped
-   link (any ``ArmConnectionError``), and re-synchronises the safety state after each connect;
+   link (any ``ArmConnectionError``; a frame mismatch at connect is retried the same way and never
+   streams), and re-synchronises the safety state after each connect;
 2. once connected, runs ``StreamController.tick`` on a ``PeriodicLoop`` at the streaming period
-   (<= 10 ms for ``movep_canfd``) and reads the arm state every ``state_period`` for publishing.
+   (<= 10 ms for ``movep_canfd``). That loop only computes and sends set-points: the arm state is
+   read by a second thread every ``state_period`` (from the controller's UDP push on the real arm),
+   and gripper commands go out from a worker thread, so no reply is ever waited for in the tick.
+
+Controller errors. Every state read is checked for controller system errors (collision, over-speed,
+singularity, ...). Any error stops the arm and latches like the e-stop: chunks are refused with
+reason ``controller_error`` and no set-point is sent, so streaming cannot clear it (a new motion
+command would clear the error on the controller). Only the operator's ``clear_controller_error``
+(the node's ``~/clear_error`` service) releases it, after clearing the error on the controller and
+reading back a state without errors.
 
 Callers (the node's callbacks) hand in chunks with ``submit``: the chunk is validated by
 ``gf_eval.action_space.validate_chunk`` and planned by the safety core (workspace box, floor,
@@ -15,6 +25,7 @@ motion. Trial gating (``trial_gating``): chunks must carry the id of the trial a
 between trials cannot move the arm while the operator rearranges the cards.
 
 ``emergency_stop`` stops the arm and latches: every chunk is refused until ``resume``. ``home``
+first lifts the tool straight up to ``home_safe_z`` (smoothed set-points) when it is lower, then
 moves to the home posture with a planned joint move (streaming paused meanwhile). ``shutdown``
 stops the arm, then closes the link.
 """
@@ -33,9 +44,10 @@ import numpy as np
 
 from gf_eval.action_space import ChunkRejected, validate_chunk
 
-from .arm import ArmBackend, ArmConnectionError, ArmError, ArmState
-from .safety import ChunkExecutor, GripperCommander, Plan, TargetPlanner, Watchdog
-from .streaming import PeriodicLoop, StreamController
+from .arm import ArmBackend, ArmConnectionError, ArmError, ArmState, describe_controller_error
+from .safety import ChunkExecutor, GripperCommander, Plan, SafetyViolation, TargetPlanner, Watchdog
+from .smoothing import MotionLimits, SetpointSmoother
+from .streaming import GripperWorker, PeriodicLoop, StreamController
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,9 @@ class DriverSettings:
     home_timeout: float = 30.0
     trial_gating: bool = True
     spin: float = 0.0  # PeriodicLoop busy-wait before each deadline (s)
+    motion_limits: MotionLimits | None = None  # jerk/acceleration-limited set-points; None: the planner's own
+    home_safe_z: float | None = None  # m; ~/home lifts the tool to this height first (None: no lift)
+    gripper_in_worker: bool = True  # gripper commands from a worker thread (never wait in the tick)
 
 
 @dataclass
@@ -100,6 +115,12 @@ class DriverStatus:
     connect_failures: int = 0
     next_retry_s: float = 0.0
     last_error: str = ""
+    controller_error: bool = False  # latched until the operator clears it
+    controller_errors: list = field(default_factory=list)  # the latched errors, described
+    controller_errors_now: list = field(default_factory=list)  # what the latest state reports
+    state_age_s: float = -1.0  # age of the latest arm state (-1: none yet)
+    smoother_restarts: int = 0
+    safety_stops: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,13 +145,21 @@ class ArmDriver:
         self.clock = clock
         self._emit = on_event or (lambda level, text: getattr(log, level)(text))
         gripper = GripperCommander(max_opening=arm.gripper_max_opening, force=gripper_force)
-        self.controller = StreamController(arm, ChunkExecutor(planner), Watchdog(watchdog_timeout, clock=clock), gripper)
+        limits = self.settings.motion_limits
+        self.controller = StreamController(
+            arm, ChunkExecutor(planner), Watchdog(watchdog_timeout, clock=clock), gripper,
+            smoother=SetpointSmoother(planner.stream_period, limits) if limits is not None else None,
+            measured=self._fresh_state,
+            gripper_worker=GripperWorker(arm) if self.settings.gripper_in_worker else None,
+        )
         self._lock = threading.RLock()  # guards the controller and the fields below
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = False
         self._estop = False
         self._homing = False
+        self._fault: tuple[int, ...] = ()  # latched controller errors
+        self._state_thread: threading.Thread | None = None
         self._state: ArmState | None = None
         self._state_read_at = -math.inf
         self._state_wall_time = 0.0  # time.time() of the latest state read (stamps the published state)
@@ -150,6 +179,8 @@ class ArmDriver:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="arm-driver", daemon=True)
             self._thread.start()
+            self._state_thread = threading.Thread(target=self._read_states, name="arm-state", daemon=True)
+            self._state_thread.start()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the control thread, stop the arm (if connected), close the link. Idempotent."""
@@ -157,6 +188,9 @@ class ArmDriver:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+        state_thread, self._state_thread = self._state_thread, None
+        if state_thread is not None:
+            state_thread.join(timeout)
         with self._lock:
             try:
                 if self._connected:
@@ -223,7 +257,7 @@ class ArmDriver:
             self.controller.executor.planner.reset_history()
             self.controller.watchdog.disarm()
             self.controller.gripper.reset()
-            self._state, self._state_wall_time = state, time.time()
+            self._state, self._state_wall_time, self._state_read_at = state, time.time(), self.clock()
             self._connected = True
             self._status.connects += 1
             self._status.next_retry_s = 0.0
@@ -232,6 +266,7 @@ class ArmDriver:
         self._emit("info", f"arm connected ({where}); EE at {np.round(state.ee_xyz, 3).tolist()} m")
         if state.emergency_stopped:
             self._estop = True
+        self._check_controller_errors(state)
         return True
 
     def _connection_lost(self, exc: ArmError) -> None:
@@ -263,12 +298,18 @@ class ArmDriver:
             return not self._stop.is_set()
 
     def _tick_inner(self, now: float) -> bool:
+        if not self._connected:
+            return False  # the state thread lost the link: reconnect
         try:
             with self._lock:
-                if not self._homing:
+                if not self._homing and not self._fault:
                     result = self.controller.tick(now)
                     if result.watchdog_fired:
                         self._emit("warning", f"watchdog: no valid chunk for {self.controller.watchdog.timeout:.2f} s; arm stopped")
+                    if result.safety_stop:
+                        self._status.safety_stops += 1
+                        self._status.last_error = result.safety_stop
+                        self._emit("error", f"smoothed set-point refused, arm stopped: {result.safety_stop}")
         except ArmConnectionError as exc:
             self._connection_lost(exc)
             return False
@@ -285,16 +326,92 @@ class ArmDriver:
                 return False
             except ArmError:
                 pass
-        if self._state is None or now - self._state_read_at >= self.settings.state_period:
-            try:
-                state = self.arm.state()
-                self._state, self._state_wall_time, self._state_read_at = state, time.time(), now
-            except ArmConnectionError as exc:
-                self._connection_lost(exc)
-                return False
-            except ArmError as exc:
-                self._status.last_error = str(exc)
         return not self._stop.is_set()
+
+    # -- state thread ---------------------------------------------------------------------------
+
+    def _read_states(self) -> None:
+        """Read the arm state every ``state_period`` (off the control tick) and check its errors."""
+        period = self.settings.state_period
+        while not self._stop.is_set():
+            started = self.clock()
+            if self._connected:
+                try:
+                    self._read_state_once()
+                except Exception as exc:  # noqa: BLE001 - a bug must not end error checking
+                    self._emit("error", f"internal error reading the arm state ({type(exc).__name__}: {exc})")
+            self._stop.wait(max(0.0, period - (self.clock() - started)))
+
+    def _read_state_once(self) -> None:
+        try:
+            state = self.arm.state()
+        except ArmConnectionError as exc:
+            if self._connected:
+                self._connection_lost(exc)
+            return
+        except ArmError as exc:
+            with self._lock:
+                self._status.last_error = str(exc)
+            return
+        self._state, self._state_wall_time, self._state_read_at = state, time.time(), self.clock()
+        self._check_controller_errors(state)
+
+    def _fresh_state(self) -> ArmState | None:
+        """The latest state if it is recent enough to restart motion from, else None (wait)."""
+        if self._state is None or self.clock() - self._state_read_at > max(0.1, 5 * self.settings.state_period):
+            return None
+        return self._state
+
+    def _check_controller_errors(self, state: ArmState) -> None:
+        """Any controller system error: stop the arm and latch (see the module docstring)."""
+        codes = tuple(code for code in state.error_codes if code != 0)
+        if not codes:
+            return
+        with self._lock:
+            if self._fault:
+                return
+            self._fault = codes
+            self.controller.executor.cancel()
+            self.controller.watchdog.disarm()
+            self.controller.gripper.reset()
+        described = ", ".join(describe_controller_error(code) for code in codes)
+        try:
+            self.arm.stop()
+        except ArmError as exc:
+            self._emit("error", f"stopping the arm after a controller error failed: {exc}")
+        self._emit("error", f"CONTROLLER ERROR {described}: arm stopped; chunks are refused until an operator "
+                            f"clears it (~/clear_error)")
+
+    def clear_controller_error(self) -> tuple[bool, str]:
+        """Operator action: clear the error on the controller, confirm, release the latch."""
+        with self._lock:
+            latched = self._fault
+            if not self._connected:
+                return False, "the arm is not connected"
+        try:
+            self.arm.clear_controller_error()
+        except ArmError as exc:
+            return False, f"could not clear the controller error: {exc}"
+        deadline = self.clock() + 1.0
+        remaining: tuple[int, ...] = ()
+        while True:  # a pushed state may predate the clear: wait for one without errors
+            try:
+                remaining = tuple(code for code in self.arm.state().error_codes if code != 0)
+            except ArmError as exc:
+                return False, f"cleared, but the state could not be read back: {exc}"
+            if not remaining or self.clock() > deadline:
+                break
+            time.sleep(0.01)
+        if remaining:
+            described = ", ".join(describe_controller_error(code) for code in remaining)
+            return False, f"the controller still reports {described}; the latch stays"
+        with self._lock:
+            self._fault = ()
+            self.controller.executor.cancel()  # the next chunk starts from the measured pose
+        if not latched:
+            return True, "no controller error was latched (controller error state cleared)"
+        self._emit("info", "controller error cleared by the operator; chunks accepted again")
+        return True, "controller error cleared"
 
     # -- chunks ---------------------------------------------------------------------------------
 
@@ -338,6 +455,10 @@ class ArmDriver:
             raise ChunkRejected("not_connected", "the arm is not connected (reconnecting)")
         if self._estop:
             raise ChunkRejected("emergency_stop", "emergency stop is latched; call the resume service first")
+        if self._fault:
+            described = ", ".join(describe_controller_error(code) for code in self._fault)
+            raise ChunkRejected("controller_error", f"controller error {described} is latched; an operator must clear it "
+                                                    f"(~/clear_error)")
         if self._homing:
             raise ChunkRejected("homing", "the arm is moving to its home posture")
         if not self.settings.trial_gating:
@@ -424,11 +545,14 @@ class ArmDriver:
                 return False, "the arm is not connected"
             if self._estop:
                 return False, "emergency stop is latched; resume first"
+            if self._fault:
+                return False, "a controller error is latched; clear it first"
             if self._homing:
                 return False, "already homing"
             self._homing = True
             self._halt_locked()
         try:
+            self._lift_to_safe_height()
             self.arm.move_joints(np.asarray(home, dtype=np.float64), speed=self.settings.home_speed,
                                  timeout=self.settings.home_timeout)
             self.arm.gripper_open()
@@ -439,6 +563,43 @@ class ArmDriver:
                 self.controller.executor.cancel()
                 self._homing = False
         return True, "at home"
+
+    def _lift_to_safe_height(self) -> None:
+        """Straight up to ``home_safe_z`` (x, y and orientation kept) with smoothed set-points, so the
+        joint move to home never sweeps the gripper through the table or the cards."""
+        safe_z = self.settings.home_safe_z
+        if safe_z is None:
+            return
+        state = self.arm.state()
+        if state.ee_xyz[2] >= safe_z:
+            return
+        period = self.controller.executor.planner.stream_period
+        smoother = SetpointSmoother(period, self.settings.motion_limits or MotionLimits())
+        smoother.reset(state.ee_xyz, state.ee_rpy)
+        target = np.array([state.ee_xyz[0], state.ee_xyz[1], safe_z])
+        try:
+            self.controller.executor.planner.limits.check_pose(target, state.ee_rpy)
+        except SafetyViolation as exc:
+            raise ArmError(f"cannot lift to the safe height {safe_z} m: {exc.detail}") from exc
+        loop_deadline = self.clock() + self.settings.home_timeout
+
+        def lift(now: float) -> bool:
+            if self._estop or self._fault:
+                raise ArmError("lift interrupted (emergency stop or controller error)")
+            xyz, rpy = smoother.step(target, state.ee_rpy)
+            self.arm.stream_ee_target(xyz, rpy)
+            if smoother.at_rest_at(target, state.ee_rpy):
+                return False
+            if now > loop_deadline:
+                raise ArmError(f"lift to the safe height did not finish within {self.settings.home_timeout:.0f} s")
+            return True
+
+        PeriodicLoop(period).run(lift)
+        deadline = self.clock() + 5.0
+        while self.clock() < deadline:  # let the arm arrive before the joint move replaces the stream
+            if abs(self.arm.state().ee_xyz[2] - safe_z) < 2e-3:
+                break
+            time.sleep(0.01)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -455,4 +616,11 @@ class ArmDriver:
             s.rejections = dict(self._rejections)
             s.watchdog_fired = self.controller.watchdog.fired_count
             s.setpoints_sent = self.controller.setpoints_sent
+            s.motion_active = self.controller.moving
+            s.controller_error = bool(self._fault)
+            s.controller_errors = [describe_controller_error(code) for code in self._fault]
+            state = self._state
+            s.controller_errors_now = state.describe_errors() if state is not None else []
+            s.state_age_s = round(self.clock() - self._state_read_at, 4) if state is not None else -1.0
+            s.smoother_restarts = self.controller.restarts
             return s

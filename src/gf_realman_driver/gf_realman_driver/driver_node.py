@@ -8,8 +8,12 @@ Publishes ``/joint_states`` (``joint1..joint7``, rad, as Realman's own ROS 2 dri
 
 Services (``gf_interfaces/srv/Command``: the request is ignored, ``success`` is the answer;
 the reason is logged): ``~/emergency_stop`` (stop and latch), ``~/resume`` (release the latch),
-``~/home`` (planned move to ``home_joints_deg``, gripper open). ``~/status`` (std_msgs/String,
-JSON of ``DriverStatus``, latched) reports the connection, e-stop, counters and last rejection.
+``~/clear_error`` (operator: clear a latched controller error on the controller and release it),
+``~/home`` (lift to ``home_safe_z``, planned move to ``home_joints_deg``, gripper open).
+``~/status`` (std_msgs/String, JSON of ``DriverStatus``, latched) reports the connection, e-stop,
+controller errors, counters and last rejection; ``/diagnostics`` (diagnostic_msgs/DiagnosticArray)
+carries the same health as one status (ERROR while a controller error is latched or the link is
+down, WARN while e-stopped).
 
 Frame and scale of the actions: see ``gf_realman_driver.safety`` (``frame_rotation``,
 ``translation_scale``, ``rotation_scale``); limits are in the RM75 base frame.
@@ -22,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from scipy.spatial.transform import Rotation
@@ -44,8 +49,9 @@ from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
 from gf_interfaces.srv import Command
 
 from .arm import ArmBackend
-from .driver import IGNORED_REASONS, ArmDriver, DriverSettings
+from .driver import IGNORED_REASONS, ArmDriver, DriverSettings, DriverStatus
 from .safety import FrameMapping, SafetyLimits, TargetPlanner
+from .smoothing import MotionLimits
 
 SERVICE_TYPE = Command
 
@@ -66,7 +72,18 @@ class DriverConfig:
     watchdog_timeout_s: float = config_field(1.0, "stop the arm when no valid chunk came for this long")
     workspace_min: list[float] = config_field([0.15, -0.40, 0.0], "EE workspace box, lower corner (m, base frame)")
     workspace_max: list[float] = config_field([0.65, 0.40, 0.55], "EE workspace box, upper corner (m, base frame)")
-    floor_z: float = config_field(0.02, "table floor: no EE target below this z (m, base frame, reported tool frame)")
+    floor_z: float = config_field(0.02, "table floor: no fingertip below this z (m, base frame)")
+    tcp_offset: list[float] = config_field([0.0, 0.0, 0.0], "fingertip in the controller's tool frame (m); the box and floor apply to it")
+    tool_frame: str = config_field("", "required active tool frame on the controller ('' = not checked)")
+    tool_frame_pose: list[float] = config_field([], "required pose of that tool frame (x y z m, rx ry rz rad; [] = not checked)")
+    work_frame: str = config_field("", "required active work frame on the controller ('' = not checked)")
+    realtime_push: bool = config_field(True, "read the arm state from the controller's UDP push (5 ms) instead of queries")
+    smooth_setpoints: bool = config_field(True, "jerk/acceleration-limited set-points (ruckig); false: the planner's straight lines")
+    max_linear_acceleration: float = config_field(5.0, "per-axis limit of the commanded acceleration (m/s^2)")
+    max_linear_jerk: float = config_field(100.0, "per-axis limit of the commanded jerk (m/s^3)")
+    max_angular_acceleration: float = config_field(10.0, "per-axis limit of the commanded angular acceleration (rad/s^2)")
+    max_angular_jerk: float = config_field(200.0, "per-axis limit of the commanded angular jerk (rad/s^3)")
+    home_safe_z: float = config_field(0.25, "~/home first lifts the tool straight up to this z when lower (m)")
     max_step_translation: float = config_field(0.03, "max EE translation per control step (m)")
     max_translation_per_second: float = config_field(0.30, "max EE path length within any second (m)")
     max_step_rotation: float = config_field(0.15, "max EE rotation per control step (rad)")
@@ -101,13 +118,27 @@ def build_planner(cfg: DriverConfig) -> TargetPlanner:
         workspace_min=tuple(cfg.workspace_min), workspace_max=tuple(cfg.workspace_max), floor_z=cfg.floor_z,
         max_step_translation=cfg.max_step_translation, max_translation_per_second=cfg.max_translation_per_second,
         max_step_rotation=cfg.max_step_rotation, max_rotation_per_second=cfg.max_rotation_per_second,
-        max_tracking_error=cfg.max_tracking_error,
+        max_tracking_error=cfg.max_tracking_error, tcp_offset=tuple(cfg.tcp_offset),
     )
     if len(cfg.frame_rotation) != 9:
         raise ValueError(f"frame_rotation needs 9 numbers (a row-major 3x3 rotation), got {len(cfg.frame_rotation)}")
     rows = tuple(tuple(float(v) for v in cfg.frame_rotation[i:i + 3]) for i in (0, 3, 6))
     mapping = FrameMapping(rotation=rows, translation_scale=cfg.translation_scale, rotation_scale=cfg.rotation_scale)
     return TargetPlanner(limits, mapping, control_period=cfg.control_period_s, stream_period=cfg.stream_period_s)
+
+
+def build_motion_limits(cfg: DriverConfig) -> MotionLimits | None:
+    """Set-point smoothing limits (None when ``smooth_setpoints`` is off). The velocity limits are
+    the planner's per-step limits, so smoothing never slows down an accepted chunk by itself."""
+    if not cfg.smooth_setpoints:
+        return None
+    return MotionLimits(
+        max_linear_velocity=cfg.max_step_translation / cfg.control_period_s,
+        max_linear_acceleration=cfg.max_linear_acceleration, max_linear_jerk=cfg.max_linear_jerk,
+        max_angular_velocity=cfg.max_step_rotation / cfg.control_period_s,
+        max_angular_acceleration=cfg.max_angular_acceleration, max_angular_jerk=cfg.max_angular_jerk,
+        stall_after=3 * cfg.stream_period_s,
+    )
 
 
 def build_arm(cfg: DriverConfig) -> ArmBackend:
@@ -125,8 +156,30 @@ def build_arm(cfg: DriverConfig) -> ArmBackend:
     return RealmanArm(
         cfg.arm_ip, cfg.arm_port, connect_timeout=cfg.connect_timeout_s, command_timeout_ms=cfg.command_timeout_ms,
         follow=cfg.movep_follow, trajectory_mode=cfg.movep_trajectory_mode, smoothing=cfg.movep_smoothing,
-        gripper_max_opening=cfg.gripper_max_opening,
+        gripper_max_opening=cfg.gripper_max_opening, tool_frame=cfg.tool_frame or None,
+        tool_frame_pose=cfg.tool_frame_pose or None, work_frame=cfg.work_frame or None,
+        realtime_push=cfg.realtime_push,
     )
+
+
+def diagnostic_status(status: DriverStatus, hardware_id: str) -> DiagnosticStatus:
+    """The driver's health as one ``DiagnosticStatus``."""
+    if status.controller_error:
+        level, message = DiagnosticStatus.ERROR, "controller error latched: " + "; ".join(status.controller_errors)
+    elif not status.connected:
+        level, message = DiagnosticStatus.ERROR, f"not connected: {status.last_error}"
+    elif status.emergency_stopped:
+        level, message = DiagnosticStatus.WARN, "emergency stop latched"
+    else:
+        level, message = DiagnosticStatus.OK, "streaming" if status.motion_active else "ready"
+    values = {
+        "connected": status.connected, "emergency_stopped": status.emergency_stopped,
+        "controller_error": status.controller_error, "controller_errors": "; ".join(status.controller_errors),
+        "controller_errors_now": "; ".join(status.controller_errors_now), "state_age_s": status.state_age_s,
+        "setpoints_sent": status.setpoints_sent, "last_error": status.last_error,
+    }
+    return DiagnosticStatus(level=level, name="realman_driver: arm", message=message[:500], hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 class DriverNode(Node):
@@ -142,6 +195,7 @@ class DriverNode(Node):
             state_period=min(0.02, 1.0 / cfg.publish_rate_hz), reconnect_initial=cfg.reconnect_initial_s,
             reconnect_max=cfg.reconnect_max_s, home_joints=tuple(math.radians(a) for a in cfg.home_joints_deg),
             home_speed=cfg.home_speed, trial_gating=cfg.trial_gating, spin=cfg.stream_spin_us * 1e-6,
+            motion_limits=build_motion_limits(cfg), home_safe_z=cfg.home_safe_z,
         )
         logger = self.get_logger()
         self.driver = ArmDriver(arm, planner, watchdog_timeout=cfg.watchdog_timeout_s, gripper_force=cfg.gripper_force,
@@ -149,15 +203,20 @@ class DriverNode(Node):
         self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
         self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
         self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos())
+        self._hardware_id = "simulated RM75" if cfg.dry_run else f"RM75 at {cfg.arm_ip}:{cfg.arm_port}"
         self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
         self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
         self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
         services = ReentrantCallbackGroup()  # e-stop must get through while ~/home blocks
         self.create_service(SERVICE_TYPE, "~/emergency_stop", self._service(self.driver.emergency_stop), callback_group=services)
         self.create_service(SERVICE_TYPE, "~/resume", self._service(self.driver.resume), callback_group=services)
+        self.create_service(SERVICE_TYPE, "~/clear_error", self._service(self.driver.clear_controller_error),
+                            callback_group=services)
         self.create_service(SERVICE_TYPE, "~/home", self._service(self.driver.home), callback_group=services)
         self.create_timer(1.0 / cfg.publish_rate_hz, self._publish_state)
         self.create_timer(0.5, self._publish_status)
+        self.create_timer(1.0, self._publish_diagnostics)
         self._last_status = ""
         self._published_at = 0.0
         self.driver.start()
@@ -248,10 +307,20 @@ class DriverNode(Node):
         self.pub_ee.publish(ee)
 
     def _publish_status(self) -> None:
-        text = json.dumps(self.driver.status().to_dict(), sort_keys=True)
+        status = self.driver.status()
+        data = status.to_dict()
+        data.pop("state_age_s")  # changes every time: it would defeat publishing on change only
+        text = json.dumps(data, sort_keys=True)
         if text != self._last_status:
             self._last_status = text
             self.pub_status.publish(String(data=text))
+            self._publish_diagnostics(status)
+
+    def _publish_diagnostics(self, status: DriverStatus | None = None) -> None:
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [diagnostic_status(status or self.driver.status(), self._hardware_id)]
+        self.pub_diagnostics.publish(msg)
 
 
 def main(args=None) -> int:

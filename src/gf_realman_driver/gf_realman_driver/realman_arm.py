@@ -21,11 +21,28 @@ address 192.168.1.18:8080). Facts this module relies on (checked against robotic
 
 All SDK calls on one handle are serialised by a lock (the C library matches replies per handle),
 blocking waits (connect, joint moves) never hold it, so ``emergency_stop()`` can always get in.
+Two handles (two TCP connections) keep queries off the set-point path: the *motion* handle carries
+only ``movep_canfd``, stop, e-stop and ``movej``; the *query* handle carries state, gripper, frame,
+push-config and error-clearing calls, so a slow or unanswered query (up to the receive timeout)
+never delays a set-point.
+
+State comes from the controller's UDP real-time push (``rm_set_realtime_push``, every 5 ms, JSON
+``realtime_arm_joint_state`` as documented in Realman's JSON protocol: ``joint_status.joint_position``
+in 0.001 deg, ``waypoint.position`` in micrometres, ``waypoint.euler`` in mrad, errors in ``err`` /
+``arm_err`` / ``sys_err``). The SDK's own push callback needs its triple-thread mode, whose receive
+thread this driver avoids (see ``load_sdk``), so this module listens on its own UDP socket. When no
+push arrived for ``push_timeout`` s, ``state()`` falls back to ``rm_get_current_arm_state`` on the
+query handle and flags the state ``push_stale``.
+
+At connect the active tool and work frames (``rm_get_current_tool_frame`` /
+``rm_get_current_work_frame``) are compared with the configured ones; a mismatch raises
+``ArmFrameMismatch`` and nothing streams, since every pose (and so every limit) is in those frames.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import math
 import socket
@@ -39,12 +56,15 @@ import numpy as np
 from .arm import (
     DEFAULT_GRIPPER_MAX_OPENING,
     ArmBackend,
+    ArmCommandRefused,
     ArmConnectionError,
     ArmEmergencyStopped,
     ArmError,
+    ArmFrameMismatch,
     ArmState,
     ArmTimeoutError,
     check_code,
+    describe_controller_error,
     error_for_code,
 )
 from .kinematics import NUM_JOINTS
@@ -129,6 +149,14 @@ class RealmanArm(ArmBackend):
         arrival_tolerance: float = math.radians(0.2),
         sdk_log_level: int = 3,
         preflight: bool = True,
+        tool_frame: str | None = None,
+        tool_frame_pose=None,
+        work_frame: str | None = None,
+        frame_tolerance: float = 1e-3,
+        realtime_push: bool = False,
+        push_port: int = 0,
+        push_cycle: int = 1,
+        push_timeout: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ):
         try:
@@ -151,10 +179,26 @@ class RealmanArm(ArmBackend):
         self.arrival_tolerance = float(arrival_tolerance)
         self.sdk_log_level = int(sdk_log_level)
         self.preflight = preflight
+        self.tool_frame = tool_frame or None
+        self.tool_frame_pose = None if tool_frame_pose is None else [float(v) for v in tool_frame_pose]
+        if self.tool_frame_pose is not None and len(self.tool_frame_pose) != 6:
+            raise ValueError("tool_frame_pose needs 6 values (x, y, z in m, rx, ry, rz in rad)")
+        self.work_frame = work_frame or None
+        self.frame_tolerance = float(frame_tolerance)
+        self.realtime_push = bool(realtime_push)
+        self.push_port = int(push_port)
+        self.push_cycle = max(1, int(push_cycle))
+        self.push_timeout = float(push_timeout)
         self._clock = clock
         self._io = threading.Lock()  # one SDK call at a time on this handle
         self._state_lock = threading.Lock()  # velocity estimate and gripper cache
         self._arm: Any = None
+        self._query_arm: Any = None  # second handle: queries never wait behind (or delay) set-points
+        self._qio = threading.Lock()
+        self._push_socket: socket.socket | None = None
+        self._push_thread: threading.Thread | None = None
+        self._push: tuple[float, np.ndarray, np.ndarray, tuple[int, ...], np.ndarray] | None = None
+        self.pushes_received = 0
         self._estop = False
         self._hw_estop_supported = False  # set at connect from the controller generation
         self._prev_q: np.ndarray | None = None
@@ -221,14 +265,19 @@ class RealmanArm(ArmBackend):
         def worker() -> None:
             # The C call can block for several receive timeouts; it runs here so connect() can give up.
             try:
-                arm = sdk.RoboticArm()
-                handle = arm.rm_create_robot_arm(self.ip, self.port, level=self.sdk_log_level)
-                outcome["arm"], outcome["id"] = arm, int(handle.id)
+                for key in ("arm", "query"):
+                    arm = sdk.RoboticArm()
+                    handle = arm.rm_create_robot_arm(self.ip, self.port, level=self.sdk_log_level)
+                    outcome[key], outcome[f"{key}_id"] = arm, int(handle.id)
+                    if int(handle.id) == -1:
+                        break
             except Exception as exc:  # noqa: BLE001 - handed to connect(), which raises it as ArmConnectionError
                 outcome["error"] = exc
             done.set()
-            if abandoned.is_set() and "arm" in outcome:
-                _delete_quietly(outcome["arm"], self.address)
+            if abandoned.is_set():
+                for key in ("arm", "query"):
+                    if key in outcome:
+                        _delete_quietly(outcome[key], self.address)
 
         thread = threading.Thread(target=worker, name=f"realman-connect-{self.address}", daemon=True)
         with _sdk_lock:
@@ -245,32 +294,130 @@ class RealmanArm(ArmBackend):
                 f"cannot connect to the Realman controller at {self.address}: the SDK did not finish "
                 f"within {self.connect_timeout:.1f} s ({why})"
             )
+        if "error" in outcome or -1 in (outcome.get("arm_id"), outcome.get("query_id")):
+            for key in ("arm", "query"):
+                if key in outcome:
+                    _delete_quietly(outcome[key], self.address)
         if "error" in outcome:
             raise ArmConnectionError(f"the Realman SDK failed while connecting to {self.address}: {outcome['error']}")
-        arm = outcome["arm"]
-        if outcome["id"] == -1:
-            _delete_quietly(arm, self.address)
+        if -1 in (outcome.get("arm_id"), outcome.get("query_id")):
             raise ArmConnectionError(
                 f"cannot connect to the Realman controller at {self.address}: the SDK returned handle -1 "
                 f"(TCP connection failed, or the controller did not complete the handshake; "
                 f"check the address, that no other program holds the arm, and the firmware/SDK versions)"
             )
+        arm, query = outcome["arm"], outcome["query"]
         dof = int(getattr(arm, "arm_dof", 0))
         if dof != NUM_JOINTS:
-            arm.rm_delete_robot_arm()
+            _delete_quietly(arm, self.address)
+            _delete_quietly(query, self.address)
             raise ArmError(f"the controller at {self.address} reports a {dof}-joint arm; this driver drives the 7-joint RM75")
-        with self._io:
-            self._arm = arm
+        with self._io, self._qio:
+            self._arm, self._query_arm = arm, query
             self._hw_estop_supported = int(getattr(arm, "robot_controller_version", 0) or 0) >= 4
             self._prev_q = None
+            self._push = None
             self._gripper_polled_at = -math.inf
+        try:
+            self._check_frames()
+            if self.realtime_push:
+                self._start_push()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- frames and the UDP state push ---------------------------------------------------------
+
+    def active_frames(self) -> dict[str, dict]:
+        """The controller's active tool and work frames: {"tool"|"work": {"name", "pose" (m, rad)}}."""
+        frames = {}
+        for kind, command in (("tool", "get_current_tool_frame"), ("work", "get_current_work_frame")):
+            code, frame = self._query(command, f"rm_{command}")
+            check_code(command, code, detail=self.address)
+            frames[kind] = {"name": str(frame.get("name", "")), "pose": [float(v) for v in frame.get("pose", [0.0] * 6)]}
+        return frames
+
+    def _check_frames(self) -> None:
+        if self.tool_frame is None and self.work_frame is None and self.tool_frame_pose is None:
+            return
+        frames = self.active_frames()
+        problems = []
+        for kind, expected in (("tool", self.tool_frame), ("work", self.work_frame)):
+            if expected is not None and frames[kind]["name"] != expected:
+                problems.append(f"active {kind} frame is {frames[kind]['name']!r}, configured {expected!r}")
+        if self.tool_frame_pose is not None:
+            got = np.asarray(frames["tool"]["pose"])
+            if np.max(np.abs(got - np.asarray(self.tool_frame_pose))) > self.frame_tolerance:
+                problems.append(f"tool frame pose is {np.round(got, 4).tolist()}, configured {self.tool_frame_pose}")
+        if problems:
+            raise ArmFrameMismatch(
+                f"frame mismatch on the controller at {self.address}: {'; '.join(problems)}. Poses, the workspace and "
+                f"the floor would be in another frame: select the configured frames on the teach pendant (or fix the "
+                f"configuration); nothing is streamed until they match", command="get_current_tool_frame")
+
+    def _start_push(self) -> None:
+        """Listen for the controller's UDP state push on the local address that routes to it."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect((self.ip, self.port))  # UDP connect only picks a route: nothing is sent
+            local_ip = probe.getsockname()[0]
+        finally:
+            probe.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((local_ip, self.push_port))
+        sock.settimeout(0.2)
+        self._push_socket = sock
+        port = sock.getsockname()[1]
+        sdk = load_sdk()
+        config = sdk.rm_realtime_push_config_t(self.push_cycle, True, port, -1, local_ip, sdk.rm_udp_custom_config_t())
+        code = self._query("set_realtime_push", "rm_set_realtime_push", config)
+        check_code("set_realtime_push", code, detail=self.address)
+        thread = threading.Thread(target=self._receive_push, args=(sock,), name=f"realman-push-{self.address}", daemon=True)
+        self._push_thread = thread
+        thread.start()
+
+    def _receive_push(self, sock: socket.socket) -> None:
+        while self._push_socket is sock:
+            try:
+                data, sender = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if sender[0] != self.ip:
+                continue  # only the controller's reports
+            parsed = parse_push(data)
+            if parsed is None:
+                continue
+            q, pose, errors = parsed
+            now = self._clock()
+            with self._state_lock:
+                previous = self._push
+                if previous is not None and now - previous[0] > 1e-4:
+                    qd = (q - previous[1]) / (now - previous[0])
+                else:
+                    qd = np.zeros(NUM_JOINTS)
+                self._push = (now, q, pose, errors, qd)
+                self.pushes_received += 1
+
+    @property
+    def push_active(self) -> bool:
+        """Whether a push report arrived within ``push_timeout``."""
+        push = self._push
+        return push is not None and self._clock() - push[0] <= self.push_timeout
 
     def close(self) -> None:
-        """Delete the SDK handle (closes its socket). Idempotent."""
-        with self._io:
+        """Delete the SDK handles (closes their sockets) and the push listener. Idempotent."""
+        with self._io, self._qio:
             arm, self._arm = self._arm, None
-        if arm is not None:
-            _delete_quietly(arm, self.address)
+            query, self._query_arm = self._query_arm, None
+            sock, self._push_socket = self._push_socket, None
+            self._push = None
+        if sock is not None:
+            sock.close()
+        for handle in (arm, query):
+            if handle is not None:
+                _delete_quietly(handle, self.address)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -286,8 +433,20 @@ class RealmanArm(ArmBackend):
             arm = self._require_arm(command)
             return getattr(arm, method)(*args)
 
+    def _query(self, command: str, method: str, *args) -> Any:
+        """Run one SDK method on the query handle (never on the set-point path)."""
+        with self._qio:
+            arm = self._query_arm
+            if arm is None:
+                raise ArmConnectionError(f"{command}: not connected to the Realman controller at {self.address}",
+                                         command=command)
+            return getattr(arm, method)(*args)
+
     def _checked(self, command: str, method: str, *args) -> None:
         check_code(command, self._call(command, method, *args), detail=self.address)
+
+    def _query_checked(self, command: str, method: str, *args) -> None:
+        check_code(command, self._query(command, method, *args), detail=self.address)
 
     def _require_motion_allowed(self, command: str) -> None:
         self._require_arm(command)
@@ -299,27 +458,36 @@ class RealmanArm(ArmBackend):
     # -- ArmBackend ----------------------------------------------------------------------------
 
     def state(self) -> ArmState:
-        """Joints, EE pose and errors from ``rm_get_current_arm_state``; gripper polled at most
-        every ``gripper_poll_period``; joint velocities by finite difference between calls."""
-        code, data = self._call("get_current_arm_state", "rm_get_current_arm_state")
-        check_code("get_current_arm_state", code, detail=self.address)
+        """Joints, EE pose and errors from the latest UDP push (or, when none is fresh,
+        ``rm_get_current_arm_state`` on the query handle); gripper polled at most every
+        ``gripper_poll_period``; joint velocities by finite difference between samples."""
+        push = self._push
         now = self._clock()
-        q = np.radians(np.asarray(data["joint"][:NUM_JOINTS], dtype=np.float64))
-        if q.shape != (NUM_JOINTS,):
-            raise ArmError(f"get_current_arm_state returned {q.size} joints, expected {NUM_JOINTS}")
-        pose = np.asarray(data["pose"], dtype=np.float64)
-        errors = tuple(code for code in (int(e) for e in data.get("err", {}).get("err", [])) if code != 0)
+        flags = []
+        if push is not None and now - push[0] <= self.push_timeout:
+            stamp, q, pose, errors, qd = push
+        else:
+            code, data = self._query("get_current_arm_state", "rm_get_current_arm_state")
+            check_code("get_current_arm_state", code, detail=self.address)
+            stamp = self._clock()
+            q = np.radians(np.asarray(data["joint"][:NUM_JOINTS], dtype=np.float64))
+            if q.shape != (NUM_JOINTS,):
+                raise ArmError(f"get_current_arm_state returned {q.size} joints, expected {NUM_JOINTS}")
+            pose = np.asarray(data["pose"], dtype=np.float64)
+            errors = _nonzero_codes(data.get("err", {}))
+            with self._state_lock:
+                if self._prev_q is not None and stamp - self._prev_t > 1e-4:
+                    qd = (q - self._prev_q) / (stamp - self._prev_t)
+                else:
+                    qd = np.zeros(NUM_JOINTS)
+                self._prev_q, self._prev_t = q, stamp
+            if self.realtime_push and self._push_socket is not None:
+                flags.append("push_stale")
         with self._state_lock:
-            if self._prev_q is not None and now - self._prev_t > 1e-4:
-                qd = (q - self._prev_q) / (now - self._prev_t)
-            else:
-                qd = np.zeros(NUM_JOINTS)
-            self._prev_q, self._prev_t = q, now
             self._poll_gripper(now)
             gripper_opening, gripper_flag = self._gripper_opening, self._gripper_flag
-        flags = []
         if self._estop:
-            flags.append("emergency_stop")
+            flags.insert(0, "emergency_stop")
         if gripper_flag:
             flags.append(gripper_flag)
         return ArmState(
@@ -331,14 +499,14 @@ class RealmanArm(ArmBackend):
             error_codes=errors,
             flags=tuple(flags),
             emergency_stopped=self._estop,
-            timestamp=now,
+            timestamp=stamp,
         )
 
     def _poll_gripper(self, now: float) -> None:
         if now - self._gripper_polled_at < self.gripper_poll_period:
             return
         self._gripper_polled_at = now
-        code, gripper = self._call("get_gripper_state", "rm_get_gripper_state")
+        code, gripper = self._query("get_gripper_state", "rm_get_gripper_state")
         if code == 0:
             self._gripper_opening = float(np.clip(gripper["actpos"], 0, 1000)) / 1000.0 * self.gripper_max_opening
             self._gripper_flag = None
@@ -350,6 +518,11 @@ class RealmanArm(ArmBackend):
         """One ``rm_movep_canfd`` set-point (base frame, m and rad, extrinsic XYZ)."""
         xyz, rpy = self._check_pose(xyz, rpy)
         self._require_motion_allowed("movep_canfd")
+        push = self._push
+        if push is not None and push[3]:
+            # A set-point would clear the controller's error and move on: the driver must decide.
+            raise ArmCommandRefused(f"movep_canfd withheld: the controller reports {describe_controller_error(push[3][0])}",
+                                    command="movep_canfd")
         pose = [float(v) for v in (*xyz, *rpy)]
         self._checked("movep_canfd", "rm_movep_canfd", pose, self.follow, self.trajectory_mode, self.smoothing)
 
@@ -380,7 +553,7 @@ class RealmanArm(ArmBackend):
     def gripper_open(self) -> None:
         """``rm_set_gripper_release`` (waits for the controller's acknowledgement, not the motion)."""
         self._require_motion_allowed("set_gripper_release")
-        self._checked("set_gripper_release", "rm_set_gripper_release", self.gripper_speed, False, 1)
+        self._query_checked("set_gripper_release", "rm_set_gripper_release", self.gripper_speed, False, 1)
         self._gripper_opening_commanded(self.gripper_max_opening)
 
     def gripper_close(self, force: float = 0.5) -> None:
@@ -388,7 +561,7 @@ class RealmanArm(ArmBackend):
         force = self._check_fraction("force", force)
         self._require_motion_allowed("set_gripper_pick")
         level = round(50 + force * 950)
-        self._checked("set_gripper_pick", "rm_set_gripper_pick", self.gripper_speed, level, False, 1)
+        self._query_checked("set_gripper_pick", "rm_set_gripper_pick", self.gripper_speed, level, False, 1)
         self._gripper_opening_commanded(0.0)
 
     def gripper_position(self, opening: float) -> None:
@@ -396,7 +569,7 @@ class RealmanArm(ArmBackend):
         opening = self._check_opening(opening)
         self._require_motion_allowed("set_gripper_position")
         position = int(min(1000, max(1, round(opening / self.gripper_max_opening * 1000))))
-        self._checked("set_gripper_position", "rm_set_gripper_position", position, False, 1)
+        self._query_checked("set_gripper_position", "rm_set_gripper_position", position, False, 1)
         self._gripper_opening_commanded(opening)
 
     def _gripper_opening_commanded(self, opening: float) -> None:
@@ -447,3 +620,48 @@ class RealmanArm(ArmBackend):
         else:
             self._require_arm("clear_emergency")
         self._estop = False
+
+    def clear_controller_error(self) -> None:
+        """``rm_clear_system_err``: clear the controller's system error (then read back by the caller)."""
+        self._query_checked("clear_system_err", "rm_clear_system_err")
+
+
+def _nonzero_codes(field: Any) -> tuple[int, ...]:
+    """Non-zero error codes from an ``err`` field: an int, a list, or the SDK's {"err": [...]} dict."""
+    if isinstance(field, dict):
+        field = field.get("err", [])
+    values = field if isinstance(field, (list, tuple)) else [field]
+    codes = []
+    for value in values:
+        try:
+            code = int(value)
+        except (TypeError, ValueError):
+            continue
+        if code != 0:
+            codes.append(code)
+    return tuple(codes)
+
+
+def parse_push(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """One ``realtime_arm_joint_state`` UDP report -> (joints rad, pose (6,) m/rad, non-zero error codes),
+    or None when it is not a complete arm-state report. Errors are read from ``err`` (gen 4),
+    ``arm_err`` and ``sys_err`` (gen 3), whichever the controller sends."""
+    try:
+        report = json.loads(data)
+        if report.get("state") != "realtime_arm_joint_state":
+            return None
+        joints = report["joint_status"]["joint_position"][:NUM_JOINTS]
+        waypoint = report["waypoint"]
+        q = np.radians(np.asarray(joints, dtype=np.float64) / 1000.0)
+        pose = np.concatenate([np.asarray(waypoint["position"], dtype=np.float64) / 1e6,
+                               np.asarray(waypoint["euler"], dtype=np.float64) / 1e3])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if q.shape != (NUM_JOINTS,) or pose.shape != (6,) or not (np.all(np.isfinite(q)) and np.all(np.isfinite(pose))):
+        return None
+    errors: list[int] = []
+    for key in ("err", "arm_err", "sys_err"):
+        for code in _nonzero_codes(report.get(key, 0)):
+            if code not in errors:
+                errors.append(code)
+    return q, pose, tuple(errors)

@@ -23,9 +23,11 @@ z up on both by default: identity). Use it when the real arm is mounted turned r
 camera/table layout the policy was trained on; use the scales to slow the real arm down relative
 to the sim. The gripper value passes through unchanged (1 open, -1 closed).
 
-Limits (``SafetyLimits``) are in the RM75 base frame and apply to the pose the controller reports,
-i.e. to its active tool frame: with the default flange frame, raise ``floor_z`` by the gripper's
-length, or set the controller's tool frame to the fingertip. The defaults are deliberately slower
+Limits (``SafetyLimits``) are in the RM75 base frame. The workspace box and the floor apply to the
+fingertip: ``tcp_offset`` is the fingertip in the controller's active tool frame (whose name and
+pose the driver checks at connect), so with the flange frame ("Arm_Tip") it is the gripper length
+along the flange z axis, and with a fingertip tool frame it is zero. Every set-point's fingertip,
+rotation included, is checked. The defaults are deliberately slower
 than the sim allows: a full-scale action (0.1 m per 50 ms step = 2 m/s) is refused; 3 cm per step
 and 0.3 m/s averaged over any second are allowed (BridgeData-style policies move a few mm to 1 cm
 per step).
@@ -79,8 +81,12 @@ class SafetyLimits:
     max_rotation_per_second: float = 1.0
     max_tracking_error: float = 0.05
     rate_window: float = 1.0
+    tcp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
+        tcp = np.asarray(self.tcp_offset, float)
+        if tcp.shape != (3,) or not np.all(np.isfinite(tcp)):
+            raise ValueError("tcp_offset needs 3 finite numbers (the fingertip in the tool frame, m)")
         lo, hi = np.asarray(self.workspace_min, float), np.asarray(self.workspace_max, float)
         if lo.shape != (3,) or hi.shape != (3,) or not np.all(np.isfinite(lo)) or not np.all(np.isfinite(hi)):
             raise ValueError("workspace_min/workspace_max need 3 finite numbers each")
@@ -107,14 +113,23 @@ class SafetyLimits:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown safety limit(s) {sorted(unknown)}; known: {sorted(known)}")
-        kwargs = {k: (tuple(float(x) for x in v) if k.startswith("workspace") else float(v)) for k, v in values.items()}
+        kwargs = {k: (tuple(float(x) for x in v) if k.startswith("workspace") or k == "tcp_offset" else float(v))
+                  for k, v in values.items()}
         return cls(**kwargs)
 
+    def fingertip(self, xyz, rpy) -> np.ndarray:
+        """The fingertip position for a tool pose (xyz m, roll/pitch/yaw rad)."""
+        return np.asarray(xyz, dtype=np.float64) + rpy_to_matrix(rpy) @ np.asarray(self.tcp_offset, dtype=np.float64)
+
+    def check_pose(self, xyz, rpy, step: int = -1) -> None:
+        """``check_position`` for the fingertip of a tool pose."""
+        self.check_position(self.fingertip(xyz, rpy), step)
+
     def check_position(self, xyz, step: int = -1) -> None:
-        """Raise ``SafetyViolation`` if ``xyz`` is below the floor or outside the workspace box."""
+        """Raise ``SafetyViolation`` if the fingertip ``xyz`` is below the floor or outside the box."""
         xyz = np.asarray(xyz, dtype=np.float64)
         if xyz[2] < self.floor_z - _EPS:
-            raise SafetyViolation("floor", f"target z {xyz[2]:.4f} m below the table floor {self.floor_z} m", step)
+            raise SafetyViolation("floor", f"fingertip z {xyz[2]:.4f} m below the table floor {self.floor_z} m", step)
         lo, hi = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
         outside = np.flatnonzero((xyz < lo - _EPS) | (xyz > hi + _EPS))
         if outside.size:
@@ -177,6 +192,8 @@ class SetPoint:
     rpy: np.ndarray
     gripper: float
     step: int
+    velocity: np.ndarray | None = None  # reference velocity there (m/s); None: at rest
+    angular_velocity: np.ndarray | None = None  # rad/s, base frame
 
 
 @dataclass(frozen=True)
@@ -188,6 +205,8 @@ class Plan:
     rpy: np.ndarray  # (N, 3)
     gripper: np.ndarray  # (N,)
     step: np.ndarray  # (N,) control step within the chunk
+    velocity: np.ndarray  # (N, 3) reference velocity of each set-point's segment (m/s)
+    angular_velocity: np.ndarray  # (N, 3) rad/s
     target_xyz: np.ndarray  # (K, 3)
     target_rotation: np.ndarray  # (K, 3, 3)
     start_time: float
@@ -211,7 +230,8 @@ class Plan:
 
     def setpoint(self, i: int) -> SetPoint:
         """The i-th set-point as a ``SetPoint``."""
-        return SetPoint(float(self.times[i]), self.xyz[i], self.rpy[i], float(self.gripper[i]), int(self.step[i]))
+        return SetPoint(float(self.times[i]), self.xyz[i], self.rpy[i], float(self.gripper[i]), int(self.step[i]),
+                        self.velocity[i], self.angular_velocity[i])
 
 
 class TargetPlanner:
@@ -295,25 +315,6 @@ class TargetPlanner:
             k = int(bad[0])
             detail = f"step {k} turns {angles[k]:.3f} rad, limit {limits.max_step_rotation} rad per control step"
             problems.append((k, 1, "step_rotation", detail))
-        # Every set-point is checked; the box and floor are convex, so interpolated points only
-        # fail where an end does (or when the start pose itself is outside).
-        flat = points.reshape(-1, 3)
-        lo, hi = np.asarray(limits.workspace_min), np.asarray(limits.workspace_max)
-        outside = (flat[:, 2] < limits.floor_z - _EPS) | np.any((flat < lo - _EPS) | (flat > hi + _EPS), axis=1)
-        bad = np.flatnonzero(outside)
-        if bad.size:
-            k = int(bad[0]) // n
-            try:
-                limits.check_position(flat[int(bad[0])], k)
-            except SafetyViolation as exc:
-                problems.append((k, 2, exc.reason, f"step {k}: {exc.detail}"))
-        if problems:
-            k, _, reason, detail = min(problems)
-            raise SafetyViolation(reason, detail, k)
-
-        step_times = start_time + self.control_period * np.arange(1, K + 1)
-        self._check_rates(step_times, trans, angles)
-
         # Orientation targets compose on the left (base-frame increments about the EE point).
         dR = Rotation.from_rotvec(rotvecs).as_matrix()
         target_rot = np.empty((K, 3, 3))
@@ -323,7 +324,29 @@ class TargetPlanner:
             target_rot[k] = R
         prev_rot = np.concatenate([R0[None], target_rot[:-1]])
         partial = Rotation.from_rotvec((frac[None, :, None] * rotvecs[:, None, :]).reshape(-1, 3))
-        rpy = (partial * Rotation.from_matrix(np.repeat(prev_rot, n, axis=0))).as_euler("xyz")
+        rotations = partial * Rotation.from_matrix(np.repeat(prev_rot, n, axis=0))
+
+        # Every set-point's fingertip is checked (the tool point moves on straight lines, but the
+        # fingertip also swings with the rotation).
+        flat = points.reshape(-1, 3)
+        tips = flat + rotations.apply(np.asarray(limits.tcp_offset, dtype=np.float64)) if any(limits.tcp_offset) else flat
+        lo, hi = np.asarray(limits.workspace_min), np.asarray(limits.workspace_max)
+        outside = (tips[:, 2] < limits.floor_z - _EPS) | np.any((tips < lo - _EPS) | (tips > hi + _EPS), axis=1)
+        bad = np.flatnonzero(outside)
+        if bad.size:
+            k = int(bad[0]) // n
+            try:
+                limits.check_position(tips[int(bad[0])], k)
+            except SafetyViolation as exc:
+                problems.append((k, 2, exc.reason, f"step {k}: {exc.detail}"))
+        if problems:
+            k, _, reason, detail = min(problems)
+            raise SafetyViolation(reason, detail, k)
+
+        step_times = start_time + self.control_period * np.arange(1, K + 1)
+        self._check_rates(step_times, trans, angles)
+
+        rpy = rotations.as_euler("xyz")
 
         for t, tr, ro in zip(step_times, trans, angles):
             self._history.append((float(t), float(tr), float(ro)))
@@ -334,6 +357,8 @@ class TargetPlanner:
             rpy=rpy,
             gripper=np.repeat(actions[:, 6], n),
             step=np.repeat(np.arange(K), n),
+            velocity=np.repeat(dp / self.control_period, n, axis=0),
+            angular_velocity=np.repeat(rotvecs / self.control_period, n, axis=0),
             target_xyz=target_xyz,
             target_rotation=target_rot,
             start_time=float(start_time),
@@ -393,6 +418,7 @@ class ChunkExecutor:
         self._index = 0  # next set-point of _plans[0]
         self._last_target: tuple[np.ndarray, np.ndarray] | None = None
         self._last_sent: SetPoint | None = None
+        self.generation = 0  # counts cancel() calls, so a follower of the set-points can tell
 
     @property
     def active(self) -> bool:
@@ -443,6 +469,8 @@ class ChunkExecutor:
                 self._index = 0
                 continue
             break
+        if found is not None and not self._plans:  # the end of all queued motion: arrive at rest
+            found = SetPoint(found.time, found.xyz, found.rpy, found.gripper, found.step)
         if found is not None:
             self._last_sent = found
         return found
@@ -453,6 +481,7 @@ class ChunkExecutor:
         self._index = 0
         self._last_target = None
         self._last_sent = None
+        self.generation += 1
 
 
 class Watchdog:

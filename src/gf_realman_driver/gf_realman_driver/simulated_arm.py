@@ -336,3 +336,16 @@ class SimulatedArm(ArmBackend):
         with self._lock:
             self._require_connection()
             self._estop = False
+
+    def inject_error(self, code: int) -> None:
+        """Raise a controller system error (e.g. 0x100D collision): the arm holds where it is."""
+        with self._lock:
+            self._errors.add(int(code))
+            self._hold()
+
+    def clear_controller_error(self) -> None:
+        """Forget every system error (``rm_clear_system_err`` on the real controller)."""
+        with self._lock:
+            self._require_connection()
+            self._errors.clear()
+            self._flags.discard("setpoint_ignored")

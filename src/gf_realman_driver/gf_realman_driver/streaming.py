@@ -11,6 +11,7 @@ its grid: no burst of catch-up ticks.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arm import ArmBackend, ArmError
-from .safety import ChunkExecutor, GripperCommander, Plan, SetPoint, Watchdog
+from .arm import ArmBackend, ArmError, ArmState
+from .safety import ChunkExecutor, GripperCommander, Plan, SafetyViolation, SetPoint, Watchdog
+from .smoothing import SetpointSmoother
 
 
 @dataclass
@@ -131,11 +133,72 @@ class PeriodicLoop:
 
 @dataclass(frozen=True)
 class TickResult:
-    """What one streaming tick did."""
+    """What one streaming tick did. ``setpoint`` is what was sent (the smoothed pose when a
+    smoother is used); ``safety_stop`` names the rule a smoothed set-point would have broken."""
 
     setpoint: SetPoint | None = None
     gripper_command: tuple[str, float] | None = None
     watchdog_fired: bool = False
+    restarted: bool = False
+    safety_stop: str = ""
+
+
+class GripperWorker:
+    """Sends gripper commands from its own thread, so waiting for the gripper's acknowledgement
+    never holds up a set-point. Only the newest pending command is kept (a newer one replaces one
+    not yet sent); a failure is kept for ``take_error()``."""
+
+    def __init__(self, arm: ArmBackend):
+        self.arm = arm
+        self._pending: queue.Queue = queue.Queue(maxsize=1)
+        self._error: ArmError | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="gripper-commands", daemon=True)
+        self._thread.start()
+
+    def send(self, kind: str, opening: float, force: float) -> None:
+        """Queue one command (replacing a pending one)."""
+        while True:
+            try:
+                self._pending.put_nowait((kind, opening, force))
+                return
+            except queue.Full:
+                try:
+                    self._pending.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def take_error(self) -> ArmError | None:
+        """The failure of a command since the last call (None if all went through)."""
+        with self._lock:
+            error, self._error = self._error, None
+        return error
+
+    def discard(self) -> None:
+        """Drop a pending command (stop, e-stop, reconnect)."""
+        try:
+            self._pending.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            kind, opening, force = self._pending.get()
+            try:
+                send_gripper(self.arm, kind, opening, force)
+            except ArmError as exc:
+                with self._lock:
+                    self._error = exc
+
+
+def send_gripper(arm: ArmBackend, kind: str, opening: float, force: float) -> None:
+    """One ``GripperCommander`` command on the arm."""
+    if kind == "open":
+        arm.gripper_open()
+    elif kind == "close":
+        arm.gripper_close(force)
+    else:
+        arm.gripper_position(opening)
 
 
 class StreamController:
@@ -146,6 +209,14 @@ class StreamController:
     the queued motion and ``arm.stop()``), then streams the due set-point and any gripper change.
     An ``ArmError`` during a tick drops the queued motion before propagating, so nothing stale
     runs after a reconnect.
+
+    With a ``smoother`` the planner's set-points are a reference: each tick sends the smoother's
+    next jerk/acceleration-limited pose towards it (and keeps sending until it is at rest at the
+    final target). When the previous set-point is older than ``smoother.limits.stall_after`` the
+    motion restarts at rest from the measured pose (``measured()``, default ``arm.state()``). Every
+    smoothed set-point's fingertip is checked against the workspace and floor; one outside stops
+    the arm (``TickResult.safety_stop``). With ``gripper_worker`` gripper commands go out from
+    that worker's thread instead of the tick.
     """
 
     def __init__(
@@ -154,12 +225,30 @@ class StreamController:
         executor: ChunkExecutor,
         watchdog: Watchdog,
         gripper: GripperCommander | None = None,
+        *,
+        smoother: SetpointSmoother | None = None,
+        measured: Callable[[], ArmState | None] | None = None,
+        gripper_worker: GripperWorker | None = None,
     ):
         self.arm = arm
         self.executor = executor
         self.watchdog = watchdog
         self.gripper = gripper or GripperCommander(max_opening=arm.gripper_max_opening)
+        self.smoother = smoother
+        self.measured = measured or arm.state
+        self.gripper_worker = gripper_worker
         self.setpoints_sent = 0
+        self.restarts = 0  # smoother restarts from the measured pose
+        self._reference: SetPoint | None = None
+        self._generation = executor.generation
+        self._last_sent_at: float | None = None
+
+    @property
+    def moving(self) -> bool:
+        """True while set-points are still being sent (queued motion, or the smoother settling)."""
+        if self.executor.generation != self._generation:  # cancelled since the last tick
+            return False
+        return self.executor.active or self._reference is not None
 
     def submit(self, chunk, now: float) -> Plan:
         """Plan ``chunk`` (raises ``SafetyViolation``/``ArmError``; then nothing is queued)."""
@@ -168,36 +257,87 @@ class StreamController:
         self.watchdog.feed(now)
         return plan
 
+    def _forget_motion(self) -> None:
+        self._reference = None
+        self._last_sent_at = None
+        if self.smoother is not None:
+            self.smoother.clear()
+        if self.gripper_worker is not None:
+            self.gripper_worker.discard()
+
     def tick(self, now: float) -> TickResult:
         """One streaming period: watchdog, then the due set-point and gripper command."""
         try:
+            if self.gripper_worker is not None:
+                error = self.gripper_worker.take_error()
+                if error is not None:
+                    raise error
+            if self.executor.generation != self._generation:  # cancelled elsewhere (stop, e-stop, ...)
+                self._generation = self.executor.generation
+                self._forget_motion()
             if self.watchdog.poll(now):
                 self.executor.cancel()
+                self._generation = self.executor.generation
+                self._forget_motion()
                 self.arm.stop()
                 return TickResult(watchdog_fired=True)
             setpoint = self.executor.next_setpoint(now)
-            if setpoint is None:
-                return TickResult()
-            self.arm.stream_ee_target(setpoint.xyz, setpoint.rpy)
+            if self.smoother is None:
+                if setpoint is None:
+                    return TickResult()
+                self.arm.stream_ee_target(setpoint.xyz, setpoint.rpy)
+                sent = setpoint
+                restarted = False
+            else:
+                if setpoint is not None:
+                    self._reference = setpoint
+                reference = self._reference
+                if reference is None:
+                    return TickResult()
+                restarted = False
+                stalled = self._last_sent_at is None or now - self._last_sent_at > self.smoother.limits.stall_after
+                if stalled or not self.smoother.started:
+                    state = self.measured()
+                    if state is None:
+                        return TickResult()
+                    self.smoother.reset(state.ee_xyz, state.ee_rpy)
+                    self.restarts += 1
+                    restarted = True
+                xyz, rpy = self.smoother.step(reference.xyz, reference.rpy, reference.velocity, reference.angular_velocity)
+                try:
+                    self.executor.planner.limits.check_pose(xyz, rpy)
+                except SafetyViolation as exc:
+                    self.executor.cancel()
+                    self._generation = self.executor.generation
+                    self._forget_motion()
+                    self.arm.stop()
+                    return TickResult(safety_stop=str(exc))
+                self.arm.stream_ee_target(xyz, rpy)
+                self._last_sent_at = now
+                sent = SetPoint(now, xyz, rpy, reference.gripper, reference.step)
+                if not self.executor.active and self.smoother.at_rest_at(reference.xyz, reference.rpy):
+                    self._reference = None  # arrived: nothing more to send until the next chunk
             self.setpoints_sent += 1
-            command = self.gripper.command_for(setpoint.gripper)
+            command = self.gripper.command_for(setpoint.gripper) if setpoint is not None else None
             if command is not None:
                 kind, opening = command
-                if kind == "open":
-                    self.arm.gripper_open()
-                elif kind == "close":
-                    self.arm.gripper_close(self.gripper.force)
+                if self.gripper_worker is not None:
+                    self.gripper_worker.send(kind, opening, self.gripper.force)
                 else:
-                    self.arm.gripper_position(opening)
-            return TickResult(setpoint=setpoint, gripper_command=command)
+                    send_gripper(self.arm, kind, opening, self.gripper.force)
+            return TickResult(setpoint=sent, gripper_command=command, restarted=restarted)
         except ArmError:
             self.executor.cancel()
+            self._generation = self.executor.generation
+            self._forget_motion()
             self.gripper.reset()
             raise
 
     def halt(self) -> None:
         """Deliberate stop (service call, shutdown): drop queued motion, disarm, stop the arm."""
         self.executor.cancel()
+        self._generation = self.executor.generation
+        self._forget_motion()
         self.watchdog.disarm()
         self.gripper.reset()
         if self.arm.is_connected:

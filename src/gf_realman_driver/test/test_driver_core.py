@@ -251,7 +251,7 @@ def test_shutdown_stops_the_arm_and_closes_the_link():
 def test_an_emergency_stop_interrupts_homing(driver):
     import threading
 
-    driver.submit(**chunk(moves(10, [0.02, 0.02, 0])))  # well away from home
+    driver.submit(**chunk(moves(10, [0.01, 0.01, 0])))  # well away from home (and within reach: 20 cm would not be)
     wait_idle(driver)
     result = {}
     homing = threading.Thread(target=lambda: result.update(home=driver.home()))

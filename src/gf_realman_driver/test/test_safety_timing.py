@@ -1,0 +1,372 @@
+"""Safety and timing a robot lab would trust: controller errors latch until an operator clears
+them, frames are checked at connect, the fingertip (not the flange) is kept above the table,
+set-points are jerk/acceleration-limited and restart from the measured pose after a stall, state
+and gripper traffic never hold up a set-point, and ~/home lifts first.
+
+The Realman tests talk to the moving fake controller on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from gf_eval.action_space import ChunkRejected
+from gf_realman_driver.arm import ArmFrameMismatch
+from gf_realman_driver.driver import ArmDriver, DriverSettings
+from gf_realman_driver.kinematics import RM75_HOME
+from gf_realman_driver.safety import ChunkExecutor, SafetyLimits, SafetyViolation, TargetPlanner, Watchdog
+from gf_realman_driver.simulated_arm import SimulatedArm
+from gf_realman_driver.smoothing import MotionLimits, SetpointSmoother, peak_acceleration
+from gf_realman_driver.streaming import StreamController
+
+COLLISION = 0x100D
+LOCALHOST = "127.0.0.1"
+
+
+def chunk(actions, trial_id: str = "t") -> dict:
+    actions = np.asarray(actions, dtype=np.float32)
+    return dict(trial_id=trial_id, step_index=0, horizon=actions.shape[0], execute_steps=0, action_dim=7,
+                action_space="ee_delta_pose", data=actions.reshape(-1))
+
+
+def moves(steps: int, delta_m, gripper: float = 1.0) -> np.ndarray:
+    a = np.zeros((steps, 7), np.float32)
+    a[:, :3] = np.asarray(delta_m) / 0.1
+    a[:, 6] = gripper
+    return a
+
+
+def wait_for(predicate, timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        time.sleep(0.01)
+
+
+def sim_driver(arm=None, **settings) -> ArmDriver:
+    arm = arm or SimulatedArm(realtime=True)
+    settings.setdefault("motion_limits", MotionLimits())
+    driver = ArmDriver(arm, TargetPlanner(SafetyLimits()), watchdog_timeout=2.0,
+                       settings=DriverSettings(trial_gating=False, home_joints=RM75_HOME, reconnect_initial=0.02,
+                                               reconnect_max=0.08, **settings),
+                       on_event=lambda level, text: None)
+    driver.start()
+    assert driver.wait_connected(5.0)
+    return driver
+
+
+# -- controller errors ------------------------------------------------------------------------------
+
+
+def test_a_controller_error_stops_and_latches_until_the_operator_clears_it():
+    driver = sim_driver()
+    arm = driver.arm
+    try:
+        driver.submit(**chunk(moves(30, [0.0, 0.005, 0.0])))  # 1.5 s of motion
+        wait_for(lambda: arm.setpoints_received > 10, what="streaming")
+        arm.inject_error(COLLISION)
+        wait_for(lambda: driver.status().controller_error, what="the latch")
+        status = driver.status()
+        assert status.controller_errors == ["0x100D robotic arm collision"] and not status.motion_active
+        received = arm.setpoints_received
+        time.sleep(0.2)
+        assert arm.setpoints_received == received  # nothing streamed after the error
+        with pytest.raises(ChunkRejected) as info:
+            driver.submit(**chunk(moves(2, [0.0, 0.005, 0.0])))
+        assert info.value.reason == "controller_error" and "~/clear_error" in str(info.value)
+        assert driver.resume() == (True, "not emergency-stopped") and driver.status().controller_error  # not this latch
+        ok, message = driver.clear_controller_error()
+        assert ok and message == "controller error cleared", message
+        assert not driver.status().controller_error and arm.state().error_codes == ()
+        driver.submit(**chunk(moves(2, [0.0, 0.005, 0.0])))  # accepted again
+        wait_for(lambda: arm.setpoints_received > received, what="streaming again")
+    finally:
+        driver.shutdown()
+
+
+def test_the_latch_holds_while_the_controller_still_reports_the_error():
+    class StickyArm(SimulatedArm):
+        def clear_controller_error(self) -> None:  # the controller refuses to clear (cause persists)
+            pass
+
+    driver = sim_driver(StickyArm(realtime=True))
+    try:
+        driver.arm.inject_error(0x1007)
+        wait_for(lambda: driver.status().controller_error, what="the latch")
+        ok, message = driver.clear_controller_error()
+        assert not ok and "still reports 0x1007 joint overspeed" in message
+        assert driver.status().controller_error
+    finally:
+        driver.shutdown()
+
+
+def test_diagnostics_say_error_while_latched():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from gf_realman_driver.driver import DriverStatus
+    from gf_realman_driver.driver_node import diagnostic_status
+
+    latched = diagnostic_status(DriverStatus(connected=True, controller_error=True,
+                                             controller_errors=["0x100D robotic arm collision"]), "RM75 at test")
+    assert latched.level == DiagnosticStatus.ERROR and "0x100D robotic arm collision" in latched.message
+    assert {kv.key: kv.value for kv in latched.values}["controller_error"] == "True"
+    assert diagnostic_status(DriverStatus(connected=True), "RM75 at test").level == DiagnosticStatus.OK
+    assert diagnostic_status(DriverStatus(connected=True, emergency_stopped=True), "x").level == DiagnosticStatus.WARN
+
+
+# -- fingertip and frames ------------------------------------------------------------------------
+
+
+def test_a_fingertip_target_below_the_table_is_refused():
+    flange_down = np.array([math.pi, 0.0, 0.0])
+    start = np.array([0.35, 0.0, 0.20])  # flange 20 cm up; a 15 cm gripper puts the fingertip at 5 cm
+    down = np.tile([0.0, 0.0, -0.2, 0.0, 0.0, 0.0, 1.0], (2, 1))  # 2 x 2 cm down
+    flange_only = TargetPlanner(SafetyLimits(floor_z=0.02))
+    flange_only.plan(down, start, flange_down, 0.0)  # the flange stays at 16 cm: fine for the flange
+    fingertip = TargetPlanner(SafetyLimits(floor_z=0.02, tcp_offset=(0.0, 0.0, 0.15)))
+    with pytest.raises(SafetyViolation) as info:
+        fingertip.plan(down, start, flange_down, 0.0)  # the fingertip would reach 1 cm
+    assert info.value.reason == "floor" and "fingertip z 0.0" in info.value.detail
+    # A tilt alone can swing the fingertip into the table too.
+    limits = SafetyLimits(floor_z=0.02, tcp_offset=(0.0, 0.0, 0.15))
+    assert limits.fingertip(start, flange_down)[2] == pytest.approx(0.05)
+    with pytest.raises(SafetyViolation):
+        limits.check_pose([0.35, 0.0, 0.16], flange_down)
+
+
+@pytest.fixture
+def fake():
+    pytest.importorskip("Robotic_Arm.rm_robot_interface")
+    from gf_realman_driver.fake_controller import FakeRealmanController
+    from gf_realman_driver.realman_arm import wait_for_pending_connect
+
+    assert wait_for_pending_connect(10.0)
+    controller = FakeRealmanController(moving=True)
+    yield controller
+    controller.close()
+
+
+def realman(fake, **kwargs):
+    from gf_realman_driver.realman_arm import RealmanArm
+
+    kwargs.setdefault("realtime_push", True)
+    return RealmanArm(LOCALHOST, fake.port, connect_timeout=3.0, command_timeout_ms=500, **kwargs)
+
+
+def test_a_frame_mismatch_refuses_to_stream(fake):
+    arm = realman(fake, tool_frame="gf_tip", work_frame="Base")
+    with pytest.raises(ArmFrameMismatch, match="active tool frame is 'Arm_Tip', configured 'gf_tip'"):
+        arm.connect()
+    assert not arm.is_connected
+    fake.tool_name, fake.tool_pose = "gf_tip", [0.0, 0.0, 0.15, 0.0, 0.0, 0.0]
+    arm = realman(fake, tool_frame="gf_tip", tool_frame_pose=[0.0, 0.0, 0.12, 0.0, 0.0, 0.0])
+    with pytest.raises(ArmFrameMismatch, match="tool frame pose"):
+        arm.connect()
+    # Through the driver: it keeps refusing (and retrying), and never streams.
+    fake.work_name = "Table"
+    driver = ArmDriver(realman(fake, tool_frame="gf_tip", work_frame="Base"), TargetPlanner(SafetyLimits()),
+                       settings=DriverSettings(trial_gating=False, reconnect_initial=0.05, reconnect_max=0.1),
+                       on_event=lambda level, text: None)
+    driver.start()
+    try:
+        wait_for(lambda: driver.status().connect_failures >= 2, what="refused connects")
+        status = driver.status()
+        assert not status.connected and "active work frame is 'Table', configured 'Base'" in status.last_error
+        with pytest.raises(ChunkRejected):
+            driver.submit(**chunk(moves(2, [0.01, 0.0, 0.0])))
+    finally:
+        driver.shutdown()
+    assert "movep_canfd" not in fake.commands()
+    # Matching frames connect.
+    fake.work_name = "Base"
+    arm = realman(fake, tool_frame="gf_tip", tool_frame_pose=[0.0, 0.0, 0.15, 0.0, 0.0, 0.0], work_frame="Base")
+    arm.connect()
+    arm.close()
+
+
+# -- the UDP push and the moving fake controller ---------------------------------------------------
+
+
+def test_the_documented_push_report_is_parsed():
+    from gf_realman_driver.realman_arm import parse_push
+
+    report = {"arm_err": 0, "sys_err": 0x100D, "state": "realtime_arm_joint_state",
+              "joint_status": {"joint_position": [1000, -2000, 3000, 4000, 5000, 6000, 7000]},
+              "waypoint": {"position": [578568, 127709, 345856], "euler": [2935, -100, 20]}}
+    q, pose, errors = parse_push(json.dumps(report).encode())
+    np.testing.assert_allclose(np.degrees(q), [1, -2, 3, 4, 5, 6, 7])
+    np.testing.assert_allclose(pose, [0.578568, 0.127709, 0.345856, 2.935, -0.1, 0.02])
+    assert errors == (0x100D,)
+    report["err"] = {"err": ["4103"]}  # gen-4 spelling, as the SDK's structure has it
+    assert sorted(parse_push(json.dumps(report).encode())[2]) == [4103, 0x100D]
+    assert parse_push(b'{"state": "something_else"}') is None and parse_push(b"not json") is None
+
+
+def test_state_comes_from_the_push_and_a_dropped_push_falls_back_to_queries(fake):
+    arm = realman(fake)
+    arm.connect()
+    try:
+        assert fake.last("set_realtime_push")["ip"] == LOCALHOST
+        wait_for(lambda: arm.push_active, what="the first push")
+        queries = fake.commands().count("get_current_arm_state")
+        arm.stream_ee_target([0.30, 0.02, 0.26], [math.pi, 0.0, math.pi])
+        wait_for(lambda: np.linalg.norm(arm.state().ee_xyz - [0.30, 0.02, 0.26]) < 1e-4, what="the arm to move")
+        state = arm.state()
+        assert "push_stale" not in state.flags
+        assert fake.commands().count("get_current_arm_state") == queries  # no query: all from the push
+        fake.drop_push = True
+        wait_for(lambda: not arm.push_active, what="the push to go stale")
+        state = arm.state()
+        assert "push_stale" in state.flags and fake.commands().count("get_current_arm_state") > queries
+        np.testing.assert_allclose(state.ee_xyz, [0.30, 0.02, 0.26], atol=1e-4)
+    finally:
+        arm.close()
+
+
+def test_a_controller_error_on_the_real_path_latches_and_streaming_cannot_clear_it(fake):
+    settings = DriverSettings(trial_gating=False, motion_limits=MotionLimits(), state_period=0.01)
+    driver = ArmDriver(realman(fake), TargetPlanner(SafetyLimits()), watchdog_timeout=2.0, settings=settings,
+                       on_event=lambda level, text: None)
+    driver.start()
+    try:
+        assert driver.wait_connected(5.0)
+        driver.submit(**chunk(moves(30, [0.0, 0.004, 0.0])))
+        wait_for(lambda: len(fake.arrivals("movep_canfd")) > 10, what="streaming")
+        fake.inject_error(COLLISION)  # a new motion command would clear it on this controller
+        wait_for(lambda: driver.status().controller_error, what="the latch")
+        sent = len(fake.arrivals("movep_canfd"))
+        fake.inject_error(COLLISION)  # (a set-point may have crossed the first report on the wire)
+        time.sleep(0.3)
+        assert len(fake.arrivals("movep_canfd")) == sent and fake.errors == [COLLISION]
+        with pytest.raises(ChunkRejected, match="controller error 0x100D robotic arm collision is latched"):
+            driver.submit(**chunk(moves(2, [0.0, 0.004, 0.0])))
+        assert "clear_system_err" not in fake.commands()
+        ok, message = driver.clear_controller_error()
+        assert ok, message
+        assert fake.commands().count("clear_system_err") == 1 and fake.errors == [0]
+        assert not driver.status().controller_error
+    finally:
+        driver.shutdown()
+
+
+def test_a_slow_reply_never_holds_up_a_setpoint(fake):
+    fake.reply_delay.update({"get_gripper_state": 0.3, "set_gripper_pick": 0.3, "set_gripper_release": 0.3,
+                             "get_current_arm_state": 0.3})
+    settings = DriverSettings(trial_gating=False, motion_limits=MotionLimits(), state_period=0.01)
+    driver = ArmDriver(realman(fake), TargetPlanner(SafetyLimits()), watchdog_timeout=2.0, settings=settings,
+                       on_event=lambda level, text: None)
+    driver.start()
+    try:
+        assert driver.wait_connected(5.0)
+        actions = moves(30, [0.0, 0.003, 0.0])
+        actions[10:, 6] = -1.0  # close the gripper mid-way: its acknowledgement takes 0.3 s
+        start = time.monotonic()
+        driver.submit(**chunk(actions))
+        wait_for(lambda: fake.last("set_gripper_pick") is not None, what="the gripper command")
+        wait_for(lambda: not driver.status().motion_active, timeout=10.0, what="the end of the motion")
+        arrivals = np.asarray([t for t in fake.arrivals("movep_canfd") if t >= start])
+        slow = [t for t in fake.arrivals("get_gripper_state") + fake.arrivals("set_gripper_pick") if t >= start]
+        assert arrivals.size >= 100 and slow  # 1.5 s of set-points while slow replies were outstanding
+        # Every slow reply kept its caller waiting 0.3 s; the set-point stream never waited for one.
+        assert np.max(np.diff(arrivals)) < 0.3, np.max(np.diff(arrivals))
+    finally:
+        driver.shutdown()
+
+
+# -- smooth set-points --------------------------------------------------------------------------------
+
+
+class RecordingArm(SimulatedArm):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sent: list[np.ndarray] = []
+
+    def stream_ee_target(self, xyz, rpy) -> None:
+        super().stream_ee_target(xyz, rpy)
+        self.sent.append(np.asarray(xyz, dtype=np.float64).copy())
+
+
+def test_a_200_ms_stall_resumes_with_no_step_above_the_acceleration_limit():
+    period, limits = 0.01, MotionLimits(max_linear_acceleration=2.0, stall_after=0.03)
+    arm = RecordingArm(realtime=False, latency_s=0.005)
+    arm.connect()
+    planner = TargetPlanner(SafetyLimits(), control_period=0.05, stream_period=period)
+    controller = StreamController(arm, ChunkExecutor(planner), Watchdog(5.0), smoother=SetpointSmoother(period, limits))
+    controller.submit(np.tile([0.0, 0.15, 0.0, 0.0, 0.0, 0.0, 1.0], (25, 1)), now=0.0)  # 0.3 m/s for 1.25 s
+    t = 0.0
+    for _ in range(50):  # 0.5 s of streaming
+        t = round(t + period, 9)
+        arm.advance(period)
+        controller.tick(t)
+    before = list(arm.sent)
+    arm.advance(0.2)  # the control thread stalls for 200 ms; the arm holds its last set-point
+    t = round(t + 0.2, 9)
+    resume_at = arm.state().ee_xyz.copy()
+    reference_jump = np.linalg.norm(controller.executor.next_setpoint(t).xyz - before[-1])
+    for _ in range(100):
+        t = round(t + period, 9)
+        arm.advance(period)
+        result = controller.tick(t)
+        assert not result.safety_stop
+    after = arm.sent[len(before):]
+    assert controller.restarts == 2  # the start, and the stall
+    assert reference_jump > 0.05  # the plan moved on 6 cm meanwhile: a raw step would be that large
+    # From the measured pose at rest, every step (second difference) stays within the limit.
+    peak = peak_acceleration([resume_at, resume_at, *after], period)
+    assert peak <= limits.max_linear_acceleration * (1 + 1e-9), peak
+    assert peak_acceleration(before, period) <= limits.max_linear_acceleration * (1 + 1e-9)
+    assert np.linalg.norm(after[0] - resume_at) <= 0.5 * limits.max_linear_acceleration * period**2 + 1e-12
+
+
+def test_smoothed_motion_arrives_at_the_target_at_rest():
+    smoother = SetpointSmoother(0.01, MotionLimits())
+    smoother.reset([0.3, 0.0, 0.2], [math.pi, 0.0, 0.0])
+    points = [smoother.xyz.copy()] * 2
+    for _ in range(200):
+        xyz, rpy = smoother.step([0.35, 0.05, 0.2], [math.pi, 0.0, 0.3])
+        points.append(xyz)
+    assert smoother.at_rest_at([0.35, 0.05, 0.2], [math.pi, 0.0, 0.3])
+    assert peak_acceleration(points, 0.01) <= MotionLimits().max_linear_acceleration * (1 + 1e-9)
+    with pytest.raises(ValueError):
+        MotionLimits(max_linear_jerk=0.0)
+
+
+# -- home ------------------------------------------------------------------------------------------
+
+
+def test_home_lifts_straight_up_before_the_joint_move():
+    class OrderArm(RecordingArm):
+        def move_joints(self, q, speed: float = 0.2, timeout: float = 30.0) -> None:
+            self.sent.append("movej")
+            super().move_joints(q, speed, timeout)
+
+    driver = sim_driver(OrderArm(realtime=True), home_safe_z=0.25)
+    arm = driver.arm
+    try:
+        driver.submit(**chunk(moves(6, [0.0, 0.0, -0.02])))  # 12 cm down, below the safe height
+        wait_for(lambda: not driver.status().motion_active, what="the descent")
+        low = arm.state().ee_xyz.copy()
+        assert low[2] < 0.2
+        arm.sent.clear()
+        ok, message = driver.home()
+        assert ok, message
+        movej = next(i for i, item in enumerate(arm.sent) if isinstance(item, str))
+        lift = np.asarray(arm.sent[:movej])
+        assert lift.shape[0] > 5 and lift[-1][2] == pytest.approx(0.25, abs=1e-6)
+        np.testing.assert_allclose(lift[:, :2], np.tile(low[:2], (len(lift), 1)), atol=1e-4)  # straight up
+        assert np.all(np.diff(lift[:, 2]) >= -1e-9)
+    finally:
+        driver.shutdown()
+
+
+def test_bench_against_the_moving_fake_controller_reports_acceleration(fake, capsys):
+    from gf_realman_driver import bench
+
+    assert bench.main(["--arm", "fake", "--seconds", "1.0", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["setpoints_sent"] > 50 and figures["max_accel"] == 5.0
+    assert 0.0 < figures["peak_accel"] and "jitter_p99_ms" in figures
