@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from gf_policy.vla.normalization import NORMALIZATION_KINDS
 from gf_training.data import AugmentConfig
 from gf_training.schemes import SchemeConfig
 
@@ -67,10 +68,20 @@ class DataSection:
     include_incomplete: bool = False
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # LeRobotDataset directories (gf_training.lerobot_format), mapped onto our embodiment by
+    # lerobot_mapping (gf_training.embodiments: a built-in name or a mapping file).
+    lerobot_dirs: list[str] = field(default_factory=list)
+    lerobot_mapping: str | None = None
+    normalization: str = "quantile"  # quantile | mean_std (computed from the data) | checkpoint (the model's)
 
     def __post_init__(self) -> None:
         if isinstance(self.demo_dirs, str):
             self.demo_dirs = [self.demo_dirs]
+        if isinstance(self.lerobot_dirs, str):
+            self.lerobot_dirs = [self.lerobot_dirs]
+        if self.normalization not in (*NORMALIZATION_KINDS, "checkpoint"):
+            raise ValueError(f"data.normalization must be one of {(*NORMALIZATION_KINDS, 'checkpoint')}, "
+                             f"not {self.normalization!r}")
         if isinstance(self.augment, dict):
             self.augment = _build(AugmentConfig, self.augment, "data.augment")
 

@@ -38,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from gf_policy.vla import NormStats, VLAProcessor
+from gf_policy.vla.normalization import stats_from_data
 
 CACHE_FORMAT = 1  # bump when the cached layout or decoding changes: old entries are rebuilt
 _FINGERPRINT_BYTES = 1 << 16
@@ -293,13 +294,14 @@ def load_demo_episodes(
 # ---------------------------------------------------------------------------------------------
 
 
-def compute_norm_stats(episodes: Sequence[EpisodeLike]) -> dict[str, NormStats]:
-    """1st/99th-percentile statistics of proprio and per-step actions over all episodes."""
+def compute_norm_stats(episodes: Sequence[EpisodeLike], kind: str = "quantile") -> dict[str, NormStats]:
+    """Statistics of proprio and per-step actions over all episodes: 1st/99th percentiles, or
+    mean/std with ``kind="mean_std"`` (``gf_policy.vla.normalization``)."""
     if not episodes:
         raise ValueError("no episodes to compute statistics from")
     return {
-        "proprio": NormStats.from_data(np.concatenate([np.asarray(e.proprio, np.float32) for e in episodes])),
-        "actions": NormStats.from_data(np.concatenate([np.asarray(e.actions, np.float32) for e in episodes])),
+        "proprio": stats_from_data(np.concatenate([np.asarray(e.proprio, np.float32) for e in episodes]), kind),
+        "actions": stats_from_data(np.concatenate([np.asarray(e.actions, np.float32) for e in episodes]), kind),
     }
 
 

@@ -243,16 +243,22 @@ def load_episodes(cfg: TrainConfig, image_size: int, info: DistInfo) -> list[Dec
     d = cfg.data
     if d.synthetic is not None:
         return synthetic_episodes(image_size=image_size, **d.synthetic)
-    if not d.demo_dirs:
-        raise ValueError("no training data: set data.demo_dirs (or data.synthetic)")
+    if not d.demo_dirs and not d.lerobot_dirs:
+        raise ValueError("no training data: set data.demo_dirs or data.lerobot_dirs (or data.synthetic)")
     kwargs = {"cache_dir": d.cache_dir, "include_failed": d.include_failed, "include_incomplete": d.include_incomplete}
     episodes: list[DecodedEpisode] = []
-    if info.is_main:
-        episodes, report = load_demo_episodes(d.demo_dirs, image_size, progress=cfg.logging.progress, **kwargs)
-        print(f"[gf-train] data: {report}", file=sys.stderr)
-    info.barrier()
-    if not info.is_main:
-        episodes, _ = load_demo_episodes(d.demo_dirs, image_size, **kwargs)
+    if d.demo_dirs:
+        if info.is_main:
+            episodes, report = load_demo_episodes(d.demo_dirs, image_size, progress=cfg.logging.progress, **kwargs)
+            print(f"[gf-train] data: {report}", file=sys.stderr)
+        info.barrier()
+        if not info.is_main:
+            episodes, _ = load_demo_episodes(d.demo_dirs, image_size, **kwargs)
+    if d.lerobot_dirs:
+        from gf_training.lerobot_format import load_lerobot_episodes
+
+        episodes = episodes + load_lerobot_episodes(d.lerobot_dirs, d.lerobot_mapping, image_size,
+                                                    progress=cfg.logging.progress and info.is_main)
     return episodes
 
 
@@ -344,7 +350,7 @@ class Trainer:
         vla_cfg = model.config
         episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info)
         self.episodes = episodes
-        self.norm_stats = self._norm_stats(episodes, info)
+        self.norm_stats = self._norm_stats(episodes, info, model.norm_stats)
         model.norm_stats = self.norm_stats
         latent_codes = self._latent_labels(model, episodes, info) if vla_cfg.latent_active else None
         texts = [e.instruction for e in episodes]
@@ -455,11 +461,16 @@ class Trainer:
             model.set_latent_codebook(lam.code_vectors().cpu())
         return codes
 
-    def _norm_stats(self, episodes: list[DecodedEpisode], info: DistInfo) -> dict[str, NormStats]:
-        """Computed once per run and kept in the run directory (a resumed run reuses them)."""
+    def _norm_stats(self, episodes: list[DecodedEpisode], info: DistInfo,
+                    initial: dict[str, NormStats] | None) -> dict[str, NormStats]:
+        """Computed once per run (or the initial model's, ``data.normalization: checkpoint``) and
+        kept in the run directory (a resumed run reuses them)."""
         path = self.run_dir / "norm_stats.json"
         if info.is_main and not path.exists():
-            save_norm_stats(compute_norm_stats(episodes), path)
+            kind = self.cfg.data.normalization
+            if kind == "checkpoint" and not initial:
+                raise ValueError("data.normalization=checkpoint: the initial model carries no statistics")
+            save_norm_stats(initial if kind == "checkpoint" else compute_norm_stats(episodes, kind), path)
         info.barrier()  # unconditional: every rank must take part in the same barriers
         return load_norm_stats(path)
 

@@ -105,9 +105,9 @@ class VLAInference:
             inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], proprio_t,
             noise=None if noise is None else noise.to(device), generator=generator,
         )
-        # Training targets were clipped to [-1, 1] by the normalisation, so anything outside is
+        # Quantile-normalised training targets were clipped to [-1, 1], so anything outside is
         # extrapolation: clip before mapping back (actions stay within the data's [q01, q99]).
-        normed = actions.float().clamp(-1.0, 1.0).cpu().numpy()
+        normed = self.norm_stats["actions"].clip_normalized(actions.float()).cpu().numpy()
         out = self.norm_stats["actions"].unnormalize(normed)
         if cfg.action_low is not None or cfg.action_high is not None:
             out = np.clip(out, cfg.action_low, cfg.action_high)

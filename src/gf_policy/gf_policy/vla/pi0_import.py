@@ -15,7 +15,20 @@ Two layouts are understood:
   keys carry the ``vision_tower.vision_model.`` nesting of transformers 4.x, which transformers 5
   flattened to ``vision_tower.``.
 
-The expert's token embedding / LM head of either layout is unused by pi0 and dropped.
+The expert's token embedding / LM head of either layout is unused by pi0 and dropped. pi0 ties
+the PaliGemma LM head to the token embedding, and LeRobot writes only one of the two tied tensors
+(``paligemma.lm_head.weight``, no ``embed_tokens``); either key alone is enough.
+
+LeRobot does not store the backbone architecture either: ``infer_backbone`` reads every size from
+the tensors (widths, depths, MLP sizes, vocabulary, patch and image size), with two facts of pi0's
+backbone for what shapes cannot tell: its Gemma attention has a single key/value head (so the head
+size is the key projection's width), and its SigLIP heads are 72 wide (So400m: 1152 / 16). A real
+pi0 checkpoint therefore gets PaliGemma 3B + Gemma-300M, a tiny test checkpoint its tiny sizes.
+
+Normalisation: pi0 was trained on mean/std-normalised state and actions. ``checkpoint_norm_stats``
+reads those statistics where LeRobot keeps them (the ``*normalizer_processor.safetensors`` of its
+processor pipeline, or the ``normalize_inputs`` / ``unnormalize_outputs`` buffers older versions
+stored in the model file) and ``import_pi0`` attaches them to the model as ``MeanStdStats``.
 """
 
 from __future__ import annotations
@@ -35,9 +48,22 @@ from .configuration import (
     make_paligemma_dict,
 )
 from .modeling import PI0StyleVLA
+from .normalization import MeanStdStats
+
+PALIGEMMA_IMAGE_TOKEN_ID = 257152  # PaliGemma's <image>; pi0's 257152-token vocabulary ends before it
+SIGLIP_HEAD_DIM = 72  # SigLIP So400m: 1152 wide, 16 heads
+LM_HEAD = "paligemma.lm_head.weight"
+EMBED_TOKENS = "paligemma.model.language_model.embed_tokens.weight"
+# Normalisation buffers of LeRobot < 0.4 policies, inside model.safetensors (statistics, not weights).
+_LEROBOT_NORM_BUFFER = re.compile(r"^(?:normalize_inputs|normalize_targets|unnormalize_outputs)\.buffer_(\w+)\.(\w+)$")
+# LeRobot's feature names for the quantities our model normalises.
+LEROBOT_STATE_FEATURE = "observation.state"
+LEROBOT_ACTION_FEATURE = "action"
 
 # (pattern, replacement) applied in order; the first match wins. ``None`` drops the key.
 _KEY_RULES: list[tuple[str, str | None]] = [
+    # LeRobot < 0.4: normalisation statistics stored as buffers (read by checkpoint_norm_stats)
+    (_LEROBOT_NORM_BUFFER.pattern, None),
     # transformers PI0ForConditionalGeneration
     (r"^model\.vlm\.(vision_tower|multi_modal_projector|language_model)\.", r"paligemma.model.\1."),
     (r"^model\.dit\.embed_tokens\.", None),
@@ -79,7 +105,54 @@ def convert_pi0_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
         new_key = convert_pi0_key(key)
         if new_key is not None:
             out[new_key] = value
-    return out
+    return tie_embeddings(out)
+
+
+def tie_embeddings(converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill in whichever of the tied LM head / token embedding is missing from the other."""
+    if EMBED_TOKENS not in converted and LM_HEAD in converted:
+        return dict(converted, **{EMBED_TOKENS: converted[LM_HEAD]})
+    if LM_HEAD not in converted and EMBED_TOKENS in converted:
+        return dict(converted, **{LM_HEAD: converted[EMBED_TOKENS]})
+    return converted
+
+
+def _count_layers(converted: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for key in converted if (m := pattern.match(key))}
+    if not indices or indices != set(range(max(indices) + 1)):
+        raise ValueError(f"pi0 import: layers under {prefix} are missing or not numbered 0..N-1")
+    return len(indices)
+
+
+def infer_backbone(converted: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """(text config, vision config, expert sizes) of a converted pi0 state dict, from its shapes."""
+    text_prefix = "paligemma.model.language_model."
+    vision_prefix = "paligemma.model.vision_tower.encoder.layers."
+    vocab, width = converted[EMBED_TOKENS].shape
+    text_inter = converted[text_prefix + "layers.0.mlp.gate_proj.weight"].shape[0]
+    # pi0's Gemma attention has one key/value head, so the key projection is one head wide.
+    head_dim = converted[text_prefix + "layers.0.self_attn.k_proj.weight"].shape[0]
+    heads = converted[text_prefix + "layers.0.self_attn.q_proj.weight"].shape[0] // head_dim
+    text = dict(_PALIGEMMA_3B_TEXT, hidden_size=width, num_hidden_layers=_count_layers(converted, text_prefix + "layers."),
+                intermediate_size=text_inter, num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim,
+                vocab_size=vocab)
+    patch = converted["paligemma.model.vision_tower.embeddings.patch_embedding.weight"]
+    vision_width, _, patch_size, _ = patch.shape
+    positions = converted["paligemma.model.vision_tower.embeddings.position_embedding.weight"].shape[0]
+    side = round(positions ** 0.5)
+    if side * side != positions:
+        raise ValueError(f"pi0 import: {positions} vision positions are not a square grid")
+    if vision_width % SIGLIP_HEAD_DIM:
+        raise ValueError(f"pi0 import: vision width {vision_width} is not a multiple of SigLIP's head size "
+                         f"{SIGLIP_HEAD_DIM}; pass a full VLAConfig")
+    vision = dict(_PALIGEMMA_3B_VISION, hidden_size=vision_width,
+                  intermediate_size=converted[vision_prefix + "0.mlp.fc1.weight"].shape[0],
+                  num_hidden_layers=_count_layers(converted, vision_prefix),
+                  num_attention_heads=vision_width // SIGLIP_HEAD_DIM, patch_size=patch_size, image_size=side * patch_size)
+    expert_inter, expert_width = converted["expert.layers.0.mlp.gate_proj.weight"].shape
+    expert = {"expert_hidden_size": expert_width, "expert_intermediate_size": expert_inter}
+    return text, vision, expert
 
 
 def config_from_transformers_pi0(pi0_config: Any, **overrides: Any) -> VLAConfig:
@@ -125,18 +198,17 @@ def config_from_transformers_pi0(pi0_config: Any, **overrides: Any) -> VLAConfig
 def config_from_lerobot_pi0(
     lerobot_config: dict[str, Any], state_dict: dict[str, torch.Tensor], **overrides: Any
 ) -> VLAConfig:
-    """``VLAConfig`` for a LeRobot pi0 checkpoint: pi0's backbone, sizes read from the tensors."""
+    """``VLAConfig`` for a LeRobot pi0 checkpoint: backbone and widths from the tensors (see
+    ``infer_backbone``), horizons and step counts from LeRobot's policy config."""
     converted = convert_pi0_state_dict(state_dict)
-    vocab = converted["paligemma.model.language_model.embed_tokens.weight"].shape[0]
-    expert_inter, expert_width = converted["expert.layers.0.mlp.gate_proj.weight"].shape
+    text, vision, expert = infer_backbone(converted)
     action_width = converted["action_in_proj.weight"].shape[1]
     state_width = converted["state_proj.weight"].shape[1]
-    text = dict(_PALIGEMMA_3B_TEXT, vocab_size=vocab)
     horizon = int(lerobot_config.get("chunk_size", 50))
     params: dict[str, Any] = {
-        "vlm": make_paligemma_dict(text=text, vision=_PALIGEMMA_3B_VISION, image_token_id=257152),
-        "expert_hidden_size": expert_width,
-        "expert_intermediate_size": expert_inter,
+        "vlm": make_paligemma_dict(text=text, vision=vision,
+                                   image_token_id=min(PALIGEMMA_IMAGE_TOKEN_ID, int(text["vocab_size"]))),
+        **expert,
         "action_dim": action_width,
         "proprio_dim": state_width,
         "max_action_dim": action_width,
@@ -150,8 +222,44 @@ def config_from_lerobot_pi0(
     return VLAConfig(**params)
 
 
+def lerobot_stats(directory: str | Path | None, state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{feature: {stat: tensor}}`` of a LeRobot policy: its processor's normaliser files in
+    ``directory`` and/or the normalisation buffers of an older model file."""
+    stats: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        m = _LEROBOT_NORM_BUFFER.match(key)
+        if m:  # buffer names encode the feature with "_" for "." (observation_state)
+            feature = m.group(1).replace("_", ".")
+            stats.setdefault(feature, {})[m.group(2)] = value
+    if directory is not None:
+        for file in sorted(Path(directory).glob("*normalizer_processor.safetensors")):
+            for key, value in load_file(str(file)).items():
+                feature, _, stat = key.rpartition(".")
+                stats.setdefault(feature, {})[stat] = value
+    return stats
+
+
+def checkpoint_norm_stats(
+    directory: str | Path | None, state_dict: dict[str, torch.Tensor], proprio_dim: int, action_dim: int
+) -> dict[str, MeanStdStats] | None:
+    """pi0's own mean/std statistics of state and actions (first ``proprio_dim`` / ``action_dim``
+    dimensions), or ``None`` when the checkpoint carries none (e.g. a base model)."""
+    stats = lerobot_stats(directory, state_dict)
+    out: dict[str, MeanStdStats] = {}
+    for ours, feature, dim in (("proprio", LEROBOT_STATE_FEATURE, proprio_dim), ("actions", LEROBOT_ACTION_FEATURE, action_dim)):
+        entry = stats.get(feature, {})
+        if "mean" not in entry or "std" not in entry:
+            return None
+        full = MeanStdStats(entry["mean"].double().numpy(), entry["std"].double().numpy())
+        if full.dim < dim:
+            raise ValueError(f"the checkpoint's {feature} statistics have {full.dim} dimensions, the model uses {dim}")
+        out[ours] = full.first(dim)
+    return out
+
+
 def _read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
-    files = sorted(directory.glob("*.safetensors"))
+    # LeRobot keeps its processor pipeline's state (normaliser statistics) beside the weights.
+    files = sorted(f for f in directory.glob("*.safetensors") if not f.name.endswith("_processor.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {directory}")
     state: dict[str, torch.Tensor] = {}
@@ -163,9 +271,7 @@ def _read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
 def load_converted_state(model: PI0StyleVLA, converted: dict[str, torch.Tensor]) -> None:
     """Copy converted tensors into ``model``; every parameter must be covered (tied LM head aside)."""
     own = model.state_dict()
-    lm_head, embed = "paligemma.lm_head.weight", "paligemma.model.language_model.embed_tokens.weight"
-    if lm_head not in converted and embed in converted:
-        converted = dict(converted, **{lm_head: converted[embed]})  # pi0 ties the LM head to the embedding
+    converted = tie_embeddings(converted)
     missing = sorted(set(own) - set(converted))
     unexpected = sorted(set(converted) - set(own))
     if missing or unexpected:
@@ -176,16 +282,23 @@ def load_converted_state(model: PI0StyleVLA, converted: dict[str, torch.Tensor])
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
 
 
-def import_pi0(source: Any, config: VLAConfig | None = None, **cfg_overrides: Any) -> PI0StyleVLA:
+def import_pi0(
+    source: Any, config: VLAConfig | None = None, *, checkpoint_stats: bool = True, **cfg_overrides: Any
+) -> PI0StyleVLA:
     """Build a ``PI0StyleVLA`` holding the weights of a pi0 checkpoint.
 
     ``source``: a transformers ``PI0ForConditionalGeneration``, a state dict (needs ``config``),
     or a directory (transformers or LeRobot layout). ``cfg_overrides`` adjust the derived
     ``VLAConfig`` (e.g. ``action_dim=7, proprio_dim=7`` to use the first 7 of pi0's 32 padded
     dimensions, ``num_images=3`` for pi0's three cameras).
+
+    With ``checkpoint_stats`` (default) the checkpoint's own mean/std statistics, when it has
+    any, become ``model.norm_stats``; a training run then chooses whether to keep them
+    (``data.normalization: checkpoint``) or to compute its own.
     """
     if config is not None and cfg_overrides:
         config = config.replace(**cfg_overrides)
+    directory: Path | None = None
     if isinstance(source, (str, Path)):
         directory = Path(source)
         state = _read_safetensors_dir(directory)
@@ -207,4 +320,6 @@ def import_pi0(source: Any, config: VLAConfig | None = None, **cfg_overrides: An
             config = config_from_transformers_pi0(source.config, **cfg_overrides)
     model = PI0StyleVLA(config)
     load_converted_state(model, convert_pi0_state_dict(state))
+    if checkpoint_stats:
+        model.norm_stats = checkpoint_norm_stats(directory, state, config.proprio_dim, config.action_dim)
     return model
