@@ -23,8 +23,8 @@ test-fast: setup  ## skip the slow end-to-end tests
 lint: setup
 	$(VENV)/bin/ruff check src training
 
-lock:             ## rewrite requirements/constraints.txt from the current .venv
-	$(VENV)/bin/python -m pip freeze --exclude-editable | grep -vE '^(gf[-_]|[a-z_]+_msgs==|rclpy==|rcutils==|rosidl_|rmw_dds_common==|ament_cmake_test==)' \
+lock:             ## rewrite requirements/constraints.txt from the current .venv (not the ROS 2 tooling wheels: no PyPI)
+	$(VENV)/bin/python -m pip freeze --exclude-editable | grep -vE '^(gf[-_]|[a-z_]+_msgs==|rclpy==|rcutils==|rosidl_|rmw_dds_common==|ament_cmake_test==|launch[a-z_]*==|ros2[a-z]*==|osrf[-_]pycommon==|composition_interfaces==)' \
 	  | sed 's/^torch==.*/torch==2.13.0/' | sort -f > requirements/constraints.body
 	{ head -2 requirements/constraints.txt; cat requirements/constraints.body; } > requirements/constraints.new
 	mv requirements/constraints.new requirements/constraints.txt; rm requirements/constraints.body

@@ -5,6 +5,7 @@
 #
 #   scripts/setup.sh            # system packages, .venv, Python deps, gf_interfaces, packages, assets
 #   GF_SKIP_APT=1 scripts/setup.sh   # never call apt (fail with a clear message instead)
+#   GF_ROS2_TOOLS=DIR scripts/setup.sh   # also colcon, launch, launch_ros, ros2cli from a wheel directory
 #
 # On a ROS 2 install (Humble/Jazzy/Kilted) use colcon instead: see README.md.
 set -euo pipefail
@@ -19,7 +20,7 @@ MIN_MESA=24.3
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 fail() { printf '\033[1;31m[setup] ERROR:\033[0m %s\n' "$*" >&2; exit 1; }
-hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+hash_of() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -c1-16; }  # missing files (e.g. no msg/) hash as empty
 stamp_ok() { [[ -f $STAMPS/$1 && $(cat "$STAMPS/$1") == "$2" ]]; }
 stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 
@@ -79,16 +80,25 @@ create_venv() {
   touch "$VENV/COLCON_IGNORE"
 }
 
+# pip check, minus one known and harmless line: launch_ros asks for `ament_index_python`, which the
+# ROS 2 wheels install under the name ros-ament-index-python.
+pip_check() {
+  local out
+  out=$("$VENV/bin/python" -m pip check 2>&1 | grep -v -E '^launch[-_]ros .* requires ament[-_]index[-_]python' || true)
+  [[ -z $out || $out == "No broken requirements found." ]] || fail "pip check failed: $out"
+}
+
 install_python_deps() {
-  local key; key=$(hash_of "$ROOT/requirements/requirements.txt" "$ROOT/requirements/constraints.txt")
+  local reqs=("$ROOT/requirements/requirements.txt" "$ROOT/requirements/ros-wheels.txt")
+  local key; key=$(hash_of "${reqs[@]}" "$ROOT/requirements/constraints.txt")
   stamp_ok python-deps "$key" && return
   say "installing Python dependencies (about 2 minutes on a fresh venv)"
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
   # torch first, the CPU build: a bare 'torch' requirement elsewhere would pull a CUDA build.
   "${pip[@]}" install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -c 'import torch' 2>/dev/null || fail "torch==2.13.0 (CPU) did not install"
-  "${pip[@]}" install -r "$ROOT/requirements/requirements.txt" -c "$ROOT/requirements/constraints.txt" 2>&1 | grep -v "is ignored" || true
-  "$VENV/bin/python" -m pip check >/dev/null || fail "pip check failed: $("$VENV/bin/python" -m pip check)"
+  "${pip[@]}" install -r "${reqs[0]}" -r "${reqs[1]}" -c "$ROOT/requirements/constraints.txt" 2>&1 | grep -v "is ignored" || true
+  pip_check
   if "$VENV/bin/python" -m pip show -q torchvision timm opencv-python-headless 2>/dev/null | grep -q Name; then
     fail "torchvision/timm/opencv-python-headless got installed: remove them (see requirements/requirements.txt)"
   fi
@@ -108,22 +118,25 @@ fix_wheel_cmake() {
 }
 
 # --- 3. gf_interfaces with rosidl into the venv prefix ------------------------------------
-build_interfaces() {
-  local src=$ROOT/src/gf_interfaces
+# build_rosidl NAME SRC: an interface package built with rosidl and installed into the venv prefix,
+# where the wheels' bootstrapper puts its libraries on the library path (nothing to source).
+build_rosidl() {
+  local name=$1 src=$2
   local key; key=$(hash_of "$src"/CMakeLists.txt "$src"/package.xml "$src"/msg/* "$src"/srv/* "$STAMPS/python-deps")
-  stamp_ok gf_interfaces "$key" && return
-  say "building gf_interfaces (rosidl, about 30 s)"
-  rm -rf "$BUILD/gf_interfaces"; mkdir -p "$BUILD/gf_interfaces"; touch "$BUILD/COLCON_IGNORE"
+  stamp_ok "$name" "$key" && return
+  say "building $name (rosidl, about 30 s)"
+  rm -rf "${BUILD:?}/$name"; mkdir -p "$BUILD/$name"; touch "$BUILD/COLCON_IGNORE"
   (
-    cd "$BUILD/gf_interfaces"
+    cd "$BUILD/$name"
     export PATH=$VENV/bin:$PATH
     cmake "$src" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
       -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >cmake.log 2>&1 || { tail -30 cmake.log; exit 1; }
     make -j"$(nproc)" >make.log 2>&1 || { tail -30 make.log; exit 1; }
     make install >install.log 2>&1 || { tail -30 install.log; exit 1; }
-  ) || fail "building gf_interfaces failed (logs in $BUILD/gf_interfaces)"
-  "$VENV/bin/python" -c 'from gf_interfaces.msg import ActionChunk' || fail "gf_interfaces built but does not import"
-  stamp_set gf_interfaces "$key"
+  ) || fail "building $name failed (logs in $BUILD/$name)"
+  "$VENV/bin/python" -c "import $name.srv" 2>/dev/null || "$VENV/bin/python" -c "import $name.msg" \
+    || fail "$name built but does not import"
+  stamp_set "$name" "$key"
 }
 
 # --- 4. the workspace packages, editable ----------------------------------------------------
@@ -142,6 +155,46 @@ install_packages() {
   "$VENV/bin/python" -c 'import gf_bringup, gf_eval, gf_sim_bridge, gf_policy, gf_teleop, gf_realman_driver, gf_training' \
     || fail "workspace packages did not install"
   stamp_set packages "$key"
+}
+
+# --- 6. ROS 2 launch / CLI tooling and colcon (optional) -------------------------------------
+# launch, launch_ros, ros2launch and ros2cli have no PyPI wheels. From a directory of their wheels
+# (GF_ROS2_TOOLS=DIR, or ../shared/ros2-tools next to the checkout) they are installed with colcon,
+# so that `colcon build` and `ros2 launch` work on this machine as on a ROS 2 install.
+# The directory holds *.whl and src/composition_interfaces (launch_ros imports it; no wheel exists).
+install_ros2_tools() {
+  local dir=${GF_ROS2_TOOLS:-}
+  if [[ -z $dir && -d $ROOT/../shared/ros2-tools ]]; then dir=$ROOT/../shared/ros2-tools; fi
+  [[ -z $dir ]] && return
+  [[ -d $dir ]] || fail "GF_ROS2_TOOLS=$dir is not a directory"
+  dir=$(cd "$dir" && pwd)
+  local wheels=("$dir"/*.whl)
+  [[ -e ${wheels[0]} ]] || fail "$dir holds no wheels (*.whl) of launch / launch_ros / ros2cli"
+  [[ -f $dir/src/composition_interfaces/package.xml ]] || fail "$dir has no src/composition_interfaces"
+  local key; key=$( (ls "$dir"; cat "$ROOT/requirements/ros2-tools.txt" "$STAMPS/python-deps") | sha256sum | cut -c1-16)
+  if ! stamp_ok ros2-tools "$key"; then
+    say "installing ROS 2 launch/CLI tooling and colcon from $dir"
+    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+    "${pip[@]}" install --no-deps "${wheels[@]}" 2>&1 | grep -v "is ignored" || true
+    "${pip[@]}" install -r "$ROOT/requirements/ros2-tools.txt" -c "$ROOT/requirements/constraints.txt" 2>&1 | grep -v "is ignored" || true
+    pip_check
+    stamp_set ros2-tools "$key"
+  fi
+  build_rosidl composition_interfaces "$dir/src/composition_interfaces"
+  "$VENV/bin/python" -c 'import launch_ros.actions' || fail "launch_ros does not import after installing the tooling"
+}
+
+# `source .venv/bin/activate` then stands in for sourcing /opt/ros/<distro>/setup.bash: colcon finds
+# ament_cmake and ros2 finds the packages installed into the venv.
+add_activate_hook() {
+  local activate=$VENV/bin/activate marker="# >>> gf: ROS 2 prefixes >>>"
+  grep -qF "$marker" "$activate" && return
+  cat >>"$activate" <<'HOOK'
+# >>> gf: ROS 2 prefixes >>>
+case ":${AMENT_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *) export AMENT_PREFIX_PATH="${AMENT_PREFIX_PATH:+$AMENT_PREFIX_PATH:}$VIRTUAL_ENV" ;; esac
+case ":${CMAKE_PREFIX_PATH:-}:" in *":$VIRTUAL_ENV:"*) ;; *) export CMAKE_PREFIX_PATH="${CMAKE_PREFIX_PATH:+$CMAKE_PREFIX_PATH:}$VIRTUAL_ENV" ;; esac
+# <<< gf: ROS 2 prefixes <<<
+HOOK
 }
 
 # --- 5. ManiSkill robot assets ---------------------------------------------------------------
@@ -174,9 +227,11 @@ resolve_assets() {
 
 install_system_pkgs
 create_venv
+add_activate_hook
 install_python_deps
 fix_wheel_cmake
-build_interfaces
+build_rosidl gf_interfaces "$ROOT/src/gf_interfaces"
 install_packages
 resolve_assets
+install_ros2_tools
 say "ready: $VENV (run '.venv/bin/gf doctor' to check ROS 2, Vulkan, fonts and models)"

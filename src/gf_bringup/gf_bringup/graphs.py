@@ -67,12 +67,25 @@ class Graph:
         String fields of the node's config keep the substituted text as is; the others are
         parsed as YAML, as ``-p name:=value`` would parse them.
         """
-        fields = config_fields(node)
+        import typing
+
+        hints = typing.get_type_hints(load_object(node.config_class))
         out = {}
         for name, template in node.parameters.items():
-            text = template.format(**values)
-            out[name] = text if fields.get(name) is str else _typed(text)
+            out[name] = _coerce(template.format(**values), hints[name], f"{node.name}.{name} (from {template!r})")
         return out
+
+    def check_args(self, values: dict[str, str]) -> None:
+        """Raise ValueError (one line) for any argument a node's parameter cannot take."""
+        from gf_bringup.runtime import NETWORK_MODES
+
+        for a in self.args:
+            if a.default in ("true", "false") and not isinstance(_typed(values[a.name]), bool):
+                raise ValueError(f"{a.name}: expected true or false, got {values[a.name]!r}")
+        if values.get("network", "loopback") not in NETWORK_MODES:
+            raise ValueError(f"network: expected one of {', '.join(NETWORK_MODES)}, got {values['network']!r}")
+        for node in self.active_nodes(values):
+            self.node_parameters(node, values)
 
     def active_nodes(self, values: dict[str, str]) -> list[NodeSpec]:
         return [n for n in self.nodes if not n.condition or _typed(values[n.condition]) is True]
@@ -92,6 +105,33 @@ def config_fields(node: NodeSpec) -> dict[str, type]:
 
     hints = typing.get_type_hints(load_object(node.config_class))
     return {name: typing.get_origin(t) or t for name, t in hints.items()}
+
+
+def _coerce(text: str, hint, where: str) -> object:
+    """``text`` as a parameter of type ``hint`` (``float``, ``list[float]``, ...), or ValueError naming
+    the parameter: a wrong type would otherwise stop the node with a traceback. An int is taken
+    where a float is declared, and a single value where a list is."""
+    import typing
+
+    if hint is str:
+        return text
+    value = _typed(text)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (str,)
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_value(v, item, where, text) for v in items]
+    return _coerce_value(value, hint, where, text)
+
+
+def _coerce_value(value: object, kind: type, where: str, text: str) -> object:
+    if kind is str:
+        return str(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
+    raise ValueError(f"{where}: expected {expected}, got {text!r}")
 
 
 def _typed(text: str) -> object:

@@ -11,20 +11,26 @@ def launch_description(graph: Graph):
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
     from launch_ros.actions import Node
 
-    from gf_bringup.runtime import configure_environment, package_file
+    from gf_bringup.runtime import node_environment, package_file
 
     def create_nodes(context):
         values = graph.resolve_args({a.name: context.launch_configurations[a.name] for a in graph.args})
-        env = configure_environment({}, network=values.get("network") or None)
-        actions = [SetEnvironmentVariable(k, v) for k, v in env.items()]
+        graph.check_args(values)  # a wrong argument stops the launch in one line, before any node starts
+        # The nodes inherit the launch's environment (a sourced workspace, the user's domain and
+        # DDS profile); only the variables the workspace needs and the user left unset are added.
+        added = node_environment(context.environment, network=values.get("network") or None)
+        actions = [SetEnvironmentVariable(k, v) for k, v in added.items()]
         for spec in graph.active_nodes(values):
             parameters = []
             if spec.params_file:
                 parameters.append(str(package_file(spec.package, spec.params_file)))
             parameters.append(graph.node_parameters(spec, values))
+            # The required node ending ends the graph; any other node ending on its own (a crash, an
+            # OOM kill) ends it too, so that its work is never scored as the policy's failure.
+            reason = "the evaluation ended" if spec.required else f"node {spec.name} exited: stopping the graph"
             actions.append(Node(
                 package=spec.package, executable=spec.executable, name=spec.name, output="screen",
-                parameters=parameters, on_exit=Shutdown() if spec.required else None,
+                parameters=parameters, on_exit=Shutdown(reason=reason),
             ))
         return actions
 

@@ -68,8 +68,9 @@ def _pump(prefix: str, stream, sink) -> None:
         sink.flush()
 
 
-def run_processes(graph: Graph, values: dict[str, str], workdir: Path, quiet_nodes: set[str] = frozenset()) -> int:
-    """Each node in its own process; returns the exit code of the required node."""
+def run_processes(graph: Graph, values: dict[str, str], workdir: Path) -> int:
+    """Each node in its own process; returns the exit code of the required node (130 after Ctrl-C,
+    that of another node that ended on its own, or 128 + its signal)."""
     import shutil
 
     procs: dict[str, subprocess.Popen] = {}
@@ -81,12 +82,11 @@ def run_processes(graph: Graph, values: dict[str, str], workdir: Path, quiet_nod
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 start_new_session=True, preexec_fn=_die_with_parent)
         procs[node.name] = proc
-        sink = open(os.devnull, "w") if node.name in quiet_nodes else sys.stdout
-        threading.Thread(target=_pump, args=(node.name, proc.stdout, sink), daemon=True).start()
+        threading.Thread(target=_pump, args=(node.name, proc.stdout, sys.stdout), daemon=True).start()
         if node.required:
             required = node.name
     interrupted = False
-    reported: set[str] = set()
+    dead: tuple[str, int] | None = None
 
     def _stop(signum, frame):  # noqa: ARG001
         nonlocal interrupted
@@ -97,21 +97,31 @@ def run_processes(graph: Graph, values: dict[str, str], workdir: Path, quiet_nod
         while not interrupted:
             if required and procs[required].poll() is not None:
                 break
-            if not required and all(p.poll() is not None for p in procs.values()):
+            # Any other node ending on its own (a crash, an OOM kill, a policy that cannot start)
+            # ends the graph at once: its work would otherwise be scored as the policy's failure.
+            dead = next(((name, p.returncode) for name, p in procs.items() if name != required and p.poll() is not None), None)
+            if dead is not None:
+                print(f"[gf-launch] node {dead[0]} exited with code {dead[1]}: stopping the graph "
+                      "(the same command resumes an evaluation where it stopped)", flush=True)
                 break
-            for name, p in procs.items():
-                if p.poll() is not None and name != required and name not in reported:
-                    reported.add(name)
-                    print(f"[gf-launch] node {name} exited with code {p.returncode}", flush=True)
             time.sleep(0.1)
     finally:
         signal.signal(signal.SIGINT, old[0])
         signal.signal(signal.SIGTERM, old[1])
         _terminate(procs)
+    if interrupted:
+        return 130
+    if dead is not None:
+        return _exit_status(dead[1]) or 1
     if required is None:
         return 0
     code = procs[required].returncode
-    return 130 if interrupted and code is None else (code if code is not None else 1)
+    return _exit_status(code) if code is not None else 1
+
+
+def _exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _terminate(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> None:
@@ -181,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         values = graph.resolve_args(parse_assignments(args.assignments))
+        graph.check_args(values)
     except ValueError as exc:
         parser.error(str(exc))
     configure_environment(network=values.get("network") or None)

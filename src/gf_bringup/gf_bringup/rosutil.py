@@ -8,6 +8,7 @@ dataclass filled with the values from ``--params-file`` / ``-p`` overrides.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -189,7 +190,12 @@ def multi_threaded_executor(num_threads: int = 2, context=None):
 def run_node(
     factory: Callable[[], Any], args: Sequence[str] | None = None, help_text: str | None = None, threads: int = 1
 ) -> int:
-    """The main() of a node console script: environment, rclpy, spin, clean shutdown."""
+    """The main() of a node console script: environment, rclpy, spin, clean shutdown.
+
+    Returns the node's ``exit_code`` attribute (0 for nodes without one). Ctrl-C ends the node
+    quietly: a callback that was running when the context shut down may fail on it, and that
+    failure is part of stopping, not an error.
+    """
     argv = list(sys.argv if args is None else args)
     if help_text and any(a in ("-h", "--help") for a in argv[1:]) and "--ros-args" not in argv:
         print(help_text)
@@ -198,6 +204,10 @@ def run_node(
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    # Ctrl-C stops the node through rclpy, which shuts the context down and ends the spin. Python's
+    # own SIGINT handler would also raise KeyboardInterrupt at whatever line runs then (rclpy
+    # chains to it), e.g. inside a simulator's destructor: ignored beneath rclpy's handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     rclpy.init(args=argv)
     node = None
     try:
@@ -207,11 +217,19 @@ def run_node(
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if node is None or node.context.ok():
+            raise
     finally:
         if node is not None:
-            close = getattr(node, "close", None)
-            if close is not None:
+            close = getattr(node, "close", None) or (lambda: None)
+            if node.context.ok():
                 close()
-            node.destroy_node()
+                node.destroy_node()
+            else:
+                # Stopped by a signal: the node's publishers are unusable already. Destroyed first,
+                # its logger writes what close() says to the console only, not to a dead /rosout.
+                node.destroy_node()
+                close()
         rclpy.try_shutdown()
-    return 0
+    return int(getattr(node, "exit_code", 0))

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 
 NETWORK_MODES = ("loopback", "robot")
+AMENT_INDEX = "share/ament_index/resource_index"
 _PROFILES = {"loopback": "fastdds_loopback.xml", "robot": "fastdds_robot_network.xml"}
 
 
@@ -61,18 +62,33 @@ def configure_environment(
     env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", profile)
     if mode == "loopback":
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        if env.get("ROS_DISTRO") == "humble":
+            # Humble predates ROS_AUTOMATIC_DISCOVERY_RANGE; its switch is ROS_LOCALHOST_ONLY.
+            env["ROS_LOCALHOST_ONLY"] = "1"
     else:
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
-    # ament_index lookups (share/<pkg>) must see packages installed into the virtualenv.
+    # ament_index lookups (share/<pkg>) must see the ROS packages installed into the virtualenv
+    # (the pip wheels, gf_interfaces). Appended, so a sourced workspace keeps its precedence.
     prefixes = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    if sys.prefix not in prefixes:
-        env["AMENT_PREFIX_PATH"] = os.pathsep.join([sys.prefix, *prefixes])
+    if sys.prefix not in prefixes and (Path(sys.prefix) / AMENT_INDEX).is_dir():
+        env["AMENT_PREFIX_PATH"] = os.pathsep.join([*prefixes, sys.prefix])
     configure_assets(env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
 WIDOWX_URDF = "data/robots/widowx/wx250s.urdf"
+
+
+def node_environment(base: Mapping[str, str], network: str | None = None) -> dict[str, str]:
+    """The variables a launch file adds to the environment its nodes inherit from ``base``.
+
+    Only what :func:`configure_environment` adds or must change; whatever the user set (domain,
+    ament prefixes, DDS profile, assets) reaches the nodes untouched.
+    """
+    env = dict(base)
+    configure_environment(env, network=network)
+    return {name: value for name, value in env.items() if base.get(name) != value}
 
 
 def configure_assets(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:

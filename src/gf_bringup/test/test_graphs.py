@@ -80,3 +80,23 @@ def test_every_launch_file_in_the_workspace_is_checked():
         pytest.skip("not running from the source workspace")
     found = {p.name.removesuffix(".launch.py") for p in Path(root, "src").glob("*/launch/*.launch.py")}
     assert found <= set(LAUNCH_FILES) | {g for g in GRAPHS}, found
+
+
+def test_launch_arguments_are_coerced_to_the_declared_types_or_refused_in_one_line():
+    graph = GRAPHS["sim_eval"]
+    values = graph.resolve_args({"policy_timeout": "10", "protocols": "Val"})
+    eval_node = next(n for n in graph.nodes if n.name == "eval")
+    params = graph.node_parameters(eval_node, values)
+    assert params["policy_timeout_s"] == 10.0 and isinstance(params["policy_timeout_s"], float)
+    assert params["protocols"] == ["Val"]
+    for bad, message in [({"trials": "ten"}, "expected an integer, got 'ten'"),
+                         ({"policy_timeout": "soon"}, "expected a number, got 'soon'"),
+                         ({"headless": "maybe"}, "headless: expected true or false"),
+                         ({"network": "internet"}, "network: expected one of loopback, robot")]:
+        with pytest.raises(ValueError, match=message):
+            graph.check_args(graph.resolve_args(bad))
+
+
+@pytest.mark.parametrize("graph", GRAPHS.values(), ids=lambda g: g.name)
+def test_every_default_argument_passes_the_type_check(graph):
+    graph.check_args(graph.resolve_args({}))

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gf_bringup.runtime import configure_environment, profile_path, random_domain_id
+from gf_bringup.runtime import configure_environment, node_environment, profile_path, random_domain_id
 
 NS = {"d": "http://www.eprosima.com"}
 
@@ -43,3 +43,23 @@ def test_explicit_asset_dir_wins_and_default_points_at_the_resolved_assets():
 def test_random_domain_ids_stay_in_the_safe_range():
     ids = {random_domain_id() for _ in range(200)}
     assert min(ids) >= 1 and max(ids) <= 101 and len(ids) > 20
+
+
+def test_launch_files_add_only_what_the_user_left_unset():
+    user = {
+        "ROS_DOMAIN_ID": "42", "AMENT_PREFIX_PATH": "/ws/install/gf_eval:/opt/ros/jazzy",
+        "FASTDDS_DEFAULT_PROFILES_FILE": "/home/me/my_profile.xml", "MS_ASSET_DIR": "/data/assets",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "GF_NETWORK": "loopback", "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+    }
+    added = node_environment(user)
+    assert not {"ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE", "MS_ASSET_DIR", "GF_NETWORK"} & set(added)
+    # the venv's ament index, when it has one, is appended: the sourced workspace keeps precedence
+    prefixes = added.get("AMENT_PREFIX_PATH", user["AMENT_PREFIX_PATH"]).split(os.pathsep)
+    assert prefixes[:2] == ["/ws/install/gf_eval", "/opt/ros/jazzy"]
+    assert node_environment({})["FASTDDS_DEFAULT_PROFILES_FILE"] == str(profile_path("loopback"))
+
+
+def test_loopback_mode_keeps_discovery_local_even_against_the_users_setting():
+    assert node_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert node_environment({"ROS_DISTRO": "humble"})["ROS_LOCALHOST_ONLY"] == "1"  # Humble's older switch
+    assert "ROS_LOCALHOST_ONLY" not in node_environment({"ROS_DISTRO": "jazzy"})

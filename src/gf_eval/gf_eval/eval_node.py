@@ -29,6 +29,7 @@ from gf_bringup.rosutil import (
     status_qos,
 )
 from gf_eval.evaluation import Evaluation, EvaluationConfig
+from gf_eval.evaluation_loop import EvaluationLoop
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
 from gf_interfaces.msg import EpisodeStatus, Trial, TrialResult
@@ -66,7 +67,7 @@ def package_versions() -> dict:
     return out
 
 
-class EvalNode(Node):
+class EvalNode(EvaluationLoop, Node):
     def __init__(self, **node_kwargs):
         super().__init__("eval", **node_kwargs)
         self.cfg = declare_config(self, EvalNodeConfig)
@@ -83,10 +84,10 @@ class EvalNode(Node):
         self._status_lock = threading.Condition()
         self._current: str | None = None
         self._status: EpisodeStatus | None = None
-        self.finished = threading.Event()
-        self.exit_code = 1
-        self._thread = threading.Thread(target=self._run_safely, name="evaluation", daemon=True)
-        self._thread.start()
+        self.start_loop("evaluation")
+
+    def close(self) -> None:
+        self.stopped_from_outside()
 
     def _on_status(self, msg: EpisodeStatus) -> None:
         with self._status_lock:
@@ -97,21 +98,11 @@ class EvalNode(Node):
 
     # --- the evaluation loop (own thread; the executor keeps serving callbacks) -----------
 
-    def _run_safely(self) -> None:
-        try:
-            self.exit_code = self._run()
-        except Exception as exc:  # noqa: BLE001
-            self.get_logger().fatal(f"evaluation failed: {type(exc).__name__}: {exc}")
-            self.exit_code = 2
-        finally:
-            self.evaluation.close()
-            self.finished.set()
-            self.context.try_shutdown()
-
     def _wait_for_graph(self) -> bool:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         if not self.reset_client.wait_for_service(timeout_sec=self.cfg.startup_timeout_s):
-            self.get_logger().error("the sim bridge's reset_trial service did not appear")
+            if self.context.ok():  # (it also returns when Ctrl-C shut the context down)
+                self.get_logger().error("the sim bridge's reset_trial service did not appear")
             return False
         while self.count_publishers("/gf/action_chunk") == 0:
             if time.monotonic() > deadline:
@@ -131,6 +122,8 @@ class EvalNode(Node):
             return 3
         for i, spec in enumerate(pending, 1):
             record = self._run_trial(spec)
+            if not self.context.ok():
+                return 0  # stopped from outside: the trial in flight is not recorded, a resume re-runs it
             if record is None:
                 return 4
             ev.record(record)
@@ -182,12 +175,4 @@ class EvalNode(Node):
 
 
 def main(args=None) -> int:
-    holder = {}
-
-    def factory():
-        holder["node"] = EvalNode()
-        return holder["node"]
-
-    run_node(factory, args, help_text=f"gf-eval --ros-args [-p name:=value ...]\n\nparameters:\n{config_help(EvalNodeConfig)}")
-    node = holder.get("node")
-    return node.exit_code if node is not None else 1
+    return run_node(EvalNode, args, help_text=f"gf-eval --ros-args [-p name:=value ...]\n\nparameters:\n{config_help(EvalNodeConfig)}")

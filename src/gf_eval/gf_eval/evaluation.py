@@ -109,6 +109,10 @@ class Evaluation:
         self._done_ids.add(record.trial_id)
         self._finished_this_session += 1
 
+    def interrupted_line(self) -> str:
+        return (f"evaluation stopped before the end: {len(self.done)} of {len(self.plan)} trials are recorded in "
+                f"{self.config.output_dir}; run the same command again to resume")
+
     @property
     def complete(self) -> bool:
         return not self.pending()

@@ -121,6 +121,13 @@ def load_run(output_dir: Path) -> tuple[dict, list[TrialRecord]]:
     return run_info, ResultsFile(output_dir).read()
 
 
+def run_labels(runs: list[tuple[Path, dict]]) -> list[str]:
+    """Panel titles of compared runs: the policy, plus the directory where several runs share one
+    (two ``vla`` checkpoints must not end up in one panel)."""
+    policies = [info.get("policy") or d.name for d, info in runs]
+    return [p if policies.count(p) == 1 else f"{p} ({d})" for p, (d, _) in zip(policies, runs)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gf-report", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,16 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         print((path / "summary.md").read_text(encoding="utf-8"))
         print(f"report: {path}")
         return 0
-    runs = {}
+    loaded = []
     for d in args.output_dirs:
         run_info, records = load_run(d)
         if not records:
             print(f"no results in {d}", file=sys.stderr)
             return 1
-        title = f"{run_info.get('policy', d.name)}"
-        summaries = summarize([r.to_dict() for r in records])
-        runs[title] = summaries
-        print(results_table(summaries, f"{title}  ({d})"))
+        loaded.append((d, run_info, summarize([r.to_dict() for r in records])))
+    runs = {}
+    for label, (d, run_info, summaries) in zip(run_labels([(d, info) for d, info, _ in loaded]), loaded):
+        runs[label] = summaries  # one panel per directory
+        print(results_table(summaries, f"{run_info.get('policy', d.name)}  ({d})"))
     if args.plot:
         plot_rates(runs, args.plot)
         print(f"comparison chart: {args.plot}")

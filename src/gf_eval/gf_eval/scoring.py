@@ -11,6 +11,10 @@ Per episode, from the final state:
   card_half_size * sqrt(2) (0.099 m) of the target card's centre (3-D distance), not grasped,
   arm still.
 
+A simulated episode ends with ``success`` as soon as the cube is placed on the target card;
+when the step budget runs out it ends with ``wrong_card`` (placed on another card) or
+``timeout`` (on no card): a wrong choice must not read as a slow policy.
+
 Aggregation (per protocol): execution SR, recognition SR = successes / executions (the paper's
 Eq. 1), overall SR = successes / trials; each with a 95 % Wilson score interval. Chance level
 of recognition is 1/3.
@@ -23,6 +27,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 CHANCE_RECOGNITION = 1.0 / 3.0
+END_SUCCESS, END_WRONG_CARD, END_TIMEOUT = "success", "wrong_card", "timeout"
+SIM_END_REASONS = (END_SUCCESS, END_WRONG_CARD, END_TIMEOUT)  # episodes that ended in the simulator
 ARM_STILL_SPEED = 0.2  # rad/s, upstream's is_static threshold
 RESTING_TOLERANCE = 0.01  # m the cube centre may sit above "resting on the card"
 WILSON_Z95 = 1.959963984540054

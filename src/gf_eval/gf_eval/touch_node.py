@@ -40,6 +40,7 @@ from std_msgs.msg import String
 
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.eval_node import package_versions
+from gf_eval.evaluation_loop import EvaluationLoop
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
 from gf_eval.touch import (
@@ -114,7 +115,7 @@ class TerminalKeys:
             pass
 
 
-class TouchEvalNode(Node):
+class TouchEvalNode(EvaluationLoop, Node):
     """The Touch evaluation loop (own thread) around ``TouchEvaluation`` and ``TouchMonitor``."""
 
     def __init__(self, **node_kwargs):
@@ -150,10 +151,8 @@ class TouchEvalNode(Node):
         self._driver_status: dict = {}
         self._keys: TerminalKeys | None = None
         self._stop = threading.Event()
-        self.exit_code = 1
         self._start_console()
-        self._thread = threading.Thread(target=self._run_safely, name="touch-evaluation", daemon=True)
-        self._thread.start()
+        self.start_loop("touch evaluation")
 
     # --- operator input ---------------------------------------------------------------------
 
@@ -251,16 +250,6 @@ class TouchEvalNode(Node):
             pass
 
     # --- the evaluation loop --------------------------------------------------------------------
-
-    def _run_safely(self) -> None:
-        try:
-            self.exit_code = self._run()
-        except Exception as exc:  # noqa: BLE001
-            self.get_logger().fatal(f"touch evaluation failed: {type(exc).__name__}: {exc}")
-            self.exit_code = 2
-        finally:
-            self.evaluation.close()
-            self.context.try_shutdown()
 
     def _wait_for_graph(self) -> bool:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
@@ -423,6 +412,7 @@ class TouchEvalNode(Node):
     def close(self) -> None:
         """End a running trial for the driver (it stops the arm) and restore the terminal."""
         self._stop.set()
+        self.stopped_from_outside()
         with self._cond:
             spec, self._monitor = self._running, None
         if spec is not None:
@@ -460,15 +450,7 @@ class OperatorConsoleNode(Node):
 
 
 def main(args=None) -> int:
-    holder = {}
-
-    def factory():
-        holder["node"] = TouchEvalNode()
-        return holder["node"]
-
-    run_node(factory, args, help_text=f"gf-touch-eval --ros-args [-p name:=value ...]\n\n{OPERATOR_HELP}\n\nparameters:\n{config_help(TouchEvalConfig)}")
-    node = holder.get("node")
-    return node.exit_code if node is not None else 1
+    return run_node(TouchEvalNode, args, help_text=f"gf-touch-eval --ros-args [-p name:=value ...]\n\n{OPERATOR_HELP}\n\nparameters:\n{config_help(TouchEvalConfig)}")
 
 
 def operator_main(args=None) -> int:

@@ -68,3 +68,22 @@ def test_a_second_evaluation_in_the_same_directory_is_refused(tmp_path):
         Evaluation(EvaluationConfig(output_dir=str(tmp_path), policy="a", trials_per_protocol=1))
     first.close()
     Evaluation(EvaluationConfig(output_dir=str(tmp_path), policy="a", trials_per_protocol=1)).close()
+
+
+def test_compare_keeps_runs_of_the_same_policy_apart(tmp_path, capsys):
+    from gf_eval.report import run_labels
+
+    dirs = []
+    for name, placed in (("ckpt_a", 0), ("ckpt_b", 1), ("oracle", None)):
+        config = EvaluationConfig(output_dir=str(tmp_path / name), policy="oracle" if name == "oracle" else "vla",
+                                  protocols=("Val",), trials_per_protocol=3)
+        ev = Evaluation(config)
+        for spec in ev.pending():
+            ev.record(record_for(spec, spec.target_index if placed is None else placed))
+        ev.close()
+        dirs.append(tmp_path / name)
+    labels = run_labels([(d, json.loads((d / "run.json").read_text())) for d in dirs])
+    assert labels == [f"vla ({dirs[0]})", f"vla ({dirs[1]})", "oracle"]
+    assert report_main(["compare", *map(str, dirs), "--plot", str(tmp_path / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert all(f"({d})" in out for d in dirs) and (tmp_path / "cmp.png").stat().st_size > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gf_eval.results import ResultsFile
-from gf_eval.scoring import summarize
+from gf_eval.scoring import SIM_END_REASONS, summarize
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -63,7 +63,7 @@ def test_the_composed_graph_runs_in_one_process(tmp_path, fresh_domain):
     val = summary(out)["Val"]
     assert val.trials == 6 and val.execution.value >= 0.8
     ends = {r.end_reason for r in ResultsFile(out).read()}
-    assert ends <= {"success", "timeout"}, ends  # every episode ended in the simulator, none stalled
+    assert ends <= set(SIM_END_REASONS), ends  # every episode ended in the simulator, none stalled
 
 
 def test_resume_after_sigkill_runs_each_trial_exactly_once(tmp_path, fresh_domain):
@@ -90,23 +90,54 @@ def test_resume_after_sigkill_runs_each_trial_exactly_once(tmp_path, fresh_domai
     assert f"{done_before} already in" in again.stdout
 
 
-def test_a_dead_policy_ends_trials_as_policy_timeout_and_the_run_continues(tmp_path, fresh_domain):
-    out = tmp_path / "dead"
-    args = ["policy:=oracle", "trials:=3", "protocols:=[Val]", f"output_dir:={out}", "policy_timeout:=3.0"]
-    env = dict(os.environ)
-    starter = subprocess.Popen([str(BIN / "gf-launch"), "sim_eval", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env)
+def outcomes(output_dir) -> list[tuple]:
+    return [(r.trial_id, r.end_reason, r.placed_card) for r in ResultsFile(output_dir).read()]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("undisturbed")
+    proc = launch("policy:=oracle", "trials:=3", "protocols:=[Val]", f"output_dir:={out}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return outcomes(out)
+
+
+@pytest.mark.parametrize("victim", ["policy", "sim_bridge", "eval"])
+def test_a_dead_node_is_never_scored_and_the_rerun_equals_an_undisturbed_run(tmp_path, fresh_domain, undisturbed, victim):
+    """An OOM kill or a segfault of any node stops the graph at once with a reason; the trial in flight
+    is not recorded (never as the policy's failure) and the same command finishes the run."""
+    out = tmp_path / victim
+    cmd = [str(BIN / "gf-launch"), "sim_eval", "policy:=oracle", "trials:=3", "protocols:=[Val]", f"output_dir:={out}"]
+    starter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     results = out / "results.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not results.exists() or results.read_text().count("\n") < 1):
         time.sleep(0.05)
-    children = subprocess.run(["pgrep", "-P", str(starter.pid), "-f", "gf-policy"], capture_output=True, text=True).stdout.split()
-    assert len(children) == 1
-    os.kill(int(children[0]), signal.SIGKILL)
-    output, _ = starter.communicate(timeout=300)
-    assert starter.returncode == 0, output[-4000:]
-    records = ResultsFile(out).read()
-    assert len(records) == 3
-    assert records[0].end_reason == "success"
-    assert [r.end_reason for r in records[1:]] == ["policy_timeout", "policy_timeout"]
-    assert all(not r.executed for r in records[1:])
+    node = subprocess.run(["pgrep", "-P", str(starter.pid), "-f", f"__node:={victim}"], capture_output=True, text=True).stdout.split()
+    assert len(node) == 1
+    os.kill(int(node[0]), signal.SIGKILL)
+    output, _ = starter.communicate(timeout=120)
+    assert starter.returncode == 128 + signal.SIGKILL, output[-4000:]
+    if victim != "eval":
+        assert f"node {victim} exited with code -9: stopping the graph" in output
+    kept = outcomes(out)
+    assert kept == undisturbed[:len(kept)] and len(kept) < 3  # nothing scored after the kill
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert outcomes(out) == undisturbed
+
+
+def test_a_policy_that_cannot_start_ends_the_run_with_a_reason(tmp_path, fresh_domain):
+    out = tmp_path / "no_policy"
+    proc = launch("policy:=vla", f"backend_args:={{checkpoint: {tmp_path / 'missing'}}}", "trials:=2",
+                  "protocols:=[Val]", f"output_dir:={out}", timeout=120)  # not the 180 s graph start-up wait
+    assert proc.returncode != 0
+    assert "node policy exited with code" in proc.stdout, proc.stdout[-3000:]
+    assert ResultsFile(out).read() == []
+
+
+def test_a_mistyped_launch_argument_is_refused_in_one_line_before_any_node_starts(tmp_path):
+    proc = launch("trials:=ten", f"output_dir:={tmp_path}", timeout=60)
+    assert proc.returncode == 2
+    assert "eval.trials (from '{trials}'): expected an integer, got 'ten'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "ROS_DOMAIN_ID" not in proc.stdout

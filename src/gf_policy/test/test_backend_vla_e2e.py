@@ -39,6 +39,6 @@ def test_vla_backend_runs_a_simulated_trial_through_ros(tmp_path, fresh_domain):
     # A random tiny model does not solve the task, but every one of its chunks was accepted and
     # executed until the episode's step limit (a stalled policy would end as policy_timeout).
     assert record.protocol == "Val" and record.chunks_rejected == 0
-    assert record.end_reason == "success" or (record.end_reason == "timeout" and record.steps == 200)
+    assert record.end_reason == "success" or (record.end_reason in ("timeout", "wrong_card") and record.steps == 200)
     run = json.loads((out / "run.json").read_text())
     assert run["policy"] == "vla" and run["checkpoint"] == str(ckpt)

@@ -5,8 +5,8 @@ directly to compare the ROS graph with a plain Python loop.
 
 Time: the session keeps a simulated clock that only advances with control steps (1/20 s each)
 and never goes backwards across episodes, so nodes running on ``/clock`` see monotonic time.
-An episode ends with ``success`` (the benchmark's rule, as upstream) or ``timeout`` after
-``max_steps`` control steps.
+An episode ends with ``success`` (the benchmark's rule, as upstream), or after ``max_steps``
+control steps with ``wrong_card`` or ``timeout`` (``gf_eval.scoring``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from gf_eval.action_space import ValidChunk
+from gf_eval.scoring import END_SUCCESS, END_TIMEOUT, END_WRONG_CARD
 from gf_eval.trials import TrialSpec
 
 CONTROL_RATE_HZ = 20
@@ -133,10 +134,10 @@ class SimSession:
             self.status.step += 1
             self._update_status(info)
             if self.status.success:
-                self.end("success")
+                self.end(END_SUCCESS)
                 break
             if self.status.step >= self.config.max_steps:
-                self.end("timeout")
+                self.end(END_WRONG_CARD if self.status.placed_card >= 0 else END_TIMEOUT)
                 break
         self.status.chunks_executed += 1
         return executed

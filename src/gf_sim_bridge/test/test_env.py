@@ -131,3 +131,21 @@ def test_gf_layouts_writes_a_contact_sheet_with_the_target_outlined(tmp_path):
     sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
     green = (sheet[..., 1] > 200) & (sheet[..., 0] < 60) & (sheet[..., 2] < 60)
     assert green.sum() > 100  # the outlines of the two target cards
+
+
+def test_an_episode_on_the_wrong_card_ends_as_wrong_card_not_as_timeout():
+    """A wrong choice must not read as a slow policy: after the step budget the session names it."""
+    from gf_eval.action_space import EE_DELTA_POSE, ValidChunk
+    from gf_sim_bridge.session import SimConfig, SimSession
+
+    session = SimSession(SimConfig(max_steps=120))
+    trial = make_trial("Val", 7)
+    session.reset(trial)
+    expert = ScriptedExpert(wrong_card=True)
+    expert.reset(seed=1)
+    while not session.status.done:
+        action = expert.act(session.task.privileged_state())
+        session.execute(ValidChunk(trial.trial_id, session.status.step, action[None, :], EE_DELTA_POSE))
+    session.close()
+    assert session.status.reason == "wrong_card" and session.status.step == 120
+    assert session.status.placed_card == expert.chosen_card(trial.target_index) != trial.target_index

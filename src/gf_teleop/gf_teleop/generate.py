@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gf_eval.scoring import SIM_END_REASONS
 from gf_eval.trials import make_trial
 from gf_teleop import episodes as ep
 from gf_teleop.recording import recover
@@ -34,7 +35,6 @@ CONFIG_FILE = "generation.json"
 WORK_DIR = ".work"
 IDENTITY = ("protocol", "base_seed", "split_file", "image_size", "robot", "policy", "backend_args")
 SPLIT_PROTOCOLS = {"train": "Demo"}  # --split train: the fine-tuning set on Train emojis
-SIM_ENDINGS = ("success", "timeout")  # an episode that ended in the simulator (anything else is re-run)
 
 
 @dataclass
@@ -89,7 +89,7 @@ def trial_ids(config: GenerationConfig) -> dict[int, str]:
 
 def finished(entry: ep.EpisodeEntry) -> bool:
     """A recording that counts: complete, and the episode ended in the simulator."""
-    return entry.complete and entry.outcome.get("reason") in SIM_ENDINGS
+    return entry.complete and entry.outcome.get("reason") in SIM_END_REASONS  # anything else is re-run
 
 
 def status_of(out: Path, ids: dict[int, str]) -> dict[int, ep.EpisodeEntry]:
