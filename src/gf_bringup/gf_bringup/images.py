@@ -1,4 +1,4 @@
-"""numpy <-> sensor_msgs/Image and CameraInfo, without cv_bridge (DESIGN.md section 5)."""
+"""numpy <-> sensor_msgs/Image and CameraInfo, without cv_bridge (docs/architecture.md, "Facts about the platform")."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -117,6 +118,30 @@ def lean_subscription(node, msg_type, topic: str, callback, qos):
     return node.create_subscription(
         msg_type, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False)
     )
+
+
+class SummarisedWarnings:
+    """Warnings that cannot flood a log: the first of each kind is logged, the rest are counted
+    and summarised at most once per ``period_s`` (a publisher flooding bad messages must not turn
+    into one log line per message)."""
+
+    def __init__(self, logger, period_s: float, clock: Callable[[], float] = time.monotonic):
+        self.logger, self.period_s, self.clock = logger, period_s, clock
+        self._seen: set[str] = set()
+        self._counts: dict[str, int] = {}
+        self._since = clock()
+
+    def warn(self, kind: str, text: str) -> None:
+        if kind not in self._seen:
+            self._seen.add(kind)
+            self.logger.warning(text)
+        else:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+        now = self.clock()
+        if self._counts and now - self._since >= self.period_s:
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self._counts.items()))
+            self.logger.warning(f"... and {sum(self._counts.values())} more in the last {now - self._since:.0f} s ({kinds})")
+            self._counts, self._since = {}, now
 
 
 def stamp_to_ns(stamp) -> int:

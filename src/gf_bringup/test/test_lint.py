@@ -18,3 +18,21 @@ def test_ruff_is_clean():
     proc = subprocess.run([ruff, "check", "--output-format", "concise", "src", "training", "conftest.py"],
                           cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_no_module_or_doc_points_outside_the_repository():
+    """The repository explains itself (docs/architecture.md): no reader is sent to a design note
+    that only exists beside some checkouts."""
+    root = workspace_root()
+    if root is None:
+        pytest.skip("needs the source workspace")
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True).stdout.split()
+    offenders = []
+    for rel in tracked:
+        path = root / rel
+        if path.suffix not in (".py", ".md", ".yaml", ".txt", ".sh", ".xml", ".toml", ".cfg", "") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        if "DESIGN.md" in text and rel != "src/gf_bringup/test/test_lint.py":
+            offenders.append(rel)
+    assert offenders == []

@@ -1,6 +1,6 @@
 """The real-robot "Touch [desc.]" task (ROS-free): table layout, trial plan, scoring, operator commands.
 
-Task (DESIGN.md section 1): three printed cards lie on the table; the policy is told "Touch <desc>."
+Task (docs/architecture.md, "The benchmark's reference facts"): three printed cards lie on the table; the policy is told "Touch <desc>."
 and must move its end effector (EE) over the named card and close the gripper. 30 trials on
 validation emojis by default.
 

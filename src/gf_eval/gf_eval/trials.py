@@ -9,7 +9,7 @@ spec on every machine and every run. Protocols:
   ``Demo`` trials that ``gf-demos generate`` produces with the same base seed.
 * ``Demo``: the fine-tuning set itself (Train emojis), used by the demo generator.
 
-Positions follow upstream GrinningFace (DESIGN.md section 1), all in the world/table frame with
+Positions follow upstream GrinningFace (docs/architecture.md, "The benchmark's reference facts"), all in the world/table frame with
 the table top at z = 0: cards at x = 0.20, y = 0.90 / 0.70 / 0.50, each jittered by up to 2 cm;
 the cube spawned at (0.02, 0.70) +- 5 cm; no rotations (upstream locks all three axes).
 """

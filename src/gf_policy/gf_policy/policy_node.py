@@ -4,7 +4,9 @@ Decision points:
 
 * ``trigger: status`` (simulation, lock-step): every /gf/episode_status of the current trial that
   is not done asks for one chunk, taken from the observation with the same time stamp (EE state,
-  camera image and ground truth as the backend needs).
+  camera image and ground truth as the backend needs). A step already answered is answered again
+  only when that answer is ``answer_again_s`` old and the simulator still asks for the step (the
+  chunk was lost on the way; the sim bridge re-announces a step it waits on).
 * ``trigger: stream`` (real robot): act on the newest complete observation as soon as the
   previous inference has finished, at most ``stream_rate_hz`` times per second.
 
@@ -15,6 +17,7 @@ chunks. Inference runs in a worker thread; the ROS executor keeps receiving mean
 from __future__ import annotations
 
 import array
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +57,7 @@ class PolicyNodeConfig:
     stream_rate_hz: float = config_field(10.0, "maximum decisions per second in stream mode")
     stream_sync_s: float = config_field(0.05, "stream mode: the image and EE state of one decision may be this far apart (s)")
     control_rate_hz: float = config_field(20.0, "executor control rate: in stream mode the next decision waits until the executed part of a chunk has run")
+    answer_again_s: float = config_field(1.0, "lock-step: answer a step again when the last answer is this old and the step is still asked for (s)")
     frame_id: str = config_field("base_link", "frame of the action deltas")
 
 
@@ -89,7 +93,7 @@ class PolicyNode(Node):
         self._images: dict[int, Image] = {}
         self._truth: dict[int, SimState] = {}
         self._pending: EpisodeStatus | None = None
-        self._acted: set[tuple[str, int]] = set()
+        self._answered: dict[tuple[str, int], float] = {}  # (trial, step) -> when its chunk went out (inf: in flight)
         self._trial_stamp = -1  # announcement stamp of the current trial (a re-announcement restarts it)
         self._trial_done = False
         self._next_stream_decision = 0.0  # monotonic time before which stream mode does not act
@@ -139,7 +143,7 @@ class PolicyNode(Node):
                 return  # the same announcement again (latched topic)
             # A new trial, or the same trial announced anew (e.g. re-run after the operator voided it).
             self.trial, self._trial_stamp, self._trial_done = trial, stamp, False
-            self._acted = set()
+            self._answered = {}
             for table in (self._ee, self._images, self._truth):
                 table.clear()  # observations of the previous trial must not feed this one
             self._next_stream_decision = 0.0
@@ -179,12 +183,12 @@ class PolicyNode(Node):
             if status is None or self.trial is None or status.trial_id != self.trial.trial_id:
                 return
             key = (status.trial_id, status.step)
-            if key in self._acted:
-                return
+            if time.monotonic() - self._answered.get(key, -math.inf) < self.cfg.answer_again_s:
+                return  # answered (or being answered) recently
             obs = self._observation(stamp_to_ns(status.header.stamp), status.step)
             if obs is None:
                 return
-            self._acted.add(key)
+            self._answered[key] = math.inf
             self._pending = None
         if self.backend.runs_inline:
             self._infer_and_publish(obs)
@@ -248,6 +252,8 @@ class PolicyNode(Node):
         finally:
             with self._lock:
                 self._busy = False
+                if (obs.trial.trial_id, obs.step) in self._answered:
+                    self._answered[(obs.trial.trial_id, obs.step)] = time.monotonic()
 
 
 def main(args=None) -> int:

@@ -78,3 +78,66 @@ def test_finished_and_reannounced_trials(node):
     assert resets == [] and node._trial_done
     node._on_trial(trial_to_msg(trial, ns_to_stamp(2)))  # announced anew (a re-run): reset, act again
     assert resets == [trial] and not node._trial_done
+
+
+def test_lock_step_answers_a_step_once_and_again_only_when_it_is_still_asked_for_later():
+    """Messages in, chunks out: a status repeated at once (a rejection) gets no second chunk; the
+    same step asked again after ``answer_again_s`` (the chunk was lost) is answered again."""
+    from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos, status_qos
+    from geometry_msgs.msg import Point
+
+    from gf_interfaces.msg import ActionChunk, SimState, Trial
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    policy = PolicyNode(context=context, parameter_overrides=[
+        Parameter("backend", value="chance"), Parameter("trigger", value="status"), Parameter("answer_again_s", value=2.0)])
+    probe = rclpy.create_node("probe", context=context)
+    chunks = []
+    probe.create_subscription(ActionChunk, "/gf/action_chunk", chunks.append, reliable_qos())
+    pub_trial = probe.create_publisher(Trial, "/gf/trial", latched_qos(1))
+    pub_ee = probe.create_publisher(EeState, "/gf/ee_state", reliable_qos())
+    pub_status = probe.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
+    pub_truth = probe.create_publisher(SimState, "/gf/sim_state", reliable_qos())  # the chance expert's input
+    executor = multi_threaded_executor(2, context=context)
+    for n in (policy, probe):
+        executor.add_node(n)
+    import threading
+
+    threading.Thread(target=executor.spin, daemon=True).start()
+    trial = make_trial("Val", 0)
+
+    def wait_for(count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(chunks) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def ask(step: int) -> None:
+        status = EpisodeStatus(trial_id=trial.trial_id, step=step)
+        status.header.stamp = ns_to_stamp(1_000 + step)
+        pub_status.publish(status)
+
+    try:
+        while policy.count_subscribers("/gf/episode_status") == 0 or probe.count_subscribers("/gf/action_chunk") == 0:
+            time.sleep(0.01)
+        pub_trial.publish(trial_to_msg(trial, ns_to_stamp(1)))
+        time.sleep(0.2)
+        pub_ee.publish(ee_at(1_000))
+        truth = SimState(trial_id=trial.trial_id, card_positions=[Point(x=0.2, y=y, z=0.0) for y in (0.9, 0.7, 0.5)])
+        truth.header.stamp, truth.tcp_pose.orientation.w = ns_to_stamp(1_000), 1.0
+        pub_truth.publish(truth)
+        ask(0)
+        wait_for(1)
+        ask(0)  # the bridge rejected something and published the same step again
+        time.sleep(0.5)
+        assert [c.step_index for c in chunks] == [0]
+        time.sleep(1.6)
+        ask(0)  # re-announced: the first chunk never arrived
+        wait_for(2)
+        assert [c.step_index for c in chunks] == [0, 0] and all(c.trial_id == trial.trial_id for c in chunks)
+    finally:
+        executor.shutdown()
+        policy.close()
+        policy.destroy_node()
+        probe.destroy_node()
+        rclpy.shutdown(context=context)

@@ -73,7 +73,7 @@ class ArmUnsupportedError(ArmError):
 # SDK return codes -> messages and exceptions
 # --------------------------------------------------------------------------------------------
 
-# Generic meaning of the Robotic_Arm SDK's return codes (its docstrings; DESIGN.md section 5).
+# Generic meaning of the Robotic_Arm SDK's return codes (its docstrings; docs/architecture.md, "Facts about the platform").
 SDK_CODE_MEANINGS: dict[int, str] = {
     0: "success",
     1: "the controller returned false: parameters rejected or the arm's state does not allow it",

@@ -6,6 +6,10 @@ control step as fast as the machine allows, then the node publishes one observat
 privileged ground truth) and finally /gf/episode_status, which tells the policy that everything
 for that instant has been sent. Chunks are validated by gf_eval.action_space before any row
 runs; a rejected chunk is counted in the episode status and never executed.
+
+A lost message must not stall the loop: when no valid chunk came for ``reannounce_s`` while an
+episode runs, the current observation is published again, and the policy answers the step again.
+Rejections are logged once per reason and then summarised (a flood of bad chunks stays a few lines).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from gf_bringup.images import camera_info_msg, image_to_msg
 from gf_bringup.rosutil import (
+    SummarisedWarnings,
     config_field,
     config_help,
     declare_config,
@@ -48,6 +53,8 @@ class BridgeConfig:
     ground_truth: bool = config_field(False, "publish privileged simulator state on /gf/sim_state (oracle baselines only)")
     frame_id: str = config_field("base_link", "frame of the EE state and action deltas")
     viewer: bool = config_field(False, "open the SAPIEN viewer window and draw every executed chunk (needs a display)")
+    reannounce_s: float = config_field(2.0, "wall-clock seconds without a valid chunk before the current observation is published again")
+    rejection_log_s: float = config_field(10.0, "rejected chunks: the first of each reason is logged, the rest summarised this often (s)")
     torch_threads: int = config_field(
         SIM_TORCH_THREADS, "torch CPU threads of this process (process-wide, also when composed; 0: torch's default)"
     )
@@ -75,6 +82,10 @@ class SimBridgeNode(Node):
         )
         lean_subscription(self, ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
         self.create_service(ResetTrial, "reset_trial", self._on_reset)
+        self.rejections = SummarisedWarnings(self.get_logger(), self.cfg.rejection_log_s)
+        self.reannouncements = 0
+        self._announced = time.monotonic()
+        self.create_timer(self.cfg.reannounce_s / 4, self._reannounce_if_waiting)
         self.get_logger().info(
             f"sim bridge ready ({self.cfg.robot}, {self.cfg.image_size}px, render={self.cfg.render}, "
             f"ground_truth={self.cfg.ground_truth}) in {time.perf_counter() - started:.1f} s"
@@ -111,7 +122,7 @@ class SimBridgeNode(Node):
         except ChunkRejected as exc:
             if running:
                 session.reject(exc.reason)
-                self.get_logger().warning(f"rejected action chunk: {exc}")
+                self.rejections.warn(exc.reason, f"rejected action chunk: {exc}")
                 self._publish_status(session.sim_time_ns)
             else:
                 self.get_logger().debug(f"ignored action chunk: {exc}")
@@ -120,6 +131,16 @@ class SimBridgeNode(Node):
         if self.cfg.viewer:
             session.env.render()
         self._publish_observation()
+
+    def _reannounce_if_waiting(self) -> None:
+        waiting = self.session.trial is not None and not self.session.status.done
+        if waiting and time.monotonic() - self._announced >= self.cfg.reannounce_s:
+            self.reannouncements += 1
+            self.get_logger().info(
+                f"no valid chunk for step {self.session.status.step} of {self.session.status.trial_id} "
+                f"in {self.cfg.reannounce_s:g} s: publishing the observation again", throttle_duration_sec=30.0,
+            )
+            self._publish_observation()
 
     # --- publishing --------------------------------------------------------------------------
 
@@ -131,6 +152,7 @@ class SimBridgeNode(Node):
         return self.pub_image.get_subscription_count() > 0
 
     def _publish_observation(self) -> None:
+        self._announced = time.monotonic()
         render = self._wants_image()
         obs = self.session.observe(render=render, privileged=self.pub_truth is not None)
         stamp = ns_to_stamp(obs.sim_time_ns)

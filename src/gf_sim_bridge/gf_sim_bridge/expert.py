@@ -1,6 +1,6 @@
 """The scripted expert: a closed-loop waypoint policy on privileged state.
 
-Phases (DESIGN.md section 1): reach above the cube with the gripper open, descend, close, lift
+Phases (docs/architecture.md, "The benchmark's reference facts"): reach above the cube with the gripper open, descend, close, lift
 about 6 cm, move 5 cm above the target card, open, then hold still until the episode ends. Each
 step it outputs the same 7-D ee_delta_pose action a learned policy would (gf_eval.action_space).
 

@@ -1,0 +1,33 @@
+"""The lock-step loop survives a publisher flooding the action topic with malformed chunks."""
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gf_eval.results import ResultsFile
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+FLOOD = Path(__file__).with_name("chunk_flood.py")
+
+
+def test_a_flood_of_malformed_chunks_neither_runs_nor_stalls_a_trial_and_the_log_stays_short(tmp_path, fresh_domain):
+    flood = subprocess.Popen([sys.executable, str(FLOOD), "450"], stdout=subprocess.PIPE, text=True)
+    try:
+        out = tmp_path / "flood"
+        run = subprocess.run([str(BIN / "gf-launch"), "sim_eval", "policy:=oracle", "trials:=4", "protocols:=[Val]",
+                              f"output_dir:={out}"], capture_output=True, text=True, timeout=900)
+    finally:
+        flood.send_signal(signal.SIGINT)
+        sent = int(re.search(r"sent (\d+)", flood.communicate(timeout=60)[0]).group(1))
+    assert run.returncode == 0, run.stdout[-4000:]
+    records = ResultsFile(out).read()
+    assert [r.end_reason for r in records] == ["success"] * 4  # the oracle's outcome, no policy_timeout
+    rejected = sum(r.chunks_rejected for r in records)
+    assert sent > 1000 and rejected > 500, (sent, rejected)
+    bridge_lines = [line for line in run.stdout.splitlines() if line.startswith("[sim_bridge]")]
+    assert len(bridge_lines) < 60, bridge_lines[-20:]  # one line per kind, then summaries: not per chunk
