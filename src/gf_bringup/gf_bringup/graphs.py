@@ -38,6 +38,9 @@ class NodeSpec:
     condition: str = ""  # launch argument that must be true for the node to start
 
 
+NAMESPACE = Arg("namespace", "", "ROS namespace of every node ('' = none): two graphs in one ROS domain under two namespaces never meet")
+
+
 @dataclass(frozen=True)
 class Graph:
     name: str
@@ -45,6 +48,10 @@ class Graph:
     args: tuple[Arg, ...]
     nodes: tuple[NodeSpec, ...]
     derive: Callable[[dict[str, str]], dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if all(a.name != NAMESPACE.name for a in self.args):  # every graph can run under a namespace
+            object.__setattr__(self, "args", (*self.args, NAMESPACE))
 
     def arg(self, name: str) -> Arg:
         for a in self.args:
@@ -89,6 +96,12 @@ class Graph:
 
     def active_nodes(self, values: dict[str, str]) -> list[NodeSpec]:
         return [n for n in self.nodes if not n.condition or _typed(values[n.condition]) is True]
+
+
+def params_file_key(node_name: str) -> str:
+    """A node's section in a ROS parameters file, for any namespace: a plain ``name:`` key would
+    not reach the node once its graph runs under a namespace."""
+    return f"/**/{node_name}"
 
 
 def load_object(path: str):

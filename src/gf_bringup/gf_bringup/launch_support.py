@@ -29,8 +29,8 @@ def launch_description(graph: Graph):
             # OOM kill) ends it too, so that its work is never scored as the policy's failure.
             reason = "the evaluation ended" if spec.required else f"node {spec.name} exited: stopping the graph"
             actions.append(Node(
-                package=spec.package, executable=spec.executable, name=spec.name, output="screen",
-                parameters=parameters, on_exit=Shutdown(reason=reason),
+                package=spec.package, executable=spec.executable, name=spec.name, namespace=values["namespace"].strip("/"),
+                output="screen", parameters=parameters, on_exit=Shutdown(reason=reason),
             ))
         return actions
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from gf_bringup.domains import free_domains_subprocess
-from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object
+from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object, params_file_key
 from gf_bringup.runtime import configure_environment, package_file, random_domain_id
 
 
@@ -42,12 +42,14 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 def node_ros_args(graph: Graph, node: NodeSpec, values: dict[str, str], workdir: Path) -> list[str]:
     """The ``--ros-args`` a node gets: its package params file, then the graph's parameters."""
     args = ["--ros-args", "-r", f"__node:={node.name}"]
+    if values.get("namespace"):
+        args += ["-r", f"__ns:=/{values['namespace'].strip('/')}"]
     if node.params_file:
         args += ["--params-file", str(package_file(node.package, node.params_file))]
     params = graph.node_parameters(node, values)
     if params:
         path = workdir / f"{node.name}.params.yaml"
-        path.write_text(yaml.safe_dump({node.name: {"ros__parameters": params}}, sort_keys=True), encoding="utf-8")
+        path.write_text(yaml.safe_dump({params_file_key(node.name): {"ros__parameters": params}}, sort_keys=True), encoding="utf-8")
         args += ["--params-file", str(path)]
     return args
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gf_bringup.graphs import config_fields, load_graphs, load_object
+from gf_bringup.graphs import config_fields, load_graphs, load_object, params_file_key
 from gf_bringup.launcher import node_ros_args, parse_assignments
 from gf_bringup.runtime import package_file, workspace_root
 
@@ -36,8 +36,8 @@ def test_every_node_executable_class_and_parameter_exists(graph, node):
         assert node.condition in arg_names
     if node.params_file:
         params = yaml.safe_load(package_file(node.package, node.params_file).read_text())
-        assert list(params) == [node.name]
-        assert set(params[node.name]["ros__parameters"]) <= set(fields)
+        assert list(params) == [params_file_key(node.name)]  # reaches the node under any namespace
+        assert set(params[params_file_key(node.name)]["ros__parameters"]) <= set(fields)
 
 
 @pytest.mark.parametrize("graph", GRAPHS.values(), ids=lambda g: g.name)

@@ -36,3 +36,21 @@ def test_no_module_or_doc_points_outside_the_repository():
         if "DESIGN.md" in text and rel != "src/gf_bringup/test/test_lint.py":
             offenders.append(rel)
     assert offenders == []
+
+
+def test_topic_names_are_written_only_in_the_names_module():
+    """Relative names from gf_bringup.names, so that a namespace moves a whole graph."""
+    root = workspace_root()
+    if root is None:
+        pytest.skip("needs the source workspace")
+    import re
+
+    literal = re.compile(r"""["'](/gf/[a-z_]+|/camera/(image_raw|camera_info)|/joint_states|/clock|/diagnostics)["']""")
+    offenders = []
+    for path in sorted((root / "src").rglob("*.py")) + sorted((root / "training").rglob("*.py")):
+        if path.name == "names.py" or path == Path(__file__):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if literal.search(line):
+                offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert offenders == []

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gf_bringup import names
+
 
 def direct_loop(trials: int, protocol: str = "Val", first_index: int = 0) -> tuple[float, float]:
     """(seconds per trial, success rate) of the oracle driving a SimSession in one process."""
@@ -119,10 +121,10 @@ def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
             with lock:
                 state["step"], state["done"] = msg.step, msg.done
 
-        node.create_subscription(Image, "/camera/image_raw", on_image, sensor_qos())
-        node.create_subscription(EpisodeStatus, "/gf/episode_status", on_status, status_qos())
-        pub = node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
-        client = node.create_client(ResetTrial, "reset_trial")
+        node.create_subscription(Image, names.IMAGE, on_image, sensor_qos())
+        node.create_subscription(EpisodeStatus, names.EPISODE_STATUS, on_status, status_qos())
+        pub = node.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        client = node.create_client(ResetTrial, names.RESET_TRIAL)
         if not client.wait_for_service(timeout_sec=120):
             raise RuntimeError("the sim bridge did not start")
         future = client.call_async(ResetTrial.Request(trial=trial_to_msg(trial)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from rclpy.node import Node
 
+from gf_bringup import names
 from gf_bringup.rosutil import (
     config_field,
     config_help,
@@ -77,10 +78,10 @@ class EvalNode(EvaluationLoop, Node):
             demo_manifest=self.cfg.demo_manifest, checkpoint=self.cfg.checkpoint, robot=self.cfg.robot,
             template=self.cfg.template,
         ), package_versions(), force=self.cfg.force)
-        self.pub_trial = self.create_publisher(Trial, "/gf/trial", latched_qos(1))
-        self.pub_result = self.create_publisher(TrialResult, "/gf/trial_result", reliable_qos())
-        self.reset_client = self.create_client(ResetTrial, "reset_trial")
-        lean_subscription(self, EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
+        self.pub_trial = self.create_publisher(Trial, names.TRIAL, latched_qos(1))
+        self.pub_result = self.create_publisher(TrialResult, names.TRIAL_RESULT, reliable_qos())
+        self.reset_client = self.create_client(ResetTrial, names.RESET_TRIAL)
+        lean_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         self._status_lock = threading.Condition()
         self._current: str | None = None
         self._status: EpisodeStatus | None = None
@@ -104,7 +105,7 @@ class EvalNode(EvaluationLoop, Node):
             if self.context.ok():  # (it also returns when Ctrl-C shut the context down)
                 self.get_logger().error("the sim bridge's reset_trial service did not appear")
             return False
-        while self.count_publishers("/gf/action_chunk") == 0:
+        while self.count_publishers(names.ACTION_CHUNK) == 0:
             if time.monotonic() > deadline:
                 self.get_logger().error("no policy publishes /gf/action_chunk")
                 return False

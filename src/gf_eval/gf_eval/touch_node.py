@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from gf_bringup import names
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.eval_node import package_versions
 from gf_eval.evaluation_loop import EvaluationLoop
@@ -84,7 +85,7 @@ class TouchEvalConfig:
     open_fraction: float = config_field(0.8, "gripper opening / max above which it counts as open (a close must follow an open)")
     console: str = config_field("auto", "operator input on this process: auto (keys, if stdin is a terminal), stdin (keys, or one command per line from a pipe), disabled")
     auto_confirm: bool = config_field(False, "unattended: confirm every set-up and accept every automatic score (dry runs)")
-    driver: str = config_field("/realman_driver", "node name of the arm driver (its ~/home, ~/emergency_stop, ~/resume, ~/status)")
+    driver: str = config_field(names.DRIVER, "node name of the arm driver, relative to this node's namespace (its ~/home, ~/emergency_stop, ~/resume, ~/status)")
     home_between_trials: bool = config_field(True, "send the arm home before each trial's set-up")
     home_timeout_s: float = config_field(60.0, "seconds to wait for the driver's ~/home")
     startup_timeout_s: float = config_field(120.0, "seconds to wait for the driver's EE state and a policy")
@@ -135,11 +136,11 @@ class TouchEvalNode(EvaluationLoop, Node):
         self.client_home = self.create_client(Command, f"{driver}/home")
         self.client_estop = self.create_client(Command, f"{driver}/emergency_stop")
         self.client_resume = self.create_client(Command, f"{driver}/resume")
-        self.pub_trial = self.create_publisher(Trial, "/gf/trial", latched_qos(1))
-        self.pub_status = self.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
-        self.pub_result = self.create_publisher(TrialResult, "/gf/trial_result", reliable_qos())
+        self.pub_trial = self.create_publisher(Trial, names.TRIAL, latched_qos(1))
+        self.pub_status = self.create_publisher(EpisodeStatus, names.EPISODE_STATUS, status_qos())
+        self.pub_result = self.create_publisher(TrialResult, names.TRIAL_RESULT, reliable_qos())
         self.pub_prompt = self.create_publisher(String, "~/prompt", latched_qos(1))
-        self.create_subscription(EeState, "/gf/ee_state", self._on_ee, reliable_qos())
+        self.create_subscription(EeState, names.EE_STATE, self._on_ee, reliable_qos())
         self.create_subscription(String, "~/operator", lambda m: self._command(m.data, "topic"), reliable_qos())
         self.create_subscription(String, f"{driver}/status", self._on_driver_status, latched_qos(1))
         self._cond = threading.Condition()
@@ -258,7 +259,7 @@ class TouchEvalNode(EvaluationLoop, Node):
                 self.get_logger().error(f"no /gf/ee_state within {self.cfg.startup_timeout_s:g} s: is the arm driver running and connected?")
                 return False
             time.sleep(0.05)
-        while self.count_publishers("/gf/action_chunk") == 0:
+        while self.count_publishers(names.ACTION_CHUNK) == 0:
             if time.monotonic() > deadline:
                 self.get_logger().error("no policy publishes /gf/action_chunk")
                 return False

@@ -141,3 +141,21 @@ def test_a_mistyped_launch_argument_is_refused_in_one_line_before_any_node_start
     assert proc.returncode == 2
     assert "eval.trials (from '{trials}'): expected an integer, got 'ten'" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and "ROS_DOMAIN_ID" not in proc.stdout
+
+
+def test_two_evaluations_share_a_ros_domain_under_two_namespaces(tmp_path, fresh_domain):
+    """Relative names: each graph talks only to itself (a chunk of the other graph would be
+    rejected as stale and counted)."""
+    runs = {}
+    for namespace, policy in (("arm1", "oracle"), ("arm2", "chance")):
+        out = tmp_path / namespace
+        cmd = [str(BIN / "gf-launch"), "sim_eval", f"policy:={policy}", "trials:=3", "protocols:=[Val]",
+               f"namespace:={namespace}", f"output_dir:={out}"]
+        runs[namespace] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for out, proc in runs.values():
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, output[-3000:]
+        assert f"ROS_DOMAIN_ID={fresh_domain}" in output
+        records = ResultsFile(out).read()
+        assert len(records) == 3 and sum(r.chunks_rejected for r in records) == 0, [r.to_dict() for r in records]
+    assert all(r.success for r in ResultsFile(runs["arm1"][0]).read())  # the oracle's own graph

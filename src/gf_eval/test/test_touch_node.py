@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gf_bringup import names
 from gf_eval.results import ResultsFile
 from gf_eval.splits import load_splits
 from gf_eval.touch import CardSlot, TouchLayout, make_touch_trial
@@ -52,15 +53,15 @@ class RobotAndOperator:
         self.done: list = []
         self.results: list = []
         self.home_calls = 0
-        self.pub_ee = self.node.create_publisher(EeState, "/gf/ee_state", reliable_qos())
+        self.pub_ee = self.node.create_publisher(EeState, names.EE_STATE, reliable_qos())
         self.pub_operator = self.node.create_publisher(String, "/touch_eval/operator", reliable_qos())
         self.pub_status = self.node.create_publisher(String, "/realman_driver/status", latched_qos(1))
-        self.node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())  # "a policy is there"
+        self.node.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())  # "a policy is there"
         self.node.create_subscription(String, "/touch_eval/prompt", lambda m: self._add(self.prompts, m.data), latched_qos(1))
-        self.node.create_subscription(Trial, "/gf/trial", lambda m: self._add(self.trials, m), latched_qos(1))
-        self.node.create_subscription(EpisodeStatus, "/gf/episode_status",
+        self.node.create_subscription(Trial, names.TRIAL, lambda m: self._add(self.trials, m), latched_qos(1))
+        self.node.create_subscription(EpisodeStatus, names.EPISODE_STATUS,
                                       lambda m: m.done and self._add(self.done, m), latched_qos(1))
-        self.node.create_subscription(TrialResult, "/gf/trial_result", lambda m: self._add(self.results, m), reliable_qos(20))
+        self.node.create_subscription(TrialResult, names.TRIAL_RESULT, lambda m: self._add(self.results, m), reliable_qos(20))
         self.node.create_service(Command, "/realman_driver/home", self._home)
         self.driver_calls: list[str] = []
         for name in ("emergency_stop", "resume"):

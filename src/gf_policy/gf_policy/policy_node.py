@@ -28,6 +28,7 @@ import yaml
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from gf_bringup import names
 from gf_bringup.images import msg_to_image
 from gf_bringup.rosutil import (
     config_field,
@@ -98,16 +99,16 @@ class PolicyNode(Node):
         self._trial_done = False
         self._next_stream_decision = 0.0  # monotonic time before which stream mode does not act
         self.decisions = 0
-        self.pub_chunk = lean_publisher(self, ActionChunk, "/gf/action_chunk", reliable_qos())
-        lean_subscription(self, Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        lean_subscription(self, EeState, "/gf/ee_state", self._store(self._ee), reliable_qos())
+        self.pub_chunk = lean_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        lean_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1))
+        lean_subscription(self, EeState, names.EE_STATE, self._store(self._ee), reliable_qos())
         if self.needs_image:
-            lean_subscription(self, Image, "/camera/image_raw", self._store(self._images), sensor_qos())
+            lean_subscription(self, Image, names.IMAGE, self._store(self._images), sensor_qos())
         if self.needs_privileged:
-            lean_subscription(self, SimState, "/gf/sim_state", self._store(self._truth), reliable_qos())
+            lean_subscription(self, SimState, names.SIM_STATE, self._store(self._truth), reliable_qos())
         # Created last: rclpy runs the ready callbacks of one wait in creation order, so when an
         # instant's messages arrive together the status (the trigger) finds the observation complete.
-        lean_subscription(self, EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
+        lean_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         if self.cfg.trigger == "stream":
             self.create_timer(1.0 / self.cfg.stream_rate_hz, self._stream_tick)
         elif self.cfg.trigger != "status":

@@ -8,6 +8,7 @@ import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
+from gf_bringup import names
 from gf_bringup.images import image_to_msg
 from gf_bringup.rosutil import ns_to_stamp
 from gf_eval.ros_msgs import trial_to_msg
@@ -83,9 +84,9 @@ def test_finished_and_reannounced_trials(node):
 def test_lock_step_answers_a_step_once_and_again_only_when_it_is_still_asked_for_later():
     """Messages in, chunks out: a status repeated at once (a rejection) gets no second chunk; the
     same step asked again after ``answer_again_s`` (the chunk was lost) is answered again."""
-    from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos, status_qos
     from geometry_msgs.msg import Point
 
+    from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos, status_qos
     from gf_interfaces.msg import ActionChunk, SimState, Trial
 
     context = rclpy.Context()
@@ -94,11 +95,11 @@ def test_lock_step_answers_a_step_once_and_again_only_when_it_is_still_asked_for
         Parameter("backend", value="chance"), Parameter("trigger", value="status"), Parameter("answer_again_s", value=2.0)])
     probe = rclpy.create_node("probe", context=context)
     chunks = []
-    probe.create_subscription(ActionChunk, "/gf/action_chunk", chunks.append, reliable_qos())
-    pub_trial = probe.create_publisher(Trial, "/gf/trial", latched_qos(1))
-    pub_ee = probe.create_publisher(EeState, "/gf/ee_state", reliable_qos())
-    pub_status = probe.create_publisher(EpisodeStatus, "/gf/episode_status", status_qos())
-    pub_truth = probe.create_publisher(SimState, "/gf/sim_state", reliable_qos())  # the chance expert's input
+    probe.create_subscription(ActionChunk, names.ACTION_CHUNK, chunks.append, reliable_qos())
+    pub_trial = probe.create_publisher(Trial, names.TRIAL, latched_qos(1))
+    pub_ee = probe.create_publisher(EeState, names.EE_STATE, reliable_qos())
+    pub_status = probe.create_publisher(EpisodeStatus, names.EPISODE_STATUS, status_qos())
+    pub_truth = probe.create_publisher(SimState, names.SIM_STATE, reliable_qos())  # the chance expert's input
     executor = multi_threaded_executor(2, context=context)
     for n in (policy, probe):
         executor.add_node(n)
@@ -118,7 +119,7 @@ def test_lock_step_answers_a_step_once_and_again_only_when_it_is_still_asked_for
         pub_status.publish(status)
 
     try:
-        while policy.count_subscribers("/gf/episode_status") == 0 or probe.count_subscribers("/gf/action_chunk") == 0:
+        while policy.count_subscribers(names.EPISODE_STATUS) == 0 or probe.count_subscribers(names.ACTION_CHUNK) == 0:
             time.sleep(0.01)
         pub_trial.publish(trial_to_msg(trial, ns_to_stamp(1)))
         time.sleep(0.2)

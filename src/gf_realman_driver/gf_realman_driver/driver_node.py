@@ -33,6 +33,7 @@ from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
+from gf_bringup import names
 from gf_bringup.rosutil import (
     config_field,
     config_help,
@@ -200,14 +201,14 @@ class DriverNode(Node):
         logger = self.get_logger()
         self.driver = ArmDriver(arm, planner, watchdog_timeout=cfg.watchdog_timeout_s, gripper_force=cfg.gripper_force,
                                 settings=settings, on_event=self._log)
-        self.pub_joints = self.create_publisher(JointState, "/joint_states", reliable_qos())
-        self.pub_ee = self.create_publisher(EeState, "/gf/ee_state", reliable_qos())
+        self.pub_joints = self.create_publisher(JointState, names.JOINT_STATES, reliable_qos())
+        self.pub_ee = self.create_publisher(EeState, names.EE_STATE, reliable_qos())
         self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos())
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, names.DIAGNOSTICS, reliable_qos())
         self._hardware_id = "simulated RM75" if cfg.dry_run else f"RM75 at {cfg.arm_ip}:{cfg.arm_port}"
-        self.create_subscription(ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
-        self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
+        self.create_subscription(ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos())
+        self.create_subscription(Trial, names.TRIAL, self._on_trial, latched_qos(1))
+        self.create_subscription(EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         services = ReentrantCallbackGroup()  # e-stop must get through while ~/home blocks
         self.create_service(SERVICE_TYPE, "~/emergency_stop", self._service(self.driver.emergency_stop), callback_group=services)
         self.create_service(SERVICE_TYPE, "~/resume", self._service(self.driver.resume), callback_group=services)

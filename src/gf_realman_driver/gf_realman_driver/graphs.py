@@ -18,7 +18,8 @@ from functools import lru_cache
 
 import yaml
 
-from gf_bringup.graphs import Arg, Graph, NodeSpec, _typed
+from gf_bringup import names
+from gf_bringup.graphs import Arg, Graph, NodeSpec, _typed, params_file_key
 
 PACKAGE = "gf_realman_driver"
 DRY_RUN_LAYOUT = "config/touch_layout_dry_run.yaml"
@@ -31,7 +32,7 @@ def packaged_parameters(relative: str, node: str) -> dict:
     from gf_bringup.runtime import package_file
 
     data = yaml.safe_load(package_file(PACKAGE, relative).read_text(encoding="utf-8"))
-    return dict(data[node]["ros__parameters"])
+    return dict(data[params_file_key(node)]["ros__parameters"])
 
 
 def _arm_defaults(values: dict[str, str]) -> dict[str, str]:
@@ -124,7 +125,7 @@ ROBOT = Graph(
                 "policy": "{policy}", "checkpoint": "{checkpoint}", "trials": "{trials}", "first_index": "{first_index}",
                 "seed": "{seed}", "split": "{split}", "layout_file": "{layout}", "output_dir": "{output_dir}",
                 "max_trial_s": "{max_trial_s}", "auto_confirm": "{auto_confirm}", "console": "{console}",
-                "driver": "/realman_driver",
+                "driver": names.DRIVER,
             },
         ),
     ),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gf_bringup import names
 from gf_bringup.runtime import random_domain_id
 
 BIN = Path(sys.executable).parent
@@ -100,11 +101,11 @@ class Probe:
         self.cond = threading.Condition()
         self.ee: list[tuple[float, np.ndarray, float]] = []  # (header stamp in s, xyz, gripper fraction)
         self.status: dict = {}
-        self.node.create_subscription(EeState, "/gf/ee_state", self._on_ee, reliable_qos())
+        self.node.create_subscription(EeState, names.EE_STATE, self._on_ee, reliable_qos())
         self.node.create_subscription(String, f"{driver}/status", self._on_status, latched_qos(1))
-        self.pub_chunk = self.node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
-        self.pub_trial = self.node.create_publisher(Trial, "/gf/trial", latched_qos(1))
-        self.pub_episode = self.node.create_publisher(EpisodeStatus, "/gf/episode_status", latched_qos(1))
+        self.pub_chunk = self.node.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        self.pub_trial = self.node.create_publisher(Trial, names.TRIAL, latched_qos(1))
+        self.pub_episode = self.node.create_publisher(EpisodeStatus, names.EPISODE_STATUS, latched_qos(1))
         self.srv = Command
         self.clients = {n: self.node.create_client(Command, f"{driver}/{n}") for n in ("emergency_stop", "resume", "home")}
         self.ActionChunk, self.Trial, self.EpisodeStatus = ActionChunk, Trial, EpisodeStatus

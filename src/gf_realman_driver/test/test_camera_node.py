@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from gf_bringup import names
 from gf_bringup.runtime import package_file
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,8 @@ class Listener:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("camera_listener", context=self.context)
         self.images, self.infos = [], []
-        self.node.create_subscription(Image, "/camera/image_raw", self.images.append, sensor_qos())
-        self.node.create_subscription(CameraInfo, "/camera/camera_info", self.infos.append, sensor_qos())
+        self.node.create_subscription(Image, names.IMAGE, self.images.append, sensor_qos())
+        self.node.create_subscription(CameraInfo, names.CAMERA_INFO, self.infos.append, sensor_qos())
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()

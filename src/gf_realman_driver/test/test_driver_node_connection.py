@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("Robotic_Arm.rm_robot_interface")
 
+from gf_bringup import names
 from gf_realman_driver.fake_controller import FakeRealmanController  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_with_a_fake_controller_the_state_is_published_and_a_dropped_link_reconn
 
         probe = ros_tools.Probe()
         joints = []
-        probe.node.create_subscription(JointState, "/joint_states", joints.append, reliable_qos())
+        probe.node.create_subscription(JointState, names.JOINT_STATES, joints.append, reliable_qos())
         probe.wait(lambda: probe.status.get("connected") and len(probe.ee) > 2, 20.0, "the fake arm's state")
         deadline = time.monotonic() + 5
         while not joints and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gf_bringup.graphs import config_fields, load_graphs
+from gf_bringup.graphs import config_fields, load_graphs, params_file_key
 from gf_bringup.launcher import node_ros_args
 from gf_bringup.runtime import package_file
 from gf_realman_driver.driver_node import DriverConfig
@@ -49,7 +49,7 @@ def test_dry_run_swaps_in_the_simulated_arm_camera_layout_and_policy():
 
 def test_a_real_run_takes_the_arm_and_camera_from_the_config_files_unless_overridden():
     values = ROBOT.resolve_args({})
-    rm75 = yaml.safe_load(package_file("gf_realman_driver", "config/rm75.yaml").read_text())["realman_driver"]["ros__parameters"]
+    rm75 = yaml.safe_load(package_file("gf_realman_driver", "config/rm75.yaml").read_text())["/**/realman_driver"]["ros__parameters"]
     assert values["arm_ip"] == rm75["arm_ip"] and values["arm_port"] == str(rm75["arm_port"])
     assert values["camera"] == "opencv" and values["policy"] == "vla" and values["layout"] == "calibration/touch_layout.yaml"
     values = ROBOT.resolve_args({"arm_ip": "10.1.2.3", "arm_port": "9090", "camera_device": "/dev/video2"})
@@ -74,8 +74,8 @@ def test_the_policy_acts_on_the_stream_and_the_eval_node_is_required(tmp_path):
 def test_parameter_files_name_only_known_parameters(relative, node):
     graph_node = next(n for g in (ROBOT, ROBOT_CALIBRATE) for n in g.nodes if n.name == node)
     params = yaml.safe_load(package_file("gf_realman_driver", relative).read_text())
-    assert list(params) == [node]
-    assert set(params[node]["ros__parameters"]) <= set(config_fields(graph_node))
+    assert list(params) == [params_file_key(node)]
+    assert set(params[params_file_key(node)]["ros__parameters"]) <= set(config_fields(graph_node))
 
 
 def test_the_vendor_address_is_a_config_value_only():

@@ -22,6 +22,7 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
+from gf_bringup import names
 from gf_bringup.images import camera_info_msg, image_to_msg
 from gf_bringup.rosutil import (
     SummarisedWarnings,
@@ -71,17 +72,17 @@ class SimBridgeNode(Node):
         self.session = SimSession(SimConfig(
             robot=self.cfg.robot, image_size=self.cfg.image_size, split=self.cfg.split, max_steps=self.cfg.max_steps,
         ), render_mode="human" if self.cfg.viewer else None)
-        self.pub_clock = lean_publisher(self, Clock, "/clock", reliable_qos(10))
-        self.pub_image = lean_publisher(self, Image, "/camera/image_raw", sensor_qos())
-        self.pub_info = lean_publisher(self, CameraInfo, "/camera/camera_info", sensor_qos())
-        self.pub_joints = lean_publisher(self, JointState, "/joint_states", reliable_qos())
-        self.pub_ee = lean_publisher(self, EeState, "/gf/ee_state", reliable_qos())
-        self.pub_status = lean_publisher(self, EpisodeStatus, "/gf/episode_status", status_qos())
+        self.pub_clock = lean_publisher(self, Clock, names.CLOCK, reliable_qos(10))
+        self.pub_image = lean_publisher(self, Image, names.IMAGE, sensor_qos())
+        self.pub_info = lean_publisher(self, CameraInfo, names.CAMERA_INFO, sensor_qos())
+        self.pub_joints = lean_publisher(self, JointState, names.JOINT_STATES, reliable_qos())
+        self.pub_ee = lean_publisher(self, EeState, names.EE_STATE, reliable_qos())
+        self.pub_status = lean_publisher(self, EpisodeStatus, names.EPISODE_STATUS, status_qos())
         self.pub_truth = (
-            lean_publisher(self, SimState, "/gf/sim_state", reliable_qos()) if self.cfg.ground_truth else None
+            lean_publisher(self, SimState, names.SIM_STATE, reliable_qos()) if self.cfg.ground_truth else None
         )
-        lean_subscription(self, ActionChunk, "/gf/action_chunk", self._on_chunk, reliable_qos())
-        self.create_service(ResetTrial, "reset_trial", self._on_reset)
+        lean_subscription(self, ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos())
+        self.create_service(ResetTrial, names.RESET_TRIAL, self._on_reset)
         self.rejections = SummarisedWarnings(self.get_logger(), self.cfg.rejection_log_s)
         self.reannouncements = 0
         self._announced = time.monotonic()

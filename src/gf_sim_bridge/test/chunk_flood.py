@@ -43,15 +43,16 @@ def main(argv: list[str]) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    from gf_bringup import names
     from gf_bringup.rosutil import reliable_qos, status_qos
     from gf_interfaces.msg import ActionChunk, EpisodeStatus
 
     rate = float(argv[1]) if len(argv) > 1 else 450.0
     rclpy.init()
     node = rclpy.create_node("chunk_flood")
-    pub = node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
+    pub = node.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
     current = {"trial_id": "", "step": 0}
-    node.create_subscription(EpisodeStatus, "/gf/episode_status",
+    node.create_subscription(EpisodeStatus, names.EPISODE_STATUS,
                              lambda m: current.update(trial_id=m.trial_id, step=m.step), status_qos())
     sent = [0]
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import JointState
 
+from gf_bringup import names
 from gf_bringup.rosutil import latched_qos, multi_threaded_executor, reliable_qos
 from gf_eval.ros_msgs import trial_to_msg
 from gf_eval.trials import make_trial
@@ -31,9 +32,9 @@ class Harness:
         self.status: EpisodeStatus | None = None
         self.joints: JointState | None = None
         self.cond = threading.Condition()
-        self.node.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, latched_qos(1))
-        self.node.create_subscription(JointState, "/joint_states", lambda m: setattr(self, "joints", m), reliable_qos())
-        self.pub = self.node.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
+        self.node.create_subscription(EpisodeStatus, names.EPISODE_STATUS, self._on_status, latched_qos(1))
+        self.node.create_subscription(JointState, names.JOINT_STATES, lambda m: setattr(self, "joints", m), reliable_qos())
+        self.pub = self.node.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
         self.client = self.node.create_client(ResetTrial, "reset_trial")
         self.executor = multi_threaded_executor(2, context=self.context)
         self.executor.add_node(self.bridge)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gf_bringup import names
 from gf_eval.action_space import ChunkRejected, validate_chunk
 from gf_eval.trials import TrialSpec
 
@@ -46,16 +47,17 @@ BAGS_DIR = "bags"
 FORMAT = "gf-episode-v1"
 ROSBAG2_VERSION = 9
 
-IMAGE = "/camera/image_raw"
-CAMERA_INFO = "/camera/camera_info"
-JOINT_STATES = "/joint_states"
-EE_STATE = "/gf/ee_state"
-ACTION_CHUNK = "/gf/action_chunk"
-TRIAL = "/gf/trial"
-EPISODE_STATUS = "/gf/episode_status"
-TRIAL_RESULT = "/gf/trial_result"
-CLOCK = "/clock"
-SIM_STATE = "/gf/sim_state"
+# Topics as bags name them: namespace-free (gf_bringup.names.recorded).
+IMAGE = names.recorded(names.IMAGE)
+CAMERA_INFO = names.recorded(names.CAMERA_INFO)
+JOINT_STATES = names.recorded(names.JOINT_STATES)
+EE_STATE = names.recorded(names.EE_STATE)
+ACTION_CHUNK = names.recorded(names.ACTION_CHUNK)
+TRIAL = names.recorded(names.TRIAL)
+EPISODE_STATUS = names.recorded(names.EPISODE_STATUS)
+TRIAL_RESULT = names.recorded(names.TRIAL_RESULT)
+CLOCK = names.recorded(names.CLOCK)
+SIM_STATE = names.recorded(names.SIM_STATE)
 
 # Topic -> ROS type of everything the recorder knows how to record.
 TOPIC_TYPES: dict[str, str] = {

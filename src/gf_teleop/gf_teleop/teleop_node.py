@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from rclpy.node import Node
 
+from gf_bringup import names
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_interfaces.msg import ActionChunk, EpisodeStatus, Trial
@@ -77,9 +78,9 @@ class TeleopNode(Node):
         self.last_motion_norm = 0.0
         self.recording = "?"
         self._last_line = 0.0
-        self.pub = self.create_publisher(ActionChunk, "/gf/action_chunk", reliable_qos())
-        self.create_subscription(Trial, "/gf/trial", self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, "/gf/episode_status", self._on_status, status_qos())
+        self.pub = self.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        self.create_subscription(Trial, names.TRIAL, self._on_trial, latched_qos(1))
+        self.create_subscription(EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         from gf_interfaces.srv import Command
 
         self.recorder_client = self.create_client(Command, f"{self.cfg.recorder.rstrip('/')}/control")
