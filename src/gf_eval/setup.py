@@ -29,9 +29,11 @@ setup(
             "gf-cards = gf_eval.cards:main",
             "gf-touch-eval = gf_eval.touch_node:main",
             "gf-touch-operator = gf_eval.touch_node:operator_main",
+            "gf-eval-shards = gf_eval.shards:main",
         ],
         "gf.bench": [
             "eval = gf_eval.bench:main",
+            "shards = gf_eval.shards:bench_main",
         ],
         "gf.doctor": [
             "fonts = gf_eval.checks:check_emoji_font",

@@ -26,6 +26,9 @@ setup(
             "gf-policy = gf_policy.policy_node:main",
             "gf-policy-server = gf_policy.server:main",
         ],
+        "gf.bench": [
+            "serve = gf_policy.bench:serve_main",
+        ],
         "gf.doctor": [
             "models = gf_policy.checks:check_model_stack",
         ],
@@ -34,6 +37,7 @@ setup(
             "chance = gf_policy.backends.scripted:ChanceBackend",
             "vla = gf_policy.backends.vla:VLABackend",
             "remote = gf_policy.backends.remote:RemoteBackend",
+            "openpi = gf_policy.backends.openpi:OpenPIBackend",
         ],
     },
 )

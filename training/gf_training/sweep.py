@@ -24,6 +24,7 @@ import yaml
 
 from gf_eval.results import ResultsFile
 from gf_eval.scoring import CHANCE_RECOGNITION, ProtocolSummary, Rate, summarize
+from gf_eval.shards import PLANNED_ARGS, ShardError, add_ray_argument, merge_results, plan_shards, run_shards
 from gf_training.train import CHECKPOINT_DIR, INFERENCE_WEIGHTS
 
 DEFAULT_PROTOCOLS = ("ID", "Train", "Val")
@@ -298,6 +299,25 @@ def write_outputs(sweep: SweepResult, title: str = "") -> dict[str, Path]:
     return files
 
 
+def evaluate_on_ray(run_dir: Path, evaluator: SimEvaluator, out_dir: Path | None, steps: Sequence[int] | None,
+                    shard_trials: int, ray_address: str) -> None:
+    """``--ray``: the shards of every checkpoint not yet complete, all submitted to Ray at once,
+    merged into each checkpoint's usual output directory."""
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / SWEEP_DIR
+    shards = []
+    for _, ckpt in find_checkpoints(run_dir, steps):
+        odir = out / ckpt.name
+        if is_complete([r.to_dict() for r in ResultsFile(odir).read()], evaluator.trials, evaluator.protocols):
+            continue
+        planned = {f"{name}:=" for name in PLANNED_ARGS}
+        launch_args = [a for a in evaluator.command(ckpt, odir)[2:] if not any(a.startswith(p) for p in planned)]
+        shards += plan_shards(odir, launch_args, evaluator.protocols, evaluator.trials, shard_trials)
+    records = run_shards(shards, ray_address, evaluator.gf_launch, lambda line: print(line, file=sys.stderr, flush=True),
+                         timeout_s=evaluator.timeout_s)
+    for odir in dict.fromkeys(s.output_dir for s in shards):
+        merge_results(odir, [s for s in shards if s.output_dir == odir], records, evaluator.protocols)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``gf-sweep``."""
     parser = argparse.ArgumentParser(prog="gf-sweep", description=__doc__.split("\n\n")[0])
@@ -312,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra vla backend argument, e.g. device=cuda (repeatable)")
     parser.add_argument("--gf-launch", help="the gf-launch executable (default: this environment's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed per checkpoint evaluation")
+    add_ray_argument(parser)
+    parser.add_argument("--shard-trials", type=int, default=25, help="with --ray: trials per shard (default 25)")
     args = parser.parse_args(argv)
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     if SELECT_PROTOCOL not in protocols:
@@ -325,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
     evaluator = SimEvaluator(args.trials, protocols, args.launch_arg, backend_args, args.gf_launch, args.timeout)
     try:
+        if args.ray is not None:  # evaluate every checkpoint's shards on Ray first; run_sweep then finds them complete
+            evaluate_on_ray(args.run_dir, evaluator, args.out, steps, args.shard_trials, args.ray)
         sweep = run_sweep(args.run_dir, evaluator, args.out, steps, args.trials, protocols,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except SweepError as exc:
+    except (SweepError, ShardError) as exc:
         print(f"gf-sweep: {exc}", file=sys.stderr)
         return 1
     print(sweep.files["table"].read_text(encoding="utf-8"), end="")

@@ -223,6 +223,7 @@ class RemoteBackend(PolicyBackend):
             "instructions": [o.trial.instruction for o in observations],
             "proprio": np.stack([np.asarray(o.proprio, dtype=np.float32) for o in observations]),
             "seeds": [observation_seed(self.seed, o.trial.seed, o.step) for o in observations],
+            "timeout_s": self.timeout_s,  # the server drops the request once this client stopped waiting
         })
         actions = reply.get("actions")
         expected = (len(observations), meta["action_horizon"], meta["action_dim"])

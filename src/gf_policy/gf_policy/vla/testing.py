@@ -48,3 +48,25 @@ def make_noise(config: VLAConfig, batch_size: int, seed: int = 0) -> torch.Tenso
     """Fixed sampling noise (B, H, model_action_dim)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, config.action_horizon, config.model_action_dim, generator=gen)
+
+
+def save_tiny_checkpoint(directory, texts: list[str], action_horizon: int | None = None, seed: int = 0):
+    """A tiny-config checkpoint with random weights, normalisation statistics and a tokenizer
+    trained on ``texts``, saved to ``directory`` (tests and benchmarks of serving code)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .modeling import PI0StyleVLA
+    from .normalization import NormStats
+    from .processing import VLAProcessor, train_tiny_tokenizer
+
+    directory = Path(directory)
+    cfg = VLAConfig.tiny() if action_horizon is None else VLAConfig.tiny(action_horizon=action_horizon)
+    torch.manual_seed(seed)
+    model = PI0StyleVLA.from_config(cfg)
+    rng = np.random.default_rng(seed)
+    model.norm_stats = {"proprio": NormStats.from_data(rng.normal(0, 0.2, (300, cfg.proprio_dim))),
+                        "actions": NormStats.from_data(rng.uniform(-0.5, 0.5, (300, cfg.action_dim)))}
+    model.save_pretrained(directory, processor=VLAProcessor(train_tiny_tokenizer(texts, 200, directory / "tok"), cfg))
+    return directory
