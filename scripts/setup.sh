@@ -203,8 +203,10 @@ resolve_assets() {
   local link=$ROOT/.gf/maniskill
   local want=data/robots/widowx/wx250s.urdf
   if [[ -n ${MS_ASSET_DIR:-} ]]; then
-    [[ -f $MS_ASSET_DIR/$want ]] && return
-    fail "MS_ASSET_DIR=$MS_ASSET_DIR has no $want (the WidowX 250 S asset)"
+    [[ -f $MS_ASSET_DIR/$want ]] || fail "MS_ASSET_DIR=$MS_ASSET_DIR has no $want (the WidowX 250 S asset)"
+    # Remembered: a new shell without MS_ASSET_DIR still finds it (gf_bringup.runtime.configure_assets).
+    mkdir -p "$ROOT/.gf"; ln -sfn "$(cd "$MS_ASSET_DIR" && pwd)" "$link"
+    return
   fi
   [[ -f $link/$want ]] && return
   [[ -f $HOME/.maniskill/$want ]] && return

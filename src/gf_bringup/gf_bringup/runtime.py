@@ -74,6 +74,7 @@ def configure_environment(
         env["AMENT_PREFIX_PATH"] = os.pathsep.join([*prefixes, sys.prefix])
     configure_assets(env)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only, never from a hub
     return env
 
 

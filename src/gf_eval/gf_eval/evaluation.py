@@ -121,15 +121,17 @@ class Evaluation:
         """'[37/60] Val: exe 95% rec 40% sr 38% | 1.2 s/trial, ETA 0:28'."""
         total, n = len(self.plan), len(self.done)
         elapsed = time.monotonic() - self._started
-        per_trial = elapsed / self._finished_this_session if self._finished_this_session else float("nan")
-        remaining = (total - n) * per_trial if self._finished_this_session else float("nan")
+        per_trial = elapsed / max(1, self._finished_this_session)
+        remaining = (total - n) * per_trial
         parts = [f"[{n}/{total}]"]
         for protocol, s in summarize([r.to_dict() for r in self.done]).items():
-            parts.append(f"{protocol}: exe {100 * s.execution.value:.0f}% rec "
-                         f"{100 * s.recognition.value if s.recognition.trials else float('nan'):.0f}% "
-                         f"sr {100 * s.overall.value:.0f}%")
-        eta = "?" if remaining != remaining else f"{int(remaining // 60)}:{int(remaining % 60):02d}"
-        parts.append(f"{per_trial:.2f} s/trial, ETA {eta}")
+            # Recognition is undefined until something was placed: say so rather than "nan%".
+            rec = f"{100 * s.recognition.value:.0f}%" if s.recognition.trials else "-"
+            parts.append(f"{protocol}: exe {100 * s.execution.value:.0f}% rec {rec} sr {100 * s.overall.value:.0f}%")
+        if self._finished_this_session:
+            parts.append(f"{per_trial:.2f} s/trial, ETA {int(remaining // 60)}:{int(remaining % 60):02d}")
+        else:
+            parts.append("ETA ?")
         return " | ".join(parts)
 
     def finish(self) -> Path:

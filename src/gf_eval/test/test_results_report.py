@@ -87,3 +87,12 @@ def test_compare_keeps_runs_of_the_same_policy_apart(tmp_path, capsys):
     assert report_main(["compare", *map(str, dirs), "--plot", str(tmp_path / "cmp.png")]) == 0
     out = capsys.readouterr().out
     assert all(f"({d})" in out for d in dirs) and (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_the_progress_line_never_shows_nan(tmp_path):
+    ev = Evaluation(EvaluationConfig(output_dir=str(tmp_path), policy="test", protocols=("Val",), trials_per_protocol=4))
+    assert ev.progress_line() == "[0/4] | ETA ?"
+    ev.record(record_for(ev.plan[0], -1))  # nothing placed: recognition undefined
+    line = ev.progress_line()
+    assert "nan" not in line and line.startswith("[1/4] | Val: exe 0% rec - sr 0% | ")
+    ev.close()

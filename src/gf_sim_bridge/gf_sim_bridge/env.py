@@ -71,6 +71,8 @@ class GrinningFaceEnv(BaseEnv):
         kwargs.setdefault("obs_mode", "state_dict")
         kwargs.setdefault("control_mode", CONTROL_MODE)
         kwargs.setdefault("sim_backend", "physx_cpu")
+        # ManiSkill asks for a CUDA renderer by default and warns on every start without one.
+        kwargs.setdefault("render_backend", "gpu" if torch.cuda.is_available() else "cpu")
         kwargs.setdefault("reward_mode", "sparse")
         # Rebuilding the scene at every reset (~0.25 s) makes a trial's physics independent of
         # the trials before it (PhysX keeps contact caches across teleports), so a resumed or

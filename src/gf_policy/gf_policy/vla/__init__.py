@@ -8,6 +8,7 @@ Typical use::
     chunk = policy.predict(rgb_uint8_hwc, "Pick the cube and place it on ...", proprio7)  # (H, 7)
 """
 
+from . import local_files  # noqa: F401 - first: switches the model hub off before transformers loads
 from .configuration import VLAConfig
 from .inference import VLAInference
 from .modeling import PI0StyleVLA, make_block_attention_mask

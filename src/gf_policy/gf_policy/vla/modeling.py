@@ -46,6 +46,7 @@ from transformers.models.gemma.modeling_gemma import (
 )
 
 from .configuration import CONFIG_NAME, VLAConfig
+from .local_files import local_dir as require_local_dir
 from .normalization import NORM_STATS_NAME, NormStats, load_norm_stats, save_norm_stats
 from .techniques import (
     ActionDiscretizer,
@@ -244,7 +245,7 @@ class PI0StyleVLA(nn.Module):
     ) -> PI0StyleVLA:
         """Real PaliGemma weights from a local Hugging Face directory (config.json + safetensors),
         a freshly initialised action expert. ``cfg_overrides`` sets other ``VLAConfig`` fields."""
-        pg_config = PaliGemmaConfig.from_pretrained(str(local_dir))
+        pg_config = PaliGemmaConfig.from_pretrained(str(require_local_dir(local_dir, "PaliGemma model")))
         config = VLAConfig(vlm=pg_config.to_dict(), **dict(cfg_overrides or {}))
         paligemma = PaliGemmaForConditionalGeneration.from_pretrained(str(local_dir), dtype=dtype or torch.float32)
         model = cls(config, paligemma=paligemma)
@@ -881,7 +882,7 @@ class PI0StyleVLA(nn.Module):
         cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> PI0StyleVLA:
         """Load a checkpoint written by ``save_pretrained`` (weights, config, norm stats)."""
-        directory = Path(directory)
+        directory = require_local_dir(directory, "checkpoint")
         config = VLAConfig.from_json_file(directory / CONFIG_NAME)
         with no_init_weights():  # every weight is overwritten by the checkpoint: skip random init
             model = cls(config)

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .configuration import VLAConfig
+from .local_files import local_dir
 
 ImageInput = np.ndarray | Sequence[np.ndarray] | Sequence[Sequence[np.ndarray]]
 
@@ -70,7 +71,7 @@ class VLAProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path, config: VLAConfig) -> VLAProcessor:
         """Load the tokenizer saved in ``directory`` (ours, or a real PaliGemma tokenizer)."""
-        return cls(AutoTokenizer.from_pretrained(str(directory)), config)
+        return cls(AutoTokenizer.from_pretrained(str(local_dir(directory, "tokenizer"))), config)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Save the tokenizer files next to the model."""
