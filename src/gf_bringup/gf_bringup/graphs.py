@@ -48,6 +48,7 @@ class Graph:
     args: tuple[Arg, ...]
     nodes: tuple[NodeSpec, ...]
     derive: Callable[[dict[str, str]], dict[str, str]] | None = None
+    companion: str = ""  # console script a person runs beside the graph (e.g. gf-teleop), "" for none
 
     def __post_init__(self) -> None:
         if all(a.name != NAMESPACE.name for a in self.args):  # every graph can run under a namespace
@@ -184,6 +185,7 @@ SIM_EVAL = Graph(
         Arg("image_size", "224", "policy camera resolution in pixels"),
         Arg("robot", "widowx", "robot: widowx or panda"),
         Arg("ground_truth", "auto", "publish /gf/sim_state: auto (when the backend needs it), true, false"),
+        Arg("max_steps", "200", "episode length in control steps at 20 Hz (the benchmark's is 200)"),
         Arg("policy_timeout", "60.0", "wall-clock seconds without progress before a trial ends as policy_timeout"),
         Arg("headless", "true", "false opens the SAPIEN viewer window of the simulated scene (needs a display)"),
         Arg("network", "loopback", "DDS network: loopback (nothing leaves the machine) or robot"),
@@ -194,7 +196,7 @@ SIM_EVAL = Graph(
             node_class="gf_sim_bridge.bridge_node:SimBridgeNode", config_class="gf_sim_bridge.bridge_node:BridgeConfig",
             params_file="config/sim_bridge.yaml",
             parameters={"robot": "{robot}", "image_size": "{image_size}", "split": "{split}", "ground_truth": "{ground_truth}",
-                        "viewer": "{viewer}"},
+                        "viewer": "{viewer}", "max_steps": "{max_steps}"},
         ),
         NodeSpec(
             package="gf_policy", executable="gf-policy", name="policy",

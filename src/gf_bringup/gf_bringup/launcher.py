@@ -54,6 +54,17 @@ def node_ros_args(graph: Graph, node: NodeSpec, values: dict[str, str], workdir:
     return args
 
 
+def companion_command(graph: Graph, values: dict[str, str]) -> str:
+    """The command that joins a running graph from another terminal: same domain and network,
+    same namespace (a graph started here is on a ROS domain of its own)."""
+    exe = Path(sys.executable).parent / graph.companion
+    env = f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}"
+    if os.environ.get("GF_NETWORK", "loopback") != "loopback":
+        env += f" GF_NETWORK={os.environ['GF_NETWORK']}"
+    namespace = values.get("namespace", "").strip("/")
+    return f"{env} {exe}" + (f" --ros-args -r __ns:=/{namespace}" if namespace else "")
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the starter dies, even by SIGKILL (Linux)."""
     try:
@@ -205,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["ROS_DOMAIN_ID"] = str(random_domain_id())
     print(f"[gf-launch] {graph.name}: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, network={os.environ['GF_NETWORK']}, "
           f"{'composed' if args.composed else 'processes'}", flush=True)
+    if graph.companion:
+        print(f"[gf-launch] in another terminal: {companion_command(graph, values)}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"gf-launch-{graph.name}-") as tmp:
         workdir = Path(tmp)
         if args.print_only:

@@ -53,10 +53,11 @@ TELEOP_SIM = Graph(
     description="Teleoperated demonstrations in simulation: sim bridge + eval node + recorder; drive with gf-teleop",
     args=(
         *_args({"policy": "teleop", "protocols": "[Demo]", "trials": "10", "ground_truth": "false",
-                "policy_timeout": "300.0"}, drop=("backend_args",)),
+                "policy_timeout": "300.0", "max_steps": "600"}, drop=("backend_args",)),
         Arg("demo_dir", "demos/teleop", "demo directory of the recorder (bags + manifest.jsonl)"),
         Arg("operator", "operator", "recorded as the operator of every episode"),
     ),
     nodes=tuple(n for n in (*SIM_EVAL.nodes, RECORDER) if n.package != "gf_policy"),
     derive=_derive,
+    companion="gf-teleop",
 )

@@ -51,7 +51,7 @@ class TeleopNodeConfig:
     max_rotation_rad: float = config_field(0.1, "end-effector rotation per control step at full speed (rad)")
     gripper_closed: float = config_field(-0.2, "gripper command when closed (-1 .. 1; 1 = open)")
     key_hold_s: float = config_field(0.25, "keyboard: an axis moves this long after its key's last press (auto-repeat keeps it alive)")
-    recorder: str = config_field("/recorder", "node name of the episode recorder whose ~/control the record keys call")
+    recorder: str = config_field("recorder", "node name of the episode recorder whose ~/control the record keys call (relative: same namespace)")
     frame_id: str = config_field("base_link", "frame of the action deltas")
     status_line: bool = config_field(True, "print a live status line to the terminal")
 
