@@ -232,6 +232,26 @@ def test_gf_data_import_writes_bags_the_demo_tools_read(tmp_path, capsys):
     assert gf_data(["import", str(tmp_path / "nowhere"), str(tmp_path / "d2")]) == 2
 
 
+def test_imported_robot_data_opens_in_the_demo_tools(tmp_path):
+    """gf-demos stats and gf-replay play read an imported dataset like our own demos."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gf_teleop.episodes import read_manifest
+
+    write_bridge_v21(tmp_path / "bridge")
+    assert gf_data(["import", str(tmp_path / "bridge"), str(tmp_path / "demos"), "--mapping", "bridge_widowx",
+                    "--no-progress"]) == 0
+    bin_dir = Path(sys.executable).parent
+    stats = subprocess.run([str(bin_dir / "gf-demos"), "stats", str(tmp_path / "demos")], capture_output=True, text=True, timeout=300)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    assert "2" in stats.stdout and "episodes" in stats.stdout
+    bag = tmp_path / "demos" / read_manifest(tmp_path / "demos")[0].bag
+    play = subprocess.run([str(bin_dir / "gf-replay"), "play", str(bag), "--rate", "10"], capture_output=True, text=True, timeout=300)
+    assert play.returncode == 0, play.stderr[-2000:]
+
+
 def test_pretraining_reads_a_lerobot_dataset(tmp_path):
     write_bridge_v21(tmp_path / "bridge", n_episodes=3, length=8)
     cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "logging.progress=false", "logging.tensorboard=false",
