@@ -32,7 +32,6 @@ setup(
             "gf-eval-shards = gf_eval.shards:main",
         ],
         "gf.bench": [
-            "eval = gf_eval.bench:main",
             "shards = gf_eval.shards:bench_main",
         ],
         "gf.doctor": [

@@ -28,6 +28,7 @@ setup(
         ],
         "gf.bench": [
             "serve = gf_policy.bench:serve_main",
+            "eval = gf_policy.eval_bench:main",
         ],
         "gf.doctor": [
             "models = gf_policy.checks:check_model_stack",

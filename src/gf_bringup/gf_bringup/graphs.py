@@ -105,6 +105,20 @@ def params_file_key(node_name: str) -> str:
     return f"/**/{node_name}"
 
 
+POLICY_BACKENDS = "gf.policy_backends"  # entry-point group of policy backends (gf_policy.backend)
+
+
+def plugin(group: str, name: str):
+    """The object registered as ``name`` under the entry-point ``group``: the graphs know backends
+    only by name, so this package does not depend on the packages that provide them."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=group)}
+    if name not in found:
+        raise ValueError(f"unknown {group} entry {name!r}; installed: {sorted(found)}")
+    return found[name].load()
+
+
 def load_object(path: str):
     """Import "module:attribute"."""
     import importlib
@@ -157,11 +171,10 @@ def _typed(text: str) -> object:
 
 
 def _derive_sim_eval(values: dict[str, str]) -> dict[str, str]:
-    from gf_policy.backend import backend_class
 
     derived = {}
     if values["ground_truth"] == "auto":
-        derived["ground_truth"] = "true" if backend_class(values["policy"]).needs_privileged else "false"
+        derived["ground_truth"] = "true" if plugin(POLICY_BACKENDS, values["policy"]).needs_privileged else "false"
     derived["viewer"] = "false" if _typed(values["headless"]) is True else "true"
     if values["output_dir"] == "":
         derived["output_dir"] = f"outputs/sim_eval/{values['policy']}"

@@ -54,3 +54,57 @@ def test_topic_names_are_written_only_in_the_names_module():
             if literal.search(line):
                 offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def _package_imports(root: Path) -> dict[str, tuple[set[str], dict[str, set[str]]]]:
+    """Per ROS package: its declared run dependencies and the ROS packages its modules import."""
+    import ast
+    import re
+
+    ros_python = {"rclpy", "ament_index_python", "launch", "launch_ros", "rosidl_runtime_py", "rcl_interfaces", "builtin_interfaces"}
+    packages = {p.parent.name: p.parent for p in (root / "src").glob("*/package.xml")}
+    out = {}
+    for name, directory in packages.items():
+        declared = set(re.findall(r"<(?:depend|exec_depend)>([^<]+)</", (directory / "package.xml").read_text()))
+        used: dict[str, set[str]] = {}
+        for module in (directory / name).rglob("*.py") if (directory / name).is_dir() else ():
+            for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    imported = [node.module]
+                else:
+                    continue
+                for top in {m.split(".")[0] for m in imported} - {name}:
+                    if top in packages or top.endswith("_msgs") or top in ros_python:
+                        used.setdefault(top, set()).add(str(module.relative_to(root)))
+        out[name] = (declared, used)
+    return out
+
+
+def test_every_package_declares_the_ros_packages_its_code_imports():
+    root = workspace_root()
+    if root is None:
+        pytest.skip("needs the source workspace")
+    undeclared = {name: {dep: sorted(where) for dep, where in used.items() if dep not in declared}
+                  for name, (declared, used) in _package_imports(root).items()}
+    assert {name: deps for name, deps in undeclared.items() if deps} == {}
+
+
+def test_workspace_packages_depend_in_one_direction():
+    """No cycle among the gf_* packages: ROS-free cores at the bottom, nodes and tools above."""
+    root = workspace_root()
+    if root is None:
+        pytest.skip("needs the source workspace")
+    graph = {name: {d for d in declared if d.startswith("gf_")} for name, (declared, _) in _package_imports(root).items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, " -> ".join((*path, name))
+        if name not in done:
+            for dep in graph.get(name, ()):
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())

@@ -29,7 +29,7 @@ from gf_bringup.rosutil import (
     run_node,
     status_qos,
 )
-from gf_eval.evaluation import Evaluation, EvaluationConfig
+from gf_eval.evaluation import Evaluation, EvaluationConfig, package_versions
 from gf_eval.evaluation_loop import EvaluationLoop
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg
@@ -54,18 +54,6 @@ class EvalNodeConfig:
     startup_timeout_s: float = config_field(180.0, "seconds to wait for the sim bridge and the policy to come up")
     progress_every: int = config_field(1, "log a progress line every N trials")
     force: bool = config_field(False, "start over in output_dir even if it holds a different run")
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("gf_eval", "gf_sim_bridge", "gf_policy", "mani_skill", "sapien", "torch", "transformers", "peft", "ros-rclpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 class EvalNode(EvaluationLoop, Node):

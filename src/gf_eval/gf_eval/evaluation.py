@@ -18,6 +18,19 @@ from gf_eval.splits import EmojiSplits, load_splits
 from gf_eval.trials import Combination, TrialSpec, combinations_from_manifest, make_trial
 
 
+def package_versions() -> dict:
+    """Versions of the packages a result depends on, recorded in every run's configuration."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("gf_eval", "gf_sim_bridge", "gf_policy", "mani_skill", "sapien", "torch", "transformers", "peft", "ros-rclpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 @dataclass
 class EvaluationConfig:
     """What to evaluate; everything that identifies the run goes into run.json."""

@@ -40,7 +40,7 @@ from std_msgs.msg import String
 
 from gf_bringup import names
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
-from gf_eval.eval_node import package_versions
+from gf_eval.evaluation import package_versions
 from gf_eval.evaluation_loop import EvaluationLoop
 from gf_eval.results import TrialRecord
 from gf_eval.ros_msgs import result_to_msg, trial_to_msg

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gf_bringup.graphs import POLICY_BACKENDS
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_eval.trials import TrialSpec
 
@@ -79,7 +80,7 @@ class PolicyBackend(ABC):
 
 
 def available_backends() -> dict[str, Any]:
-    return {e.name: e for e in entry_points(group="gf.policy_backends")}
+    return {e.name: e for e in entry_points(group=POLICY_BACKENDS)}
 
 
 def load_backend(name: str, **kwargs) -> PolicyBackend:

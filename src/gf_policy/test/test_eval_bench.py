@@ -2,7 +2,7 @@
 
 import pytest
 
-from gf_eval import bench
+from gf_policy import eval_bench as bench
 
 
 def test_rounds_alternate_and_each_round_runs_new_trials_on_both_sides(monkeypatch):
