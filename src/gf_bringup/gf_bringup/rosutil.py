@@ -8,11 +8,13 @@ dataclass filled with the values from ``--params-file`` / ``-p`` overrides.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from gf_bringup.runtime import configure_environment
@@ -236,7 +238,13 @@ def run_node(
     rclpy.init(args=argv)
     node = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (ValueError, FileNotFoundError) as exc:  # a configuration mistake: one line, no traceback
+            if os.environ.get("GF_DEBUG"):
+                raise
+            print(f"{Path(argv[0]).name}: {exc}", file=sys.stderr, flush=True)
+            return 2
         executor = multi_threaded_executor(threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("name", nargs="?", default=DEFAULT_SPLIT, help="shipped split name or path to a split file")
     sp.add_argument("--sheet", type=Path, help="write a thumbnail contact sheet here")
     sp.add_argument("--rebuild", action="store_true", help=f"regenerate {DEFAULT_SPLIT} by its rule")
-    up = sub.add_parser("import-upstream", help="upstream meta_relabel_dedup_*.json -> a split file")
-    up.add_argument("directory", type=Path)
-    up.add_argument("out", type=Path)
+    up = sub.add_parser("import-upstream", help="upstream meta_relabel_dedup_*.json -> a split file",
+                        description="Convert upstream GrinningFace's split metadata (its meta_relabel_dedup_*.json "
+                                    "files: Train/Val/Hard emojis with VLM-relabelled descriptions) into a split file "
+                                    "of this workspace; evaluate on it with split:=OUT.json.")
+    up.add_argument("directory", type=Path, help="directory holding upstream's meta_relabel_dedup_*.json files")
+    up.add_argument("out", type=Path, help="split file to write (JSON)")
     args = parser.parse_args(argv)
     data_dir = Path(str(resources.files("gf_eval") / "data"))
     if args.command == "catalog":

@@ -96,3 +96,15 @@ def test_the_progress_line_never_shows_nan(tmp_path):
     line = ev.progress_line()
     assert "nan" not in line and line.startswith("[1/4] | Val: exe 0% rec - sr 0% | ")
     ev.close()
+
+
+def test_an_eval_node_given_another_runs_directory_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    Evaluation(EvaluationConfig(output_dir=str(tmp_path), policy="oracle", trials_per_protocol=1)).close()
+    proc = subprocess.run([str(Path(sys.executable).parent / "gf-eval"), "--ros-args", "-p", f"output_dir:={tmp_path}",
+                           "-p", "policy:=chance"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "gf-eval: " in proc.stderr and "policy: 'oracle' -> 'chance'" in proc.stderr

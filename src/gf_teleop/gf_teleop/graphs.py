@@ -24,8 +24,12 @@ RECORDER = NodeSpec(
 )
 
 
+OUTPUT_DIR = Arg("output_dir", "", "results directory of the eval node ('' = <demo_dir>/eval); an existing one is resumed")
+
+
 def _args(defaults: dict[str, str], drop: tuple[str, ...] = ()) -> tuple[Arg, ...]:
-    return tuple(replace(a, default=defaults.get(a.name, a.default)) for a in SIM_EVAL.args if a.name not in drop)
+    args = (OUTPUT_DIR if a.name == OUTPUT_DIR.name else a for a in SIM_EVAL.args if a.name not in drop)
+    return tuple(replace(a, default=defaults.get(a.name, a.default)) for a in args)
 
 
 def _derive(values: dict[str, str]) -> dict[str, str]:
