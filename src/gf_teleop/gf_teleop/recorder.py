@@ -108,6 +108,7 @@ class EpisodeRecorder:
         self.finished: list[ep.EpisodeEntry] = []
         self.seen_topics: set[str] = set()
         self.announced: str | None = None  # announced trial whose episode has not opened yet
+        self.discarded: bytes | None = None  # auto mode: the announcement whose episode was discarded
         self.latest_period_ns = ep.DEFAULT_CONTROL_PERIOD_NS
         self.recovered = recover(self.dir)
         for entry in self.recovered:
@@ -145,6 +146,8 @@ class EpisodeRecorder:
             return None
         if episode is self.current:
             self.current = None
+            if self.config.mode == "auto" and self.latest_trial and self.latest_trial[3] == episode.trial_id:
+                self.discarded = bytes(self.latest_trial[1])  # its next statuses must not open a partial episode
         else:
             self.closing = None
         episode.rec.discard()
@@ -220,7 +223,8 @@ class EpisodeRecorder:
         msg = self._deserialize(data, ep.EPISODE_STATUS)
         episode = self._by_trial(msg.trial_id)
         if episode is None:
-            if self.config.mode == "auto" and self.latest_trial and self.latest_trial[3] == msg.trial_id:
+            if (self.config.mode == "auto" and self.latest_trial and self.latest_trial[3] == msg.trial_id
+                    and self.latest_trial[1] != self.discarded):  # a discarded trial stays unrecorded until announced anew
                 if self.current is not None:
                     old, self.current = self.current, None
                     self._finalize(old, reason="superseded")

@@ -299,3 +299,23 @@ def test_a_busy_recorder_gets_the_reset_observation_before_the_trial(tmp_path, t
         episode = ep.load_episode(tmp_path, entries[trial.trial_id])
         np.testing.assert_array_equal(episode.proprio[:, 0], np.arange(3, dtype=np.float32) + v0)
         assert entries[trial.trial_id].extra["message_counts"][ep.IMAGE] == 4
+
+
+def test_a_discarded_auto_episode_stays_out_of_the_manifest_until_its_trial_is_announced_anew(tmp_path, trials):
+    """`x` while the operator drives: the rest of that trial must not be recorded as a partial
+    episode; the next trial (or the same one announced again) is recorded as usual."""
+    from gf_eval.ros_msgs import trial_to_msg
+
+    t1, t2 = trials
+    rec = EpisodeRecorder(RecorderConfig(output_dir=str(tmp_path), operator="op"), log=lambda s: None)
+    stream = episode_stream(t1, 6, 0, 0)
+    cut = next(i for i, m in enumerate(stream) if m[0] == ep.EPISODE_STATUS and i > 20)
+    feed(rec, [trial_msg(t1)] + stream[:cut])
+    assert rec.discard() is not None
+    feed(rec, stream[cut:])  # the trial runs on after the discard
+    feed(rec, [trial_msg(t2)] + episode_stream(t2, 3, 6 * STEP, 100))
+    again = (ep.TRIAL, serialize_message(trial_to_msg(t1, _stamp(99 * STEP))))  # t1 re-run: announced anew
+    feed(rec, [again] + episode_stream(t1, 2, 9 * STEP, 200))
+    rec.close()
+    entries = [(e.trial_spec.trial_id, e.length, e.complete) for e in ep.read_manifest(tmp_path)]
+    assert entries == [(t2.trial_id, 3, True), (t1.trial_id, 2, True)]
