@@ -43,7 +43,21 @@ GRASP_REACH = 0.08  # m: beyond this TCP-cube distance the fingers cannot touch 
 
 @register_env("GrinningFace-v1", max_episode_steps=200)
 class GrinningFaceEnv(BaseEnv):
-    """Three emoji cards, one cube; the instruction names the target card."""
+    """**Task Description:** pick up the cube and place it on the one of three emoji cards that
+    the instruction names ("Pick the cube and place it on deer.").
+
+    **Randomizations:** a trial spec (``gf_eval.trials``) fixes everything from its seed: the
+    three emojis and which one is the target, the cube's position (+-5 cm around (0.02, 0.70)),
+    each card's position (+-2 cm around x = 0.20, y = 0.90 / 0.70 / 0.50) and yaw, and the
+    robot's initial joint noise.
+
+    **Success Conditions:** the cube rests on the target card's footprint, released, with the arm
+    still (``gf_eval.scoring``); ``info`` also carries execution (on *some* card), the placed card
+    and upstream GrinningFace's distance rule.
+
+    **Observations:** ``extra`` holds ``proprio``, the 7-D vector the policy sees, and in state
+    modes the cube and card positions; the ``policy_camera`` sensor is the policy's image.
+    """
 
     SUPPORTED_ROBOTS = ["gf_widowx250s", "panda"]
     SUPPORTED_OBS_MODES = ("state_dict", "state", "none", "rgb", "rgbd", "sensor_data")
@@ -206,6 +220,13 @@ class GrinningFaceEnv(BaseEnv):
             "arm_still": torch.tensor([score.arm_still]),
             "card_distances": torch.tensor([score.card_distances]),
         }
+
+    def _get_obs_extra(self, info: dict) -> dict:
+        extra = {"proprio": torch.from_numpy(self.proprio())[None]}
+        if self.trial is not None and self.obs_mode in ("state", "state_dict"):
+            extra["cube_pos"] = self.cube.pose.p
+            extra["card_positions"] = torch.stack([c.pose.p for c in self.cards], dim=1)
+        return extra
 
     def compute_sparse_reward(self, obs: Any, action: torch.Tensor, info: dict):
         return info["success"].float()

@@ -149,3 +149,15 @@ def test_an_episode_on_the_wrong_card_ends_as_wrong_card_not_as_timeout():
     session.close()
     assert session.status.reason == "wrong_card" and session.status.step == 120
     assert session.status.placed_card == expert.chosen_card(trial.target_index) != trial.target_index
+
+
+def test_what_step_returns_holds_what_the_policy_sees(env):
+    """ManiSkill's observation path: ``extra.proprio`` is the policy's proprio, the cube and card
+    positions come with state observations."""
+    task = env.unwrapped
+    trial = make_trial("Val", 3)
+    env.reset(seed=trial.seed, options={"trial": trial})
+    obs, *_ = env.step(np.zeros(7, np.float32))
+    np.testing.assert_allclose(obs["extra"]["proprio"][0].numpy(), task.proprio(), atol=1e-6)
+    assert obs["extra"]["card_positions"].shape == (1, 3, 3)
+    np.testing.assert_allclose(obs["extra"]["cube_pos"][0].numpy(), task.privileged_state()["cube_pos"], atol=1e-6)
