@@ -167,6 +167,10 @@ def multi_threaded_executor(num_threads: int = 2, context=None):
     across processes arrived at ~24 Hz with 4 s gaps; rclpy issue #1452, fixed upstream by
     rclpy#1547 in releases the wheels do not have yet). Here a callback already queued is not
     queued again; the spinning thread instead waits (GIL released) until a worker has started it.
+
+    This is the one adapter that relies on rclpy internals: it overrides ``_spin_once_impl`` and
+    uses the parent's ``_executor`` (its thread pool) and ``_futures``. ``test_executor.py``
+    fails when rclpy renames or drops any of them; drop the adapter once the wheels carry the fix.
     """
     import threading
 

@@ -70,3 +70,25 @@ def test_a_50_hz_reliable_stream_arrives_whole_and_in_order():
 
 def _gaps(received: list[int]) -> list[int]:
     return [b for a, b in zip(received, received[1:]) if b != a + 1]
+
+
+def test_the_rclpy_internals_the_adapter_uses_are_still_there():
+    """multi_threaded_executor overrides _spin_once_impl and uses _executor and _futures of rclpy's
+    MultiThreadedExecutor: this fails first, with a clear message, when rclpy changes them."""
+    import concurrent.futures
+    import inspect
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    params = list(inspect.signature(MultiThreadedExecutor._spin_once_impl).parameters)
+    assert params[:3] == ["self", "timeout_sec", "wait_condition"], params
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        executor = MultiThreadedExecutor(num_threads=2, context=context)
+        assert isinstance(executor._executor, concurrent.futures.ThreadPoolExecutor)
+        assert isinstance(executor._futures, list)
+        executor.shutdown()
+    finally:
+        rclpy.shutdown(context=context)
