@@ -545,9 +545,9 @@ def demo_episodes(demo_dir: str | Path, include_failed: bool = False, include_in
 def export_demos(demo_dir: str | Path, out: str | Path, *, codec: str = DEFAULT_CODEC, include_failed: bool = False,
                  progress: bool = False) -> dict[str, Any]:
     """``gf-data export``: a demo directory -> LeRobotDataset v3.0."""
-    from gf_teleop.importer import STEP_NS
+    from gf_bringup.constants import CONTROL_RATE_HZ
 
-    return write_lerobot(demo_episodes(demo_dir, include_failed=include_failed), out, fps=round(1e9 / STEP_NS),
+    return write_lerobot(demo_episodes(demo_dir, include_failed=include_failed), out, fps=CONTROL_RATE_HZ,
                          codec=codec, progress=progress)
 
 

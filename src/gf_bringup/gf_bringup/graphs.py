@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from gf_bringup.constants import DEFAULT_SPLIT, EPISODE_STEPS
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -192,13 +194,13 @@ SIM_EVAL = Graph(
         Arg("trials", "100", "trials per protocol"),
         Arg("first_index", "0", "index of the first trial of each protocol (split a run across workers)"),
         Arg("seed", "0", "base seed of the trial specs"),
-        Arg("split", "gf-default-v1", "emoji split (shipped name or path to a split file)"),
+        Arg("split", DEFAULT_SPLIT, "emoji split (shipped name or path to a split file)"),
         Arg("demo_manifest", "", "demo manifest defining the ID protocol ('' = the canonical demo set)"),
         Arg("output_dir", "", "results directory ('' = outputs/sim_eval/<policy>); an existing one is resumed"),
         Arg("image_size", "224", "policy camera resolution in pixels"),
         Arg("robot", "widowx", "robot: widowx or panda"),
         Arg("ground_truth", "auto", "publish /gf/sim_state: auto (when the backend needs it), true, false"),
-        Arg("max_steps", "200", "episode length in control steps at 20 Hz (the benchmark's is 200)"),
+        Arg("max_steps", str(EPISODE_STEPS), "episode length in control steps at 20 Hz (the benchmark's is 200)"),
         Arg("policy_timeout", "60.0", "wall-clock seconds without progress before a trial ends as policy_timeout"),
         Arg("headless", "true", "false opens the SAPIEN viewer window of the simulated scene (needs a display)"),
         Arg("network", "loopback", "DDS network: loopback (nothing leaves the machine) or robot"),

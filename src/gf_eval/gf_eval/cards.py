@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gf_eval.catalog import DEFAULT_EMOJI_FRACTION, load_catalog, render_card
-from gf_eval.splits import DEFAULT_SPLIT, PROTOCOL_SPLITS, SplitEntry, load_splits
+from gf_bringup.constants import DEFAULT_EMOJI_FRACTION, DEFAULT_SPLIT
+from gf_eval.catalog import load_catalog, render_card
+from gf_eval.splits import PROTOCOL_SPLITS, SplitEntry, load_splits
 
 MM = 72.0 / 25.4  # PDF points per millimetre
 PAPERS_MM = {"a4": (210.0, 297.0), "letter": (215.9, 279.4)}

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gf_bringup.constants import DEFAULT_EMOJI_FRACTION
+
 NOTO_SIZE = 109  # the bitmap strike of Noto Color Emoji; other sizes fail to load
-DEFAULT_EMOJI_FRACTION = 0.25
 DEFAULT_CARD_PX = 512
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",

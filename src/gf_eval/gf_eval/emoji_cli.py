@@ -16,8 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.catalog import build_catalog, load_catalog, render_card
-from gf_eval.splits import DEFAULT_SPLIT, build_default_splits, import_upstream, load_splits
+from gf_eval.splits import build_default_splits, import_upstream, load_splits
 
 
 def label_font(size: int = 12):

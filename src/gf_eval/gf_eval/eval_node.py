@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rclpy.node import Node
 
 from gf_bringup import names
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.rosutil import (
     config_field,
     config_help,
@@ -46,7 +47,7 @@ class EvalNodeConfig:
     trials: int = config_field(100, "trials per protocol")
     first_index: int = config_field(0, "index of the first trial of each protocol (to split a run across workers)")
     seed: int = config_field(0, "base seed of the trial specs")
-    split: str = config_field("gf-default-v1", "emoji split file (name or path)")
+    split: str = config_field(DEFAULT_SPLIT, "emoji split file (name or path)")
     demo_manifest: str = config_field("", "demo manifest whose episodes define the ID protocol ('' = the canonical demo set)")
     robot: str = config_field("widowx", "robot (recorded in run.json)")
     template: str = config_field("", "instruction template with {desc} ('' = the split's)")

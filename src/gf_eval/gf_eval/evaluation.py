@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.results import ResultsFile, TrialRecord, write_run_config
 from gf_eval.scoring import summarize
 from gf_eval.splits import EmojiSplits, load_splits
@@ -41,7 +42,7 @@ class EvaluationConfig:
     trials_per_protocol: int = 100
     first_index: int = 0  # trial indices first_index .. first_index + trials_per_protocol - 1
     base_seed: int = 0
-    split: str = "gf-default-v1"
+    split: str = DEFAULT_SPLIT
     demo_manifest: str = ""
     checkpoint: str = ""
     robot: str = "widowx"

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
+from gf_bringup.constants import CONTROL_RATE_HZ, EPISODE_STEPS
 from gf_eval.results import TrialRecord
 from gf_eval.trials import CardSpec, TrialSpec
 
-SIM_CONTROL_RATE_HZ = 20.0
-SIM_MAX_STEPS = 200
 
-
-def trial_to_msg(spec: TrialSpec, stamp=None, max_steps: int = SIM_MAX_STEPS, control_rate_hz: float = SIM_CONTROL_RATE_HZ):
+def trial_to_msg(spec: TrialSpec, stamp=None, max_steps: int = EPISODE_STEPS, control_rate_hz: float = CONTROL_RATE_HZ):
     """TrialSpec -> gf_interfaces/Trial (layout for people and tools, spec_json for exactness)."""
     from gf_interfaces.msg import EmojiCard, EmojiLayout, Trial
 
@@ -38,8 +36,8 @@ def trial_to_msg(spec: TrialSpec, stamp=None, max_steps: int = SIM_MAX_STEPS, co
     msg.layout = layout
     msg.split_name = spec.split_name
     msg.split_hash = spec.split_hash
-    msg.max_steps = max_steps
-    msg.control_rate_hz = control_rate_hz
+    msg.max_steps = int(max_steps)
+    msg.control_rate_hz = float(control_rate_hz)  # a float64 field: rosidl aborts the process on an int
     msg.spec_json = spec.to_json()
     return msg
 

@@ -35,10 +35,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.catalog import Emoji, EmojiCatalog, content_hash, load_catalog
 
 PROTOCOL_SPLITS = ("Train", "Val", "Hard")
-DEFAULT_SPLIT = "gf-default-v1"
 DEFAULT_TEMPLATE = "Pick the cube and place it on {desc}."
 UPSTREAM_TEMPLATE = "pick the block and place it on {desc}"
 ALLOWED_GROUPS = (

@@ -38,9 +38,10 @@ from pathlib import Path
 
 import yaml
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.evaluation import Evaluation, EvaluationConfig
 from gf_eval.scoring import CardFootprint, inside_footprint
-from gf_eval.splits import DEFAULT_SPLIT, EmojiSplits, load_splits
+from gf_eval.splits import EmojiSplits, load_splits
 from gf_eval.trials import TrialSpec, make_trial
 
 TOUCH_PROTOCOL = "Touch"

@@ -39,6 +39,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from gf_bringup import names
+from gf_bringup.constants import CONTROL_RATE_HZ, DEFAULT_SPLIT
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
 from gf_eval.evaluation import package_versions
 from gf_eval.evaluation_loop import EvaluationLoop
@@ -65,8 +66,6 @@ from gf_eval.touch import (
 )
 from gf_interfaces.msg import EeState, EpisodeStatus, Trial, TrialResult
 
-CONTROL_RATE_HZ = 20.0
-
 
 @dataclass
 class TouchEvalConfig:
@@ -76,7 +75,7 @@ class TouchEvalConfig:
     trials: int = config_field(30, "number of Touch trials")
     first_index: int = config_field(0, "index of the first trial")
     seed: int = config_field(0, "base seed (Touch trial i shows the emojis and target of Val trial i)")
-    split: str = config_field("gf-default-v1", "emoji split file (name or path)")
+    split: str = config_field(DEFAULT_SPLIT, "emoji split file (name or path)")
     layout_file: str = config_field("calibration/touch_layout.yaml", "Touch layout YAML written by gf-calibrate")
     robot: str = config_field("rm75", "robot (recorded in run.json)")
     template: str = config_field(TOUCH_TEMPLATE, "instruction template with {desc}")

@@ -23,6 +23,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from gf_bringup import names
+from gf_bringup.constants import DEFAULT_SPLIT, EPISODE_STEPS
 from gf_bringup.images import camera_info_msg, image_to_msg
 from gf_bringup.rosutil import (
     SummarisedWarnings,
@@ -48,8 +49,8 @@ from gf_sim_bridge.session import SIM_TORCH_THREADS, SimConfig, SimSession, limi
 class BridgeConfig:
     robot: str = config_field("widowx", "robot in the scene: widowx (WidowX 250 S) or panda")
     image_size: int = config_field(224, "policy camera resolution (square, pixels)")
-    split: str = config_field("gf-default-v1", "emoji split file (name or path) the trials come from")
-    max_steps: int = config_field(200, "episode length in control steps")
+    split: str = config_field(DEFAULT_SPLIT, "emoji split file (name or path) the trials come from")
+    max_steps: int = config_field(EPISODE_STEPS, "episode length in control steps")
     render: str = config_field("auto", "camera rendering: auto (when /camera/image_raw has subscribers), always, never")
     ground_truth: bool = config_field(False, "publish privileged simulator state on /gf/sim_state (oracle baselines only)")
     frame_id: str = config_field("base_link", "frame of the EE state and action deltas")

@@ -28,8 +28,9 @@ from mani_skill.utils.structs.pose import Pose
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from gf_bringup.constants import DEFAULT_EMOJI_FRACTION, DEFAULT_SPLIT
 from gf_eval.camera import CAMERA_EYE, CAMERA_FOV, CAMERA_TARGET
-from gf_eval.catalog import DEFAULT_EMOJI_FRACTION, card_image_path, load_catalog
+from gf_eval.catalog import card_image_path, load_catalog
 from gf_eval.scoring import CardFootprint, FinalState, score_episode
 from gf_eval.splits import load_splits
 from gf_eval.trials import DEFAULT_GEOMETRY, TrialSpec, make_trial
@@ -68,7 +69,7 @@ class GrinningFaceEnv(BaseEnv):
         *args,
         robot: str = "widowx",
         image_size: int | tuple[int, int] = 224,
-        split: str = "gf-default-v1",
+        split: str = DEFAULT_SPLIT,
         emoji_fraction: float = DEFAULT_EMOJI_FRACTION,
         robot_init_qpos_noise: float = 0.02,
         **kwargs,

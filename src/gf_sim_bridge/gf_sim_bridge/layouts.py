@@ -15,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 from PIL import Image, ImageDraw
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.camera import card_quads, policy_camera
 from gf_eval.emoji_cli import label_font
 from gf_eval.trials import make_trial
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the trial specs")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--robot", default="widowx")
-    parser.add_argument("--split", default="gf-default-v1")
+    parser.add_argument("--split", default=DEFAULT_SPLIT)
     parser.add_argument("--columns", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("layouts.png"))
     args = parser.parse_args(argv)

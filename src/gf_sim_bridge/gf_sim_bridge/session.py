@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from gf_bringup.constants import CONTROL_PERIOD_NS, DEFAULT_SPLIT, EPISODE_STEPS
 from gf_eval.action_space import ValidChunk
 from gf_eval.scoring import END_SUCCESS, END_TIMEOUT, END_WRONG_CARD
 from gf_eval.trials import TrialSpec
 
-CONTROL_RATE_HZ = 20
-MAX_STEPS = 200
 # Torch CPU threads for a process that runs one env: its tensors are tiny, so a second thread
 # only adds hand-offs, and when other processes (policy, eval) want the other core the two
 # threads wait for each other. A one-off timing of SimSession.execute on this 2-core host (oracle,
@@ -41,8 +40,8 @@ def limit_torch_threads(threads: int = SIM_TORCH_THREADS) -> None:
 class SimConfig:
     robot: str = "widowx"
     image_size: int = 224
-    split: str = "gf-default-v1"
-    max_steps: int = MAX_STEPS
+    split: str = DEFAULT_SPLIT
+    max_steps: int = EPISODE_STEPS
     emoji_fraction: float = 0.25
     obs_mode: str = "none"
 
@@ -98,7 +97,7 @@ class SimSession:
         self.trial: TrialSpec | None = None
         self.status = EpisodeStatusData()
         self.sim_time_ns = 0
-        self.step_ns = 1_000_000_000 // CONTROL_RATE_HZ
+        self.step_ns = CONTROL_PERIOD_NS
 
     def close(self) -> None:
         self.env.close()

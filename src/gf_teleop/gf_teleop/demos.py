@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.runtime import configure_environment
 
 
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend-args", default="", help="YAML mapping of backend keyword arguments")
     g.add_argument("--image-size", type=int, default=224, help="camera resolution in pixels")
     g.add_argument("--robot", default="widowx", help="widowx or panda")
-    g.add_argument("--split-file", default="gf-default-v1", help="emoji split file (name or path)")
+    g.add_argument("--split-file", default=DEFAULT_SPLIT, help="emoji split file (name or path)")
     g.add_argument("--max-attempts", type=int, default=3,
                    help="attempts per trial whose recording is incomplete or that did not end in the simulator")
     g.add_argument("--policy-timeout", type=float, default=60.0,

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.scoring import SIM_END_REASONS
 from gf_eval.trials import make_trial
 from gf_teleop import episodes as ep
@@ -50,7 +51,7 @@ class GenerationConfig:
     backend_args: str = ""
     image_size: int = 224
     robot: str = "widowx"
-    split_file: str = "gf-default-v1"
+    split_file: str = DEFAULT_SPLIT
     max_attempts: int = 3
     operator: str = "scripted-expert"
     policy_timeout_s: float = 60.0

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gf_bringup.constants import CONTROL_PERIOD_NS
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_eval.trials import DEFAULT_GEOMETRY, CardSpec, TrialSpec
 from gf_teleop import episodes as ep
 from gf_teleop.recording import EpisodeRecording, unique_episode_id
-
-STEP_NS = 50_000_000  # 20 Hz control
 
 
 def _stamp(ns: int):
@@ -115,7 +114,7 @@ def write_array_episode(
         t = start_ns
         rec.write(ep.TRIAL, serialize_message(trial_to_msg(trial, _stamp(start_ns))), t)
         for k in range(n + 1):
-            stamp = start_ns + k * STEP_NS
+            stamp = start_ns + k * CONTROL_PERIOD_NS
             t = stamp
             rec.write(ep.CLOCK, serialize_message(Clock(clock=_stamp(stamp))), t + 1)
             if k < n:
@@ -132,7 +131,7 @@ def write_array_episode(
             status.chunks_executed = k
             rec.write(ep.EPISODE_STATUS, serialize_message(status), t + 4)
             if k < n:
-                rec.write(ep.ACTION_CHUNK, serialize_message(chunk_msg(actions[k], trial.trial_id, k, stamp)), t + STEP_NS // 2)
+                rec.write(ep.ACTION_CHUNK, serialize_message(chunk_msg(actions[k], trial.trial_id, k, stamp)), t + CONTROL_PERIOD_NS // 2)
         return rec.finish(success=success, length=n, complete=True,
                           outcome={"reason": "success" if success else "unknown", **(outcome or {})})
     except BaseException:
