@@ -26,9 +26,14 @@ setup(
             "gf = gf_bringup.cli:main",
             "gf-launch = gf_bringup.launcher:main",
             "gf-bench = gf_bringup.bench:main",
+            "gf-keys = gf_bringup.signing:main",
+        ],
+        "gf.bench": [
+            "signing = gf_bringup.signing_bench:main",
         ],
         "gf.doctor": [
             "ros2 = gf_bringup.doctor:check_ros_round_trip",
+            "dds_security = gf_bringup.doctor:check_dds_security",
         ],
     },
 )

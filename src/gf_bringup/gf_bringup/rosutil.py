@@ -235,28 +235,37 @@ def run_node(
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    # Ctrl-C stops the node through rclpy, which shuts the context down and ends the spin. Python's
-    # own SIGINT handler would also raise KeyboardInterrupt at whatever line runs then (rclpy
-    # chains to it), e.g. inside a simulator's destructor: ignored beneath rclpy's handler.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C while the node runs stops it through rclpy, which shuts the context down and ends the
+    # spin; rclpy then also calls Python's handler, which must not raise KeyboardInterrupt at
+    # whatever line runs then (e.g. inside a simulator's destructor). While the node is still being
+    # built (a simulator loads for seconds) the same Ctrl-C must abort the start-up at once.
+    starting = [True]
+
+    def interrupt_start_up(signum, frame) -> None:  # noqa: ARG001
+        if starting[0]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt_start_up)
     rclpy.init(args=argv)
     node = None
     try:
         try:
             node = factory()
         except (ValueError, FileNotFoundError) as exc:  # a configuration mistake: one line, no traceback
-            if os.environ.get("GF_DEBUG"):
+            if os.environ.get("GF_DEBUG") or not rclpy.ok():
                 raise
             print(f"{Path(argv[0]).name}: {exc}", file=sys.stderr, flush=True)
             return 2
+        finally:
+            starting[0] = False
         executor = multi_threaded_executor(threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if node is None or node.context.ok():
-            raise
+        if rclpy.ok() and (node is None or node.context.ok()):
+            raise  # a real failure; anything after a stop request is part of stopping
     finally:
         if node is not None:
             close = getattr(node, "close", None) or (lambda: None)

@@ -43,6 +43,7 @@ from gf_bringup.rosutil import (
     stamp_to_ns,
     status_qos,
 )
+from gf_bringup.signing import load_signer, sign_message
 from gf_eval.ros_msgs import trial_from_msg
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState, Trial
 from gf_policy.backend import PolicyObservation, backend_class, load_backend
@@ -60,6 +61,7 @@ class PolicyNodeConfig:
     control_rate_hz: float = config_field(20.0, "executor control rate: in stream mode the next decision waits until the executed part of a chunk has run")
     answer_again_s: float = config_field(1.0, "lock-step: answer a step again when the last answer is this old and the step is still asked for (s)")
     frame_id: str = config_field("base_link", "frame of the action deltas")
+    key_file: str = config_field("", "sign every action chunk with this key file (gf-keys create; '' = unsigned)")
 
 
 def sim_state_to_dict(msg: SimState) -> dict:
@@ -86,6 +88,7 @@ class PolicyNode(Node):
         self.needs_image, self.needs_privileged = cls.needs_image, cls.needs_privileged
         started = time.perf_counter()
         self.backend = load_backend(self.cfg.backend, **kwargs)
+        self.signer = load_signer(self.cfg.key_file)
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._busy = False
@@ -241,6 +244,8 @@ class PolicyNode(Node):
             msg.action_dim = int(actions.shape[1])
             msg.action_space = plan.action_space
             msg.data = array.array("f", actions.reshape(-1).tobytes())
+            if self.signer is not None:
+                sign_message(self.signer, msg)
             self.pub_chunk.publish(msg)
             self.decisions += 1
             if self.cfg.trigger == "stream":

@@ -21,6 +21,7 @@ from rclpy.node import Node
 
 from gf_bringup import names
 from gf_bringup.rosutil import config_field, config_help, declare_config, reliable_qos, run_node
+from gf_bringup.signing import load_signer, sign_message
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_interfaces.msg import ActionChunk, EeState
 from gf_teleop.devices import HELP, QUIT, KeyboardDevice, TeleopState, split_keys
@@ -59,6 +60,7 @@ class CalibrateConfig:
     max_translation_m: float = config_field(0.02, "EE translation per control step at full speed (m)")
     key_hold_s: float = config_field(0.25, "an axis moves this long after its key's last press (auto-repeat keeps it alive)")
     frame_id: str = config_field("base_link", "frame of the recorded positions")
+    key_file: str = config_field("", "sign the jog chunks with this key file ('' = unsigned; needed when the driver requires signed chunks)")
 
 
 class CalibrateNode(Node):
@@ -67,6 +69,7 @@ class CalibrateNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("calibrate", **node_kwargs)
         self.cfg = declare_config(self, CalibrateConfig)
+        self.signer = load_signer(self.cfg.key_file)
         self.routine = CalibrationRoutine(self.cfg.card_size, self.cfg.touch_height, self.cfg.max_z_spread, self.cfg.frame_id)
         self.state = TeleopState(max_translation_m=self.cfg.max_translation_m, max_rotation_rad=0.0, speed=self.cfg.speed)
         self.device = CalibrationKeyboard(hold_s=self.cfg.key_hold_s)
@@ -121,6 +124,8 @@ class CalibrateNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.cfg.frame_id
         msg.data = array.array("f", action.astype(np.float32).tobytes())
+        if self.signer is not None:
+            sign_message(self.signer, msg)
         self.pub.publish(msg)
         self.step += 1
         if now - self._last_line > 0.5:

@@ -17,6 +17,13 @@ command would clear the error on the controller). Only the operator's ``clear_co
 (the node's ``~/clear_error`` service) releases it, after clearing the error on the controller and
 reading back a state without errors.
 
+Signed commands: given a ``ChunkVerifier`` (gf_bringup.signing), ``submit`` checks the chunk's
+signature before anything else; an unauthenticated chunk is refused with the verifier's reason
+(``unsigned``, ``unknown_key``, ``bad_signature``, ``stale``, ``replayed``), counted in
+``DriverStatus.signature_rejections`` (apart from the rejections of authentic chunks: an intruder's
+traffic is not the policy's fault and does not enter the trial's record) and never reaches the
+trial gate or the planner.
+
 Callers (the node's callbacks) hand in chunks with ``submit``: the chunk is validated by
 ``gf_eval.action_space.validate_chunk`` and planned by the safety core (workspace box, floor,
 per-step and per-second limits); a chunk that fails anything is refused whole, never clamped into
@@ -42,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gf_bringup.signing import REASONS as SIGNATURE_REASONS
+from gf_bringup.signing import ChunkFields, ChunkVerifier, SignatureRejected
 from gf_eval.action_space import ChunkRejected, validate_chunk
 
 from .arm import ArmBackend, ArmConnectionError, ArmError, ArmState, describe_controller_error
@@ -121,6 +130,9 @@ class DriverStatus:
     state_age_s: float = -1.0  # age of the latest arm state (-1: none yet)
     smoother_restarts: int = 0
     safety_stops: int = 0
+    signed_commands_required: bool = False
+    signature_rejections: dict = field(default_factory=dict)  # reason -> chunks refused for their signature
+    last_signature_rejection: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,8 +151,10 @@ class ArmDriver:
         settings: DriverSettings | None = None,
         on_event: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier: ChunkVerifier | None = None,
     ):
         self.arm = arm
+        self.verifier = verifier  # None: signatures are not checked (loopback, or the operator opted out)
         self.settings = settings or DriverSettings()
         self.clock = clock
         self._emit = on_event or (lambda level, text: getattr(log, level)(text))
@@ -166,6 +180,7 @@ class ArmDriver:
         self._backoff = Backoff(self.settings.reconnect_initial, self.settings.reconnect_max)
         self._status = DriverStatus()
         self._rejections: Counter[str] = Counter()
+        self._signature_rejections: Counter[str] = Counter()
         self._trial: tuple[str, int] | None = None  # (trial id, announcement stamp ns)
         self._trial_running = False
         self._done: dict[str, int] = {}  # trial id -> stamp of its latest "done" status
@@ -416,11 +431,18 @@ class ArmDriver:
     # -- chunks ---------------------------------------------------------------------------------
 
     def submit(self, *, trial_id: str, step_index: int, horizon: int, execute_steps: int, action_dim: int,
-               action_space: str, data) -> Plan:
-        """Validate, safety-check and queue one chunk; raise ``ChunkRejected`` (nothing queued) otherwise."""
+               action_space: str, data, stamp_ns: int = 0, frame_id: str = "", key_id: str = "", sequence: int = 0,
+               signature: bytes = b"") -> Plan:
+        """Authenticate (with a verifier), validate, safety-check and queue one chunk; raise
+        ``ChunkRejected`` (nothing queued) otherwise."""
         now = self.clock()
         try:
             with self._lock:
+                if self.verifier is not None:
+                    self._authenticate(ChunkFields(
+                        trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
+                        action_dim=action_dim, action_space=action_space, data=data, stamp_ns=stamp_ns,
+                        frame_id=frame_id), key_id, sequence, signature)
                 expected = self._gate(trial_id)
                 chunk = validate_chunk(
                     trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
@@ -439,7 +461,9 @@ class ArmDriver:
                 return plan
         except ChunkRejected as exc:
             with self._lock:
-                if exc.reason in IGNORED_REASONS:
+                if exc.reason in SIGNATURE_REASONS:
+                    pass  # counted by _authenticate
+                elif exc.reason in IGNORED_REASONS:
                     self._status.chunks_ignored += 1
                 else:
                     self._status.chunks_rejected += 1
@@ -448,6 +472,14 @@ class ArmDriver:
                     if self._trial_running:
                         self._status.trial_chunks_rejected += 1
             raise
+
+    def _authenticate(self, fields: ChunkFields, key_id: str, sequence: int, signature: bytes) -> None:
+        try:
+            self.verifier.verify(fields, key_id, sequence, signature)
+        except SignatureRejected as exc:
+            self._signature_rejections[exc.reason] += 1
+            self._status.last_signature_rejection = str(exc)
+            raise ChunkRejected(exc.reason, str(exc)) from None
 
     def _gate(self, trial_id: str) -> str | None:
         """The trial id a chunk must carry (None: any), or raise for states that refuse chunks."""
@@ -614,6 +646,8 @@ class ArmDriver:
             s.trial_id = self._trial[0] if self._trial else ""
             s.trial_running = self._trial_running
             s.rejections = dict(self._rejections)
+            s.signed_commands_required = self.verifier is not None
+            s.signature_rejections = dict(self._signature_rejections)
             s.watchdog_fired = self.controller.watchdog.fired_count
             s.setpoints_sent = self.controller.setpoints_sent
             s.motion_active = self.controller.moving

@@ -15,6 +15,13 @@ controller errors, counters and last rejection; ``/diagnostics`` (diagnostic_msg
 carries the same health as one status (ERROR while a controller error is latched or the link is
 down, WARN while e-stopped).
 
+Signed commands (``require_signed``, ``key_file``; gf_bringup.signing): when required, every chunk
+must carry a valid signature of the key in ``key_file``, fresh within ``signature_max_age_s`` of
+this computer's clock and with a sequence above the last one; any other chunk is refused before
+every other check, counted per reason in ``~/status`` (``signature_rejections``) and
+``/diagnostics``, and logged summarised. ``auto`` requires it exactly in robot network mode
+(``GF_NETWORK=robot``); ``false`` is the operator's explicit opt-out.
+
 Frame and scale of the actions: see ``gf_realman_driver.safety`` (``frame_rotation``,
 ``translation_scale``, ``rotation_scale``); limits are in the RM75 base frame.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +43,7 @@ from std_msgs.msg import String
 
 from gf_bringup import names
 from gf_bringup.rosutil import (
+    SummarisedWarnings,
     config_field,
     config_help,
     declare_config,
@@ -45,12 +54,13 @@ from gf_bringup.rosutil import (
     stamp_to_ns,
     status_qos,
 )
+from gf_bringup.signing import DEFAULT_MAX_AGE_S, ChunkVerifier, load_key, signing_required
 from gf_eval.action_space import ChunkRejected
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
 from gf_interfaces.srv import Command
 
 from .arm import ArmBackend
-from .driver import IGNORED_REASONS, ArmDriver, DriverSettings, DriverStatus
+from .driver import IGNORED_REASONS, SIGNATURE_REASONS, ArmDriver, DriverSettings, DriverStatus
 from .safety import FrameMapping, SafetyLimits, TargetPlanner
 from .smoothing import MotionLimits
 
@@ -105,6 +115,11 @@ class DriverConfig:
     sim_rate_hz: float = config_field(500.0, "dry run: SimulatedArm stepping rate")
     sim_latency_s: float = config_field(0.005, "dry run: SimulatedArm command latency")
     frame_id: str = config_field("base_link", "frame of the EE state (the arm base)")
+    require_signed: str = config_field("auto", "accept only signed action chunks: auto (required in robot network mode), "
+                                               "true, false (the operator's explicit opt-out)")
+    key_file: str = config_field("", "signing key file accepted for action chunks (gf-keys create); needed when signing is required")
+    signature_max_age_s: float = config_field(DEFAULT_MAX_AGE_S, "refuse signed chunks stamped further than this from this "
+                                                                 "computer's clock (s; clocks must be synchronised)")
 
 
 MOVEP_MAX_PERIOD = 0.01  # s; movep_canfd high-follow mode needs a set-point at least this often
@@ -163,6 +178,17 @@ def build_arm(cfg: DriverConfig) -> ArmBackend:
     )
 
 
+def build_verifier(cfg: DriverConfig, network: str) -> ChunkVerifier | None:
+    """The signature check the parameters ask for (None: off); ``ValueError`` when it cannot be built."""
+    if not signing_required(cfg.require_signed, network):
+        return None
+    if not cfg.key_file:
+        raise ValueError(f"signed action chunks are required ({network} network, require_signed={cfg.require_signed}) but "
+                         "no key_file is given: create one with `gf-keys create FILE` and pass key_file:=FILE, or opt out "
+                         "explicitly with require_signed:=false")
+    return ChunkVerifier([load_key(cfg.key_file)], max_age_s=cfg.signature_max_age_s)
+
+
 def diagnostic_status(status: DriverStatus, hardware_id: str) -> DiagnosticStatus:
     """The driver's health as one ``DiagnosticStatus``."""
     if status.controller_error:
@@ -173,11 +199,19 @@ def diagnostic_status(status: DriverStatus, hardware_id: str) -> DiagnosticStatu
         level, message = DiagnosticStatus.WARN, "emergency stop latched"
     else:
         level, message = DiagnosticStatus.OK, "streaming" if status.motion_active else "ready"
+    refused = sum(status.signature_rejections.values())
+    if refused:
+        # Someone without the key is publishing commands: worth the operator's attention.
+        level = max(level, DiagnosticStatus.WARN)
+        message += f"; {refused} unauthenticated action chunks refused"
     values = {
         "connected": status.connected, "emergency_stopped": status.emergency_stopped,
         "controller_error": status.controller_error, "controller_errors": "; ".join(status.controller_errors),
         "controller_errors_now": "; ".join(status.controller_errors_now), "state_age_s": status.state_age_s,
         "setpoints_sent": status.setpoints_sent, "last_error": status.last_error,
+        "signed_commands": "required" if status.signed_commands_required else "not required",
+        "signature_rejections": json.dumps(status.signature_rejections, sort_keys=True),
+        "last_signature_rejection": status.last_signature_rejection,
     }
     return DiagnosticStatus(level=level, name="realman_driver: arm", message=message[:500], hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
@@ -199,8 +233,10 @@ class DriverNode(Node):
             motion_limits=build_motion_limits(cfg), home_safe_z=cfg.home_safe_z,
         )
         logger = self.get_logger()
+        verifier = build_verifier(cfg, os.environ.get("GF_NETWORK", "loopback"))
+        self._refusals = SummarisedWarnings(logger, period_s=5.0)
         self.driver = ArmDriver(arm, planner, watchdog_timeout=cfg.watchdog_timeout_s, gripper_force=cfg.gripper_force,
-                                settings=settings, on_event=self._log)
+                                settings=settings, on_event=self._log, verifier=verifier)
         self.pub_joints = self.create_publisher(JointState, names.JOINT_STATES, reliable_qos())
         self.pub_ee = self.create_publisher(EeState, names.EE_STATE, reliable_qos())
         self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
@@ -225,7 +261,8 @@ class DriverNode(Node):
         logger.info(
             f"realman driver up ({what}); streaming every {cfg.stream_period_s * 1000:g} ms, watchdog "
             f"{cfg.watchdog_timeout_s:g} s, workspace {cfg.workspace_min}..{cfg.workspace_max} m, floor z {cfg.floor_z} m, "
-            f"trial gating {'on' if cfg.trial_gating else 'off'}"
+            f"trial gating {'on' if cfg.trial_gating else 'off'}, "
+            + (f"signed chunks required (keys {', '.join(verifier.keys)})" if verifier else "signed chunks not required")
         )
 
     def _log(self, level: str, text: str) -> None:
@@ -253,8 +290,15 @@ class DriverNode(Node):
             self.driver.submit(
                 trial_id=msg.trial_id, step_index=msg.step_index, horizon=msg.horizon, execute_steps=msg.execute_steps,
                 action_dim=msg.action_dim, action_space=msg.action_space, data=msg.data,
+                stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id, key_id=msg.key_id,
+                sequence=msg.sequence, signature=bytes(msg.signature),
             )
         except ChunkRejected as exc:
+            if exc.reason in SIGNATURE_REASONS:
+                # An intruder can send thousands per second: one line per kind, then summaries.
+                # The status timer reports them; publishing per chunk would let the flood through too.
+                self._refusals.warn(exc.reason, f"refused unauthenticated action chunk: {exc}")
+                return
             if exc.reason in IGNORED_REASONS:
                 self.get_logger().debug(f"ignored action chunk: {exc}", throttle_duration_sec=2.0)
             else:

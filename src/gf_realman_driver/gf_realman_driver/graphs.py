@@ -10,6 +10,11 @@ Arguments left empty take their value from the packaged parameter files (``confi
 ``config/camera.yaml``), so ``gf-launch robot arm_ip:=10.0.0.5`` overrides one value without
 copying the file. ``network:=robot`` selects normal DDS discovery on the robot network (camera,
 driver and policy on different computers); the default keeps everything on this machine.
+
+Signed commands (gf_bringup.signing): ``key_file:=FILE`` makes the policy (or the calibration
+jogger) sign every chunk and the driver accept that key; ``require_signed`` (``auto``: required on
+the robot network) decides whether the driver refuses unsigned chunks. On the robot network
+without a key file the driver refuses to start unless ``require_signed:=false`` is given.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from functools import lru_cache
 import yaml
 
 from gf_bringup import names
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.graphs import Arg, Graph, NodeSpec, _typed, params_file_key
 
 PACKAGE = "gf_realman_driver"
@@ -77,7 +83,14 @@ DRIVER = NodeSpec(
     package=PACKAGE, executable="gf-realman-driver", name="realman_driver",
     node_class="gf_realman_driver.driver_node:DriverNode", config_class="gf_realman_driver.driver_node:DriverConfig",
     params_file="config/rm75.yaml",
-    parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "true"},
+    parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "true",
+                "key_file": "{key_file}", "require_signed": "{require_signed}"},
+)
+
+SIGNING_ARGS = (
+    Arg("key_file", "", "signing key file (gf-keys create): the policy signs action chunks with it, the driver accepts it"),
+    Arg("require_signed", "auto", "driver accepts only signed chunks: auto (on the robot network), true, or false "
+                                  "(explicit opt-out on the robot network)"),
 )
 
 ROBOT = Graph(
@@ -91,7 +104,7 @@ ROBOT = Graph(
         Arg("trials", "30", "number of Touch trials"),
         Arg("first_index", "0", "index of the first trial"),
         Arg("seed", "0", "base seed (Touch trial i shows the emojis and target of Val trial i)"),
-        Arg("split", "gf-default-v1", "emoji split (shipped name or path to a split file)"),
+        Arg("split", DEFAULT_SPLIT, "emoji split (shipped name or path to a split file)"),
         Arg("layout", "", f"Touch layout YAML from gf-calibrate ('' = {DEFAULT_LAYOUT}, or the packaged dry-run layout)"),
         Arg("output_dir", "", "results directory ('' = outputs/touch_eval/<policy>); an existing one is resumed"),
         Arg("arm_ip", "", "controller address ('' = the one in config/rm75.yaml)"),
@@ -103,6 +116,7 @@ ROBOT = Graph(
         Arg("auto_confirm", "false", "true: no operator (confirm set-ups, accept automatic scores): dry runs only"),
         Arg("console", "auto", "operator keys on the eval node's terminal: auto, stdin, disabled (gf-touch-operator works in any case)"),
         Arg("network", "loopback", "DDS network: loopback (nothing leaves the machine) or robot (multi-computer set-ups)"),
+        *SIGNING_ARGS,
     ),
     nodes=(
         DRIVER,
@@ -115,7 +129,8 @@ ROBOT = Graph(
             package="gf_policy", executable="gf-policy", name="policy",
             node_class="gf_policy.policy_node:PolicyNode", config_class="gf_policy.policy_node:PolicyNodeConfig",
             params_file="config/policy.yaml",
-            parameters={"backend": "{policy}", "backend_args": "{backend_args}", "trigger": "stream", "stream_rate_hz": "{stream_rate}"},
+            parameters={"backend": "{policy}", "backend_args": "{backend_args}", "trigger": "stream", "stream_rate_hz": "{stream_rate}",
+                        "key_file": "{key_file}"},
         ),
         NodeSpec(
             package="gf_eval", executable="gf-touch-eval", name="touch_eval",
@@ -144,19 +159,22 @@ ROBOT_CALIBRATE = Graph(
         Arg("card_size", "0.14", "printed card edge (m)"),
         Arg("touch_height", "0.04", "a close counts as a touch up to this far above the recorded card height (m)"),
         Arg("network", "loopback", "DDS network: loopback or robot"),
+        *SIGNING_ARGS,
     ),
     nodes=(
         NodeSpec(
             package=DRIVER.package, executable=DRIVER.executable, name=DRIVER.name, node_class=DRIVER.node_class,
             config_class=DRIVER.config_class, params_file=DRIVER.params_file,
-            parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "false"},
+            parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "false",
+                        "key_file": "{key_file}", "require_signed": "{require_signed}"},
         ),
         NodeSpec(
             package=PACKAGE, executable="gf-calibrate", name="calibrate",
             node_class="gf_realman_driver.calibrate_node:CalibrateNode",
             config_class="gf_realman_driver.calibrate_node:CalibrateConfig",
             params_file="config/calibrate.yaml", required=True,
-            parameters={"output": "{output}", "card_size": "{card_size}", "touch_height": "{touch_height}"},
+            parameters={"output": "{output}", "card_size": "{card_size}", "touch_height": "{touch_height}",
+                        "key_file": "{key_file}"},
         ),
     ),
     derive=_arm_defaults,

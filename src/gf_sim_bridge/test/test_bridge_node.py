@@ -123,3 +123,21 @@ def test_a_valid_chunk_after_rejections_still_runs(harness):
     harness.wait(lambda s: s.step == before.step + 1)
     assert harness.status.chunks_executed == before.chunks_executed + 1
     assert harness.status.chunks_rejected == before.chunks_rejected
+
+
+def test_ctrl_c_while_the_simulator_is_still_loading_stops_the_node_at_once_and_quietly():
+    """A graph stopped right after it started: the bridge is still building its scene."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "gf-sim-bridge")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    time.sleep(1.5)  # rclpy is up, the ManiSkill scene is being built
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "sim bridge ready" not in output, output[-3000:]

@@ -208,22 +208,26 @@ def stamp_ns(stamp) -> int:
 
 
 def read_messages(bag: str | Path, topics: tuple[str, ...] | None = None):
-    """Yield (topic, receive time ns, deserialised message) of a bag in time order."""
+    """Yield (topic, receive time ns, deserialised message) of a bag in time order.
+
+    Messages are decoded with the definitions the bag embeds (``bagtypes.BagTypes``), so a bag
+    written before a message gained fields reads as it was written.
+    """
     from rosbags.rosbag2 import Reader
 
-    from gf_teleop.bagtypes import typestore
+    from gf_teleop.bagtypes import BagTypes
 
-    store = typestore()
     try:
         reader = Reader(Path(bag))
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types; name the bag
         raise EpisodeError(f"{bag}: not a readable rosbag2 bag ({type(exc).__name__}: {exc})") from exc
     with reader:
+        types = BagTypes(reader.connections)
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if not conns:
             return  # rosbags reads every topic when given no connections
         for conn, t, raw in reader.messages(connections=conns):
-            yield conn.topic, t, store.deserialize_cdr(raw, conn.msgtype)
+            yield conn.topic, t, types.deserialize(raw, conn.msgtype)
 
 
 def bag_custom_data(bag: str | Path) -> dict[str, str]:

@@ -24,6 +24,7 @@ from rclpy.node import Node
 
 from gf_bringup import names
 from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
+from gf_bringup.signing import load_signer, sign_message
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_interfaces.msg import ActionChunk, EpisodeStatus, Trial
 from gf_teleop.devices import (
@@ -53,6 +54,8 @@ class TeleopNodeConfig:
     key_hold_s: float = config_field(0.25, "keyboard: an axis moves this long after its key's last press (auto-repeat keeps it alive)")
     recorder: str = config_field("recorder", "node name of the episode recorder whose ~/control the record keys call (relative: same namespace)")
     frame_id: str = config_field("base_link", "frame of the action deltas")
+    key_file: str = config_field("", "sign every action chunk with this key file (gf-keys create; '' = unsigned), "
+                                     "for a driver that requires signed chunks")
     status_line: bool = config_field(True, "print a live status line to the terminal")
 
 
@@ -68,6 +71,7 @@ class TeleopNode(Node):
         elif self.cfg.device == "gamepad" and self.cfg.device_path:
             kwargs["path"] = self.cfg.device_path
         self.device = open_device(self.cfg.device, **kwargs)
+        self.signer = load_signer(self.cfg.key_file)
         self.state = TeleopState(max_translation_m=self.cfg.max_translation_m, max_rotation_rad=self.cfg.max_rotation_rad,
                                  speed=self.cfg.speed, gripper_closed_value=self.cfg.gripper_closed)
         self.trial_id = ""
@@ -148,6 +152,8 @@ class TeleopNode(Node):
         msg.action_dim = EE_DELTA_POSE.dim
         msg.action_space = EE_DELTA_POSE.name
         msg.data = array.array("f", action.tobytes())
+        if self.signer is not None:
+            sign_message(self.signer, msg)
         self.pub.publish(msg)
         self.published += 1
 
