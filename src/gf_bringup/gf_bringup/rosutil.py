@@ -267,6 +267,7 @@ def run_node(
         if rclpy.ok() and (node is None or node.context.ok()):
             raise  # a real failure; anything after a stop request is part of stopping
     finally:
+        _stopping()
         if node is not None:
             close = getattr(node, "close", None) or (lambda: None)
             if node.context.ok():
@@ -278,4 +279,20 @@ def run_node(
                 node.destroy_node()
                 close()
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown put back the handler it replaced
     return int(getattr(node, "exit_code", 0))
+
+
+def _stopping() -> None:
+    """Signal handling once a node is stopping.
+
+    ``ros2 launch`` sends SIGINT to every node when one required node ends, often while the node
+    already stops on the user's Ctrl-C; a second SIGINT that lands during interpreter shutdown
+    (when Python has put back the default action) would kill the node as "exit code -2" after a
+    clean stop. A node that hangs while stopping is ended by launch's SIGTERM; it then prints
+    where each thread was, which is what its log needs to show.
+    """
+    import faulthandler
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)

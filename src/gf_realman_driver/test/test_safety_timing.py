@@ -270,8 +270,11 @@ def test_a_slow_reply_never_holds_up_a_setpoint(fake):
         wait_for(lambda: not driver.status().motion_active, timeout=10.0, what="the end of the motion")
         arrivals = np.asarray([t for t in fake.arrivals("movep_canfd") if t >= start])
         slow = [t for t in fake.arrivals("get_gripper_state") + fake.arrivals("set_gripper_pick") if t >= start]
-        assert arrivals.size >= 100 and slow  # 1.5 s of set-points while slow replies were outstanding
-        # Every slow reply kept its caller waiting 0.3 s; the set-point stream never waited for one.
+        assert slow
+        # Every slow reply kept its caller waiting 0.3 s; the set-point stream went on meanwhile
+        # (about 30 set-points per wait at 10 ms; fewer on a loaded machine, never none).
+        during = [int(np.count_nonzero((arrivals > t) & (arrivals < t + 0.3))) for t in slow if arrivals[0] < t < arrivals[-1] - 0.3]
+        assert during and min(during) >= 5, during
         assert np.max(np.diff(arrivals)) < 0.3, np.max(np.diff(arrivals))
     finally:
         driver.shutdown()

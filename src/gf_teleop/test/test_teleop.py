@@ -121,10 +121,11 @@ def test_keyboard_teleop_drives_the_simulated_arm(tmp_path, fresh_domain, helper
     from gf_teleop import episodes as ep
 
     demos = tmp_path / "teleop"
+    graph_log = tmp_path / "graph.log"
     graph = subprocess.Popen(
-        [helpers.exe("gf-launch"), "teleop_sim", "trials:=1", f"demo_dir:={demos}", "image_size:=64",
+        [helpers.exe("gf-launch"), "teleop_sim", "trials:=1", "max_steps:=200", f"demo_dir:={demos}", "image_size:=64",
          f"output_dir:={tmp_path / 'eval'}", "operator:=pexpect"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=graph_log.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True)
     teleop = pexpect.spawn(helpers.exe("gf-teleop"), ["--ros-args", "-p", "speed:=0.25", "-p", "key_hold_s:=0.2"],
                            env=dict(os.environ), encoding="utf-8", timeout=120, dimensions=(40, 200))
     try:
@@ -141,6 +142,9 @@ def test_keyboard_teleop_drives_the_simulated_arm(tmp_path, fresh_domain, helper
         teleop.send("q")
         teleop.expect(pexpect.EOF, timeout=20)
         assert graph.wait(timeout=60) == 0
+    except (pexpect.TIMEOUT, pexpect.EOF, AssertionError) as exc:
+        helpers.stop_process(graph)
+        raise AssertionError(f"{exc}\n--- teleop screen ---\n{teleop.before}\n--- graph ---\n{graph_log.read_text()[-4000:]}") from None
     finally:
         teleop.terminate(force=True)
         helpers.stop_process(graph)
