@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from gf_bringup.runtime import console_script
 from gf_training.config import load_config
 
 TECHNIQUES = ("baseline", "vlm", "cotrain", "discrete", "latent")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, cmd in enumerate(cmds, 1):
         print(f"[gf-fig3] {r.name} step {i}/{len(cmds)}: {shlex.join(cmd)}", flush=True)
         if not args.dry_run:
-            done = subprocess.run(cmd)
+            done = subprocess.run([console_script(cmd[0]), *cmd[1:]])
             if done.returncode:
                 print(f"[gf-fig3] step {i} failed (exit {done.returncode}); run the same command again to resume",
                       file=sys.stderr)

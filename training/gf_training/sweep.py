@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from gf_bringup.runtime import console_script
 from gf_eval.results import ResultsFile
 from gf_eval.scoring import CHANCE_RECOGNITION, ProtocolSummary, Rate, summarize
 from gf_eval.shards import PLANNED_ARGS, ShardError, add_ray_argument, merge_results, plan_shards, run_shards
@@ -88,12 +89,6 @@ def is_complete(records: list[dict], trials: int, protocols: Sequence[str]) -> b
     return all(len(per.get(p, ())) >= trials for p in protocols)
 
 
-def default_gf_launch() -> str:
-    """gf-launch of this Python environment (a venv's bin need not be on PATH), else from PATH."""
-    beside = Path(sys.executable).parent / "gf-launch"
-    return str(beside) if beside.exists() else "gf-launch"
-
-
 class SimEvaluator:
     """Evaluates a checkpoint with ``gf-launch sim_eval policy:=vla`` (a subprocess)."""
 
@@ -104,7 +99,7 @@ class SimEvaluator:
         self.protocols = tuple(protocols)
         self.launch_args = list(launch_args)
         self.backend_args = dict(backend_args or {})
-        self.gf_launch = gf_launch or default_gf_launch()
+        self.gf_launch = gf_launch or console_script("gf-launch")
         self.timeout_s = timeout_s
 
     def command(self, checkpoint: Path, output_dir: Path) -> list[str]:

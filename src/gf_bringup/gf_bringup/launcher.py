@@ -25,7 +25,7 @@ import yaml
 
 from gf_bringup.domains import free_domains_subprocess
 from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object, params_file_key
-from gf_bringup.runtime import configure_environment, package_file, random_domain_id
+from gf_bringup.runtime import configure_environment, console_script, package_file, random_domain_id
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -57,7 +57,7 @@ def node_ros_args(graph: Graph, node: NodeSpec, values: dict[str, str], workdir:
 def companion_command(graph: Graph, values: dict[str, str]) -> str:
     """The command that joins a running graph from another terminal: same domain and network,
     same namespace (a graph started here is on a ROS domain of its own)."""
-    exe = Path(sys.executable).parent / graph.companion
+    exe = console_script(graph.companion)
     env = f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}"
     if os.environ.get("GF_NETWORK", "loopback") != "loopback":
         env += f" GF_NETWORK={os.environ['GF_NETWORK']}"

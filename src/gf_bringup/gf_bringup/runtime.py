@@ -134,3 +134,10 @@ def package_file(package: str, relative: str) -> Path:
     if not shared.exists():
         raise FileNotFoundError(f"{package} has no {relative} (looked in {source} and {shared})")
     return shared
+
+
+def console_script(name: str) -> str:
+    """A console script of the workspace (``gf-launch``, ``gf-train``...): the one installed beside
+    this Python interpreter (a venv's bin need not be on PATH), else the name for PATH to find."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name

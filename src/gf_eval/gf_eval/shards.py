@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gf_bringup.runtime import console_script
 from gf_eval.results import RESULTS_FILE, RUN_FILE, ResultsFile, TrialRecord
 
 SHARDS_DIR = "shards"
@@ -95,12 +96,6 @@ def plan_shards(output_dir: str | Path, launch_args: Sequence[str], protocols: S
             raise ValueError(f"{arg!r}: {', '.join(PLANNED_ARGS)} are set by the shard plan")
     return [Shard(Path(output_dir), p, start, min(shard_trials, first_index + trials - start), tuple(launch_args))
             for p in protocols for start in range(first_index, first_index + trials, shard_trials)]
-
-
-def default_gf_launch() -> str:
-    """gf-launch of this Python environment (a venv's bin need not be on PATH), else from PATH."""
-    beside = Path(sys.executable).parent / "gf-launch"
-    return str(beside) if beside.exists() else "gf-launch"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +161,7 @@ def shard_records(shard: Shard) -> list[dict]:
 def run_shard(shard: Shard, gf_launch: str | None = None, report: Callable[[int], None] | None = None,
               timeout_s: float | None = None) -> list[dict]:
     """Evaluate the shard (resuming what it already holds); returns its records."""
-    gf_launch = gf_launch or default_gf_launch()
+    gf_launch = gf_launch or console_script("gf-launch")
     shard.directory.mkdir(parents=True, exist_ok=True)
     # The graph inherits both locks: they outlive this process while the graph still runs.
     with _locked(shard.directory / LOCK_FILE) as shard_lock, claimed_ros_domain() as (domain, domain_lock):

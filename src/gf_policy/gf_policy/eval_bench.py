@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gf_bringup import names
+from gf_bringup.runtime import console_script
 
 
 def direct_loop(trials: int, protocol: str = "Val", first_index: int = 0) -> tuple[float, float]:
@@ -60,7 +60,7 @@ def ros_graph(trials: int, protocol: str = "Val", first_index: int = 0) -> tuple
         out = Path(tmp) / "eval"
         start = time.perf_counter()
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "gf-launch"), "sim_eval", "policy:=oracle", f"trials:={trials}",
+            [console_script("gf-launch"), "sim_eval", "policy:=oracle", f"trials:={trials}",
              f"protocols:=[{protocol}]", f"first_index:={first_index}", f"output_dir:={out}"], capture_output=True, text=True,
         )
         total = time.perf_counter() - start
@@ -100,7 +100,7 @@ def image_latency(samples: int, image_size: int) -> tuple[np.ndarray, float]:
     session.close()
     in_process_ms = 1000 * float(np.median(costs))
 
-    bridge = subprocess.Popen([str(Path(sys.executable).parent / "gf-sim-bridge"), "--ros-args", "-p", "render:=always",
+    bridge = subprocess.Popen([console_script("gf-sim-bridge"), "--ros-args", "-p", "render:=always",
                                "-p", f"image_size:={image_size}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     context = rclpy.Context()
     rclpy.init(context=context)

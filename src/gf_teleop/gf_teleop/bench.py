@@ -18,13 +18,13 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gf_bringup.runtime import console_script
 from gf_teleop import episodes as ep
 
 TOPICS = [ep.IMAGE, ep.JOINT_STATES, ep.EE_STATE]
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gf-bench record: {args.width}x{args.height} rgb8 ({mb:.2f} MB/frame), ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
           f"profile {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '?')}", flush=True)
     ref = writer_alone(args.writer_frames, args.width, args.height, work / "writer")
-    exe = shutil.which("gf-recorder") or str(Path(sys.executable).parent / "gf-recorder")
+    exe = console_script("gf-recorder")
     demo_dir = work / "recorder"
     cmd = [exe, "--ros-args", "-p", f"output_dir:={demo_dir}", "-p", "mode:=manual", "-p", "autostart:=false",
            "-p", "source:=bench", "-p", f"topics:=[{', '.join(TOPICS)}]"]

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gf_bringup.constants import DEFAULT_SPLIT
+from gf_bringup.runtime import console_script
 from gf_eval.scoring import SIM_END_REASONS
 from gf_eval.trials import make_trial
 from gf_teleop import episodes as ep
@@ -140,7 +141,7 @@ def check_config(out: Path, config: GenerationConfig, force: bool = False) -> No
 
 
 def _launch_command(config: GenerationConfig, first: int, count: int, eval_dir: Path) -> list[str]:
-    exe = shutil.which("gf-launch") or str(Path(sys.executable).parent / "gf-launch")
+    exe = console_script("gf-launch")
     args = {
         "policy": config.policy, "backend_args": config.backend_args, "protocols": f"[{config.protocol}]",
         "trials": str(count), "first_index": str(first), "seed": str(config.base_seed), "split": config.split_file,
