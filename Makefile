@@ -4,7 +4,7 @@ ARGS ?=
 TRIALS ?= 20
 OUT ?= outputs/baselines
 
-.PHONY: setup eval test test-fast lint lock clean
+.PHONY: setup eval test test-fast lint lock clean mini
 
 setup:            ## install system packages, .venv, ROS 2 wheels, gf_interfaces, workspace packages
 	scripts/setup.sh
@@ -13,6 +13,9 @@ eval: setup       ## the main job: simulated GrinningFace evaluation of the orac
 	$(VENV)/bin/gf-launch sim_eval policy:=oracle trials:=$(TRIALS) output_dir:=$(OUT)/oracle $(ARGS)
 	$(VENV)/bin/gf-launch sim_eval policy:=chance trials:=$(TRIALS) output_dir:=$(OUT)/chance $(ARGS)
 	$(VENV)/bin/gf-report compare $(OUT)/oracle $(OUT)/chance --plot $(OUT)/comparison.png
+
+mini: setup       ## a learned policy end to end on a CPU: demos -> training -> sweep -> 4-protocol evaluation -> report
+	$(VENV)/bin/gf-mini run baseline $(ARGS)
 
 test: setup       ## every test, end-to-end ones included
 	scripts/test.sh $(ARGS)

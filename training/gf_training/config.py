@@ -39,7 +39,9 @@ class ModelSection:
     """Where the weights come from. ``init``:
 
     * ``tiny``: ``VLAConfig.tiny(**config)``, random weights (tests, smoke runs);
-    * ``config``: ``VLAConfig(**config)``, random weights (pi0 sizes by default);
+    * ``config``: ``VLAConfig(**config)``, random weights (pi0 sizes by default; the backbone may
+      be given compactly as ``vlm: {text: {...}, vision: {...}, image_token_id: N}``, see
+      ``gf_training.train.expand_backbone_sizes``);
     * ``paligemma``: a local Hugging Face PaliGemma directory (``path``) + a new action expert;
     * ``pi0``: a pi0 checkpoint (transformers or LeRobot layout) at ``path``;
     * ``checkpoint``: one of our checkpoints (e.g. a pre-training run's ``step_030000``).
@@ -73,6 +75,9 @@ class DataSection:
     lerobot_dirs: list[str] = field(default_factory=list)
     lerobot_mapping: str | None = None
     normalization: str = "quantile"  # quantile | mean_std (computed from the data) | checkpoint (the model's)
+    # Chunk steps past an episode's end: masked out of the loss (false), or trained as holding
+    # still (true; gf_training.data.hold_action) - see ChunkDataset.
+    hold_after_end: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.demo_dirs, str):

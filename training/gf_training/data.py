@@ -37,9 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from gf_eval.action_space import EE_DELTA_POSE
 from gf_policy.vla import NormStats, VLAProcessor
 from gf_policy.vla.normalization import stats_from_data
 
+GRIPPER_INDEX = EE_DELTA_POSE.names.index("gripper")
 CACHE_FORMAT = 1  # bump when the cached layout or decoding changes: old entries are rebuilt
 _FINGERPRINT_BYTES = 1 << 16
 
@@ -305,12 +307,26 @@ def compute_norm_stats(episodes: Sequence[EpisodeLike], kind: str = "quantile") 
     }
 
 
+def hold_action(last_action: np.ndarray) -> np.ndarray:
+    """The ``ee_delta_pose`` action that keeps the arm where it is: no translation or rotation,
+    the gripper as last commanded."""
+    hold = np.zeros_like(np.asarray(last_action, dtype=np.float32))
+    hold[GRIPPER_INDEX] = last_action[GRIPPER_INDEX]
+    return hold
+
+
 class ChunkDataset(Dataset):
     """One sample per episode step: the observation at t and the action chunk starting at t.
 
     Sample: ``image`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (proprio_dim,) and
     ``actions`` (H, action_dim) float32 normalised with ``norm_stats``, ``action_is_pad`` (H,) bool
     (True past the episode end; those rows repeat the last action and are left out of the loss).
+
+    ``hold_after_end``: rows past the end are instead ``hold_action`` of the last action and are
+    trained (``action_is_pad`` False). Demos end the moment the task is solved, so without it a
+    policy never sees what follows a release; in closed loop it keeps moving after placing the
+    cube, and the benchmark scores the state at the episode's last step, where a cube on a card
+    counts only if the arm is still (``gf_eval.scoring``).
     With ``latent_codes`` (one (T, n) int array per episode, ``gf_training.latent``) samples also
     carry ``latent_codes`` (n,), the latent-action targets of step t.
     """
@@ -321,6 +337,7 @@ class ChunkDataset(Dataset):
         action_horizon: int,
         norm_stats: dict[str, NormStats] | None = None,
         latent_codes: Sequence[np.ndarray] | None = None,
+        hold_after_end: bool = False,
     ):
         if action_horizon < 1:
             raise ValueError("action_horizon must be >= 1")
@@ -343,6 +360,11 @@ class ChunkDataset(Dataset):
                          for ep in self.episodes]
         self._actions = [self.norm_stats["actions"].normalize(np.asarray(ep.actions, np.float32)).astype(np.float32)
                          for ep in self.episodes]
+        self.hold_after_end = hold_after_end
+        self._after_end = [
+            self.norm_stats["actions"].normalize(hold_action(np.asarray(ep.actions[-1], np.float32))).astype(np.float32)
+            if hold_after_end else a[-1] for ep, a in zip(self.episodes, self._actions)
+        ]
 
     @classmethod
     def from_demo_dirs(
@@ -374,9 +396,9 @@ class ChunkDataset(Dataset):
         end = min(t + self.horizon, len(actions))
         chunk = np.empty((self.horizon, actions.shape[1]), dtype=np.float32)
         chunk[: end - t] = actions[t:end]
-        chunk[end - t :] = actions[-1]
+        chunk[end - t :] = self._after_end[e]
         is_pad = np.zeros(self.horizon, dtype=bool)
-        is_pad[end - t :] = True
+        is_pad[end - t :] = not self.hold_after_end
         sample = {
             "image": np.asarray(ep.images[t]),
             "instruction": ep.instruction,

@@ -13,6 +13,7 @@ Run directory (``output_dir``)::
     norm_stats.json       proprio/action statistics, computed once from the data
     tokenizer/            the tokenizer every checkpoint ships
     tensorboard/          loss, learning rate, gradient norm, throughput
+    metrics.jsonl         the same scalars, one JSON line per logging step
     checkpoints/step_005000/
         config.json model.safetensors norm_stats.json tokenizer files
                           -> inference-ready (LoRA merged): VLAInference / the `vla` backend load it
@@ -67,6 +68,8 @@ from gf_policy.vla import (
     VLAProcessor,
     train_tiny_tokenizer,
 )
+from gf_policy.vla.configuration import make_paligemma_dict
+from gf_policy.vla.local_files import local_dir
 from gf_policy.vla.normalization import load_norm_stats, save_norm_stats
 from gf_training.config import TrainConfig, dump_config, load_config
 from gf_training.data import (
@@ -91,6 +94,7 @@ TRAIN_STATE = "training_state.pt"
 TRAIN_WEIGHTS = "train_model.safetensors"
 TRAINER_STATE = "trainer_state.json"
 INFERENCE_WEIGHTS = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
 
 
 def checkpoint_name(step: int) -> str:
@@ -191,13 +195,32 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def expand_backbone_sizes(config: dict[str, Any]) -> dict[str, Any]:
+    """``model.config`` with a compact ``vlm: {text: {...}, vision: {...}, image_token_id: N}``
+    expanded into the full PaliGemma dictionary ``VLAConfig`` stores; other forms pass unchanged.
+
+    Small from-scratch backbones (the mini recipe) are easier to read and review as the handful
+    of sizes that define them than as the ~200 keys of a complete PaliGemma config.
+    """
+    vlm = config.get("vlm")
+    if not isinstance(vlm, dict) or not {"text", "vision"} <= set(vlm):
+        return config
+    unknown = set(vlm) - {"text", "vision", "image_token_id"}
+    if unknown:
+        raise ValueError(f"model.config.vlm: unknown keys {sorted(unknown)} (compact form: text, vision, image_token_id)")
+    text = {"model_type": "gemma", **vlm["text"]}
+    vision = {"model_type": "siglip_vision_model", "vision_use_head": False, **vlm["vision"]}
+    full = make_paligemma_dict(text=text, vision=vision, image_token_id=int(vlm.get("image_token_id", 4)))
+    return {**config, "vlm": full}
+
+
 def build_model(cfg: TrainConfig) -> PI0StyleVLA:
     """The initial model of a run (see ``ModelSection``)."""
     m = cfg.model
     if m.init == "tiny":
         return PI0StyleVLA.from_config(VLAConfig.tiny(**m.config))
     if m.init == "config":
-        return PI0StyleVLA.from_config(VLAConfig(**m.config))
+        return PI0StyleVLA.from_config(VLAConfig(**expand_backbone_sizes(m.config)))
     if m.init == "paligemma":
         return PI0StyleVLA.from_paligemma(m.path, cfg_overrides=m.config)
     if m.init == "pi0":
@@ -229,7 +252,7 @@ def build_processor(cfg: TrainConfig, config: VLAConfig, instructions: list[str]
             size = int(config.text_config["vocab_size"]) - config.reserved_vocab_size
             train_tiny_tokenizer(sorted(set(instructions)), size, tok_dir)
         else:
-            AutoTokenizer.from_pretrained(source).save_pretrained(str(tok_dir))
+            AutoTokenizer.from_pretrained(str(local_dir(source, "model.tokenizer / model.path"))).save_pretrained(str(tok_dir))
     info.barrier()
     processor = VLAProcessor.from_pretrained(tok_dir, config)
     vocab = int(config.text_config["vocab_size"])
@@ -361,7 +384,8 @@ class Trainer:
             self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size)
             texts += self.vl_dataset.texts()
         self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
-        self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes)
+        self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes,
+                                    hold_after_end=cfg.data.hold_after_end)
         # Co-training splits every micro-batch: round(ratio x micro) VL samples, the rest actions.
         self.vl_micro = round(cfg.train.micro_batch_size * cfg.cotrain.ratio) if self.vl_dataset is not None else 0
         self.vla_micro = cfg.train.micro_batch_size - self.vl_micro
@@ -629,6 +653,11 @@ class Trainer:
                                          config=self.cfg.to_dict(), resume="allow")
 
     def _log(self, values: dict[str, float]) -> None:
+        if self.info.is_main:
+            # Plain-text twin of the TensorBoard scalars: reports (gf-mini's loss curve) read it
+            # without TensorBoard's reader. A resumed run appends; readers keep a step's last line.
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **{k: float(v) for k, v in values.items()}}) + "\n")
         if self._writer is not None:
             for k, v in values.items():
                 self._writer.add_scalar(k, v, self.step)

@@ -73,6 +73,21 @@ def test_windows_pad_at_episode_end():
         ds[8]
 
 
+def test_steps_after_the_end_can_be_trained_as_holding_still():
+    ep = ramp_episode(5)
+    ep.actions[-1, 6] = 0.5  # the gripper as last commanded
+    wide = NormStats(q01=np.full(7, -200.0), q99=np.full(7, 200.0))
+    ds = ChunkDataset([ep], action_horizon=4, norm_stats={"proprio": wide, "actions": wide}, hold_after_end=True)
+    s = ds[3]
+    assert not s["action_is_pad"].any()  # in the loss
+    actions = ds.norm_stats["actions"].unnormalize(s["actions"])
+    assert np.allclose(actions[0, :6], 3, atol=1e-3) and np.allclose(actions[1, :6], 4, atol=1e-3)
+    assert np.allclose(actions[2:, :6], 0, atol=1e-3) and np.allclose(actions[2:, 6], 0.5, atol=1e-3)
+    # The default keeps masking them (pi0's padding).
+    masked = ChunkDataset([ep], action_horizon=4, norm_stats={"proprio": wide, "actions": wide})
+    assert masked[3]["action_is_pad"].tolist() == [False, False, True, True]
+
+
 def test_norm_stats_computed_from_all_steps():
     eps = [ramp_episode(50), ramp_episode(50, offset=50.0)]
     stats = compute_norm_stats(eps)

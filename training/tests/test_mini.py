@@ -1,0 +1,131 @@
+"""The mini recipe (gf-mini): its model config, the stages (dry run, skipping finished work,
+failures), the training metrics file and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from gf_eval.results import RESULTS_FILE
+from gf_training import mini
+from gf_training.config import load_config
+from gf_training.train import METRICS_FILE, build_model, expand_backbone_sizes, train
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+def make_plan(tmp_path, **sizes) -> mini.Plan:
+    values = {"demo_episodes": 3, "sweep_trials": 2, "eval_trials": 2, **sizes}
+    return mini.Plan(mini.RECIPES["baseline"], tmp_path, **values)
+
+
+def write_manifest(demo_dir, entries) -> None:
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    (demo_dir / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def test_mini_config_builds_the_small_model_it_describes():
+    cfg = load_config("mini/baseline.yaml")
+    model = build_model(cfg)
+    vc = model.config
+    assert vc.image_size == 96 and vc.tokens_per_image == 64
+    assert vc.text_config["hidden_size"] == 128 and vc.vision_config["num_hidden_layers"] == 3
+    assert (vc.action_horizon, vc.execution_horizon) == (10, 5)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 3e6
+    with pytest.raises(ValueError, match="unknown keys"):
+        expand_backbone_sizes({"vlm": {"text": {}, "vision": {}, "hidden": 3}})
+    full = {"vlm": vc.vlm}  # the complete form passes through unchanged
+    assert expand_backbone_sizes(full) is full
+
+
+def test_training_writes_a_metrics_line_per_logging_step(tmp_path):
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "logging.progress=false",
+                               "logging.tensorboard=false", "train.steps=10", "train.log_every=5",
+                               "train.save_steps=[]"])
+    train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [entry["step"] for entry in lines] == [5, 10]
+    assert all(entry["train/loss"] > 0 for entry in lines)
+    # A resumed run appends: the reader keeps the last line of a step.
+    with open(tmp_path / "run" / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": 5, "train/loss": 0.125}) + "\n")
+    metrics = mini.read_metrics(tmp_path / "run")
+    assert [m["step"] for m in metrics] == [5, 10] and metrics[0]["train/loss"] == 0.125
+
+
+def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    assert mini.main(["run", "baseline", "--dry-run", "--root", str(tmp_path), "--episodes", "7"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[gf-mini]")]
+    assert [line.split()[2] for line in lines] == list(mini.STAGES)
+    assert "--episodes 7" in lines[0] and "gf-train mini/baseline.yaml" in lines[1]
+    assert "--protocols Val" in lines[2] and "protocols:=[ID,Train,Val,Hard]" in lines[3]
+    assert not any(tmp_path.iterdir())
+
+
+def test_finished_stages_are_skipped_and_a_failure_stops_the_recipe(tmp_path, monkeypatch):
+    plan = make_plan(tmp_path)
+    ok = {"complete": True, "success": True}
+    write_manifest(plan.demo_dir, [ok, ok, {"complete": True, "success": False}])
+    calls = []
+
+    def fake_run(cmd, check=False):
+        calls.append(cmd)
+        return type("Done", (), {"returncode": 3})()
+
+    monkeypatch.setattr(mini.subprocess, "run", fake_run)
+    messages: list[str] = []
+    # Two usable demos of three: generation runs (and fails here), training is never reached.
+    assert mini.run(plan, only=["demos", "train"], say=messages.append) == 3
+    assert len(calls) == 1 and calls[0][1:3] == ["generate", "--split"]
+    write_manifest(plan.demo_dir, [ok, ok, ok])
+    calls.clear()
+    assert mini.run(plan, only=["demos", "train"], say=messages.append) == 3
+    assert any("demos: finished earlier, skipped" in m for m in messages)
+    assert len(calls) == 1 and "mini/baseline.yaml" in calls[0]
+
+
+def test_the_eval_uses_the_sweeps_best_checkpoint(tmp_path):
+    plan = make_plan(tmp_path)
+    assert mini.chosen_checkpoint(plan) is None
+    sweep = mini.sweep_file(plan)
+    sweep.parent.mkdir(parents=True)
+    sweep.write_text(json.dumps({"best": {"step": 2000, "checkpoint": "runs/x/checkpoints/step_002000"},
+                                 "checkpoints": []}))
+    assert str(mini.chosen_checkpoint(plan)) == "runs/x/checkpoints/step_002000"
+    cmd = mini.eval_command(plan, mini.chosen_checkpoint(plan))
+    best = Path.cwd() / "runs/x/checkpoints/step_002000"  # made absolute
+    assert f"backend_args:={{checkpoint: {best}, num_threads: 1}}" in cmd and f"checkpoint:={best}" in cmd
+    no_sweep = make_plan(tmp_path, sweep_trials=0)
+    assert mini.chosen_checkpoint(no_sweep) == mini.final_checkpoint(no_sweep)
+
+
+def _record(protocol: str, index: int, placed: int, target: int) -> dict:
+    return {"trial_id": f"{protocol}-{index:04d}", "protocol": protocol, "index": index, "seed": index,
+            "base_seed": 0, "instruction": "Pick the cube and place it on deer.", "emoji_ids": ["a", "b", "c"],
+            "target_index": target, "target_emoji_id": "abc"[target], "placed_card": placed,
+            "executed": placed >= 0, "recognised": placed == target, "success": placed == target,
+            "upstream_success": placed == target, "end_reason": "success" if placed >= 0 else "timeout",
+            "steps": 50, "wall_time": 1.0}
+
+
+def test_report_has_the_table_the_loss_curve_and_the_wall_times(tmp_path):
+    plan = make_plan(tmp_path)
+    plan.eval_dir.mkdir(parents=True)
+    records = [_record(p, i, placed, 0) for p in mini.EVAL_PROTOCOLS for i, placed in enumerate((0, 1, -1, 0))]
+    (plan.eval_dir / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (plan.run_dir / METRICS_FILE).write_text("".join(
+        json.dumps({"step": s, "train/loss": 1.0 / s, "train/steps_per_s": 2.0}) + "\n" for s in (25, 50)))
+    mini._record_stage(plan, "train", 125.0, skipped=False)
+    mini._record_stage(plan, "train", 0.0, skipped=True)  # a later skip keeps the measured time
+    files = mini.write_report(plan)
+    text = files["summary"].read_text()
+    assert "| ID | 4 |  75.0% [30-95] |" in text and "| Hard | 4 |" in text  # 3 of 4 executed, Wilson interval
+    assert "| train | 0:02:05 |" in text and "step 50, loss 0.0200" in text
+    assert files["loss"].stat().st_size > 0
