@@ -245,11 +245,16 @@ class GrinningFaceEnv(BaseEnv):
     def proprio(self) -> np.ndarray:
         """The 7-D proprio: TCP xyz in the robot base frame, roll/pitch/yaw, opening / 0.08.
 
-        Upstream fed SAPIEN's (w, x, y, z) quaternion to a reader expecting (x, y, z, w); here the
-        Euler angles are those of the actual orientation (extrinsic XYZ).
+        Roll/pitch/yaw (extrinsic XYZ, base frame) are the rotation that takes the robot's
+        gripper-down orientation (``RobotSetup.tcp_down``) to the TCP's: about 0 at rest. Measured
+        from the TCP frame itself they sit where Euler angles lock (WidowX: pitch 90 deg) or wrap
+        (Panda: roll 180 deg), so roll and yaw took an arbitrary value per episode that told a
+        learned policy which demo it was in rather than how the arm was turned. (Upstream fed
+        SAPIEN's (w, x, y, z) quaternion to a reader expecting (x, y, z, w).)
         """
         p, q = self.tcp_pose_world()
-        rpy = Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_euler("xyz")
+        turn = Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_matrix() @ np.asarray(self.robot.tcp_down).T
+        rpy = Rotation.from_matrix(turn).as_euler("xyz")
         base = np.asarray(self.robot.base_xyz)
         out = np.concatenate([p - base, rpy, [self.gripper_opening() / self.robot.gripper_opening_max]])
         return out.astype(np.float32)

@@ -63,6 +63,9 @@ class RobotSetup:
     arm_joints: int
     finger_links: tuple[str, str]
     gripper_opening_max: float = 0.08  # m, the normaliser of the proprio's gripper entry (upstream)
+    # TCP orientation (base frame) with the gripper pointing straight down: the proprio's roll,
+    # pitch and yaw are measured from it (GrinningFaceTask.proprio).
+    tcp_down: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
 ROBOTS: dict[str, RobotSetup] = {
@@ -71,12 +74,16 @@ ROBOTS: dict[str, RobotSetup] = {
         uid=GFWidowX250S.uid, base_xyz=(-0.25, 0.70, 0.10),
         rest_qpos=(0.0, 0.0, 0.0, 0.0, np.pi / 2, 0.0, 0.037, 0.037), arm_joints=6,
         finger_links=("left_finger_link", "right_finger_link"),
+        # The TCP's x axis runs along the fingers: pointing down is pitch +90 deg, where extrinsic
+        # XYZ angles lock (BridgeData v2 measures the WidowX's orientation from the same pose).
+        tcp_down=((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (-1.0, 0.0, 0.0)),
     ),
     # Panda ships with ManiSkill (works offline); mounted further back for its longer arm.
     "panda": RobotSetup(
         uid="panda", base_xyz=(-0.45, 0.70, 0.0),
         rest_qpos=(0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 0.04, 0.04), arm_joints=7,
         finger_links=("panda_leftfinger", "panda_rightfinger"),
+        tcp_down=((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0)),  # roll 180 deg: would wrap at +-pi
     ),
 }
 

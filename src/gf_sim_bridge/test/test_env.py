@@ -72,16 +72,20 @@ def test_reset_reproduces_a_trial_exactly_whatever_ran_before(env):
     assert np.array_equal(image_first, image_again)
 
 
-def test_proprio_is_base_frame_position_true_euler_angles_and_normalised_gripper(env):
+def test_proprio_is_base_frame_position_turn_from_gripper_down_and_normalised_gripper(env):
     task = env.unwrapped
-    trial = make_trial("Train", 0)
-    env.reset(seed=trial.seed, options={"trial": trial})
-    proprio = task.proprio()
-    p, q = task.tcp_pose_world()
-    assert np.allclose(proprio[:3], p - np.array(task.robot.base_xyz), atol=1e-5)
-    rebuilt = Rotation.from_euler("xyz", proprio[3:6]).as_quat()  # x, y, z, w
-    assert abs(abs(np.dot(rebuilt, [q[1], q[2], q[3], q[0]])) - 1) < 1e-5
-    assert 0.8 < proprio[6] <= 1.0  # open gripper
+    for index in range(4):
+        trial = make_trial("Train", index)
+        env.reset(seed=trial.seed, options={"trial": trial})
+        proprio = task.proprio()
+        p, q = task.tcp_pose_world()
+        assert np.allclose(proprio[:3], p - np.array(task.robot.base_xyz), atol=1e-5)
+        # The angles rebuild the TCP's orientation from the gripper-down one ...
+        rebuilt = Rotation.from_euler("xyz", proprio[3:6]).as_matrix() @ np.asarray(task.robot.tcp_down)
+        assert np.allclose(rebuilt, Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_matrix(), atol=1e-5)
+        # ... and at rest, gripper down, they are small: not locked or wrapped at an arbitrary value.
+        assert np.abs(proprio[3:6]).max() < 0.2, proprio[3:6]
+        assert 0.8 < proprio[6] <= 1.0  # open gripper
 
 
 def test_sizes_other_than_the_built_scene_are_refused(env):
