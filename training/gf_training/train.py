@@ -190,6 +190,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# The random streams of a run, each derived from ``cfg.seed`` per rank: the global stream (flow
+# noise and time, augmentations) and the two loaders' worker seeds.
+NOISE_STREAM, LOADER_STREAM, VL_LOADER_STREAM = 1, 0, 17
+
+
+def stream_seed(seed: int, stream: int, rank: int, step: int = 0) -> int:
+    """The seed of one random ``stream`` of rank ``rank``; ``step`` > 0 restarts it mid-run."""
+    return seed * 7919 + stream + rank + step
+
+
 # ---------------------------------------------------------------------------------------------
 # model, tokenizer, data
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +351,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> Trainer:
+        """Everything a run needs before its first step, in order: devices and processes, the
+        initial model, data and tokenizer, the trained model with its optimiser (restored when
+        resuming), the loaders."""
+        cfg = self.cfg
+        self._setup_runtime()
+        # The same seed on every rank for the model's initial weights.
+        seed_everything(cfg.seed)
+        model = build_model(cfg)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self._setup_data(model)
+        self._setup_model(model)
+        self._setup_loaders()
+        self.attention_probe = None
+        # Rank 0 measures on its own copy of the weights: not possible when FSDP shards them.
+        info = self.info
+        if cfg.logging.attention_every > 0 and info.is_main and not (info.enabled and cfg.distributed.strategy == "fsdp"):
+            from gf_training.attention import AttentionMassProbe
+
+            self.attention_probe = AttentionMassProbe.from_episodes(self.episodes, self.processor,
+                                                                     cfg.logging.attention_samples)
+        return self
+
+    def _setup_runtime(self) -> None:
+        """Threads, device, precision, processes and gradient accumulation; the run directory."""
         cfg = self.cfg
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -365,12 +400,9 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         info.barrier()
 
-        # The same seed on every rank for the model's initial weights.
-        seed_everything(cfg.seed)
-        model = build_model(cfg)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        vla_cfg = model.config
+    def _setup_data(self, model: PI0StyleVLA) -> None:
+        """Episodes, normalisation statistics, tokenizer/processor and the datasets."""
+        cfg, info, vla_cfg = self.cfg, self.info, model.config
         episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info)
         self.episodes = episodes
         self.norm_stats = self._norm_stats(episodes, info, model.norm_stats)
@@ -393,6 +425,9 @@ class Trainer:
             raise ValueError(f"cotrain.ratio={cfg.cotrain.ratio} gives {self.vl_micro} VL samples per micro-batch of "
                              f"{cfg.train.micro_batch_size}: need at least one of each kind")
 
+    def _setup_model(self, model: PI0StyleVLA) -> None:
+        """The fine-tuning scheme, resumed weights, the wrapped model, optimiser and scheduler."""
+        cfg, info, vla_cfg = self.cfg, self.info, model.config
         apply_scheme(model, cfg.scheme)
         self.vla_config = vla_cfg
         resume_from = self._resume_checkpoint()
@@ -401,7 +436,7 @@ class Trainer:
         self.model = model.to(self.device)
         if info.is_main:
             print(f"[gf-train] {cfg.name}: scheme {cfg.scheme.name}, {len(self.dataset)} samples from "
-                  f"{len(episodes)} episodes, {info.world_size} process(es) x {cfg.train.micro_batch_size} "
+                  f"{len(self.episodes)} episodes, {info.world_size} process(es) x {cfg.train.micro_batch_size} "
                   f"x {self.accum} accumulation = batch {cfg.train.batch_size}\n{trainable_parameter_report(model)}",
                   file=sys.stderr)
         self.wrapped = self._wrap(self.model)
@@ -416,9 +451,14 @@ class Trainer:
             self._load_training_state(resume_from)
         else:
             # Different noise/time draws and augmentations on each rank from here on.
-            seed_everything(cfg.seed * 7919 + 1 + info.rank)
+            seed_everything(stream_seed(cfg.seed, NOISE_STREAM, info.rank))
         self.forward = torch.compile(self.wrapped) if self.use_compile else self.wrapped
 
+    def _setup_loaders(self) -> None:
+        """The action-data loader and, when co-training, the vision-language one; both continue
+        where a resumed run stopped."""
+        cfg, info = self.cfg, self.info
+        on_cuda = self.device.type == "cuda"
         consumed = self.step * self.accum * self.vla_micro
         sampler = ResumableSampler(len(self.dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                                    start=consumed)
@@ -428,7 +468,7 @@ class Trainer:
             pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
             # Its own generator: creating the iterator draws a worker base seed, which must not
             # shift the global RNG stream a resumed run restores.
-            generator=torch.Generator().manual_seed(cfg.seed * 7919 + info.rank + self.step),
+            generator=torch.Generator().manual_seed(stream_seed(cfg.seed, LOADER_STREAM, info.rank, self.step)),
         )
         self._batches: Iterator[dict[str, torch.Tensor]] = iter(self.loader)
         self._vl_batches: Iterator[dict[str, torch.Tensor]] | None = None
@@ -441,17 +481,9 @@ class Trainer:
                 self.vl_dataset, batch_size=self.vl_micro, sampler=vl_sampler,
                 collate_fn=VLCollator(self.processor, cfg.cotrain.max_text_tokens), num_workers=cfg.data.num_workers,
                 pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
-                generator=torch.Generator().manual_seed(cfg.seed * 7919 + 17 + info.rank + self.step),
+                generator=torch.Generator().manual_seed(stream_seed(cfg.seed, VL_LOADER_STREAM, info.rank, self.step)),
             )
             self._vl_batches = iter(self.vl_loader)
-        self.attention_probe = None
-        # Rank 0 measures on its own copy of the weights: not possible when FSDP shards them.
-        if cfg.logging.attention_every > 0 and info.is_main and not (info.enabled and cfg.distributed.strategy == "fsdp"):
-            from gf_training.attention import AttentionMassProbe
-
-            self.attention_probe = AttentionMassProbe.from_episodes(episodes, self.processor,
-                                                                     cfg.logging.attention_samples)
-        return self
 
     def _latent_labels(self, model: PI0StyleVLA, episodes: list[DecodedEpisode], info: DistInfo) -> list[np.ndarray]:
         """Latent-action codes of every episode step, from ``latent.lam`` (computed once per run
@@ -744,7 +776,7 @@ class Trainer:
         if rng_file.exists() and state.get("world_size") == self.info.world_size:
             _set_rng_state(torch.load(rng_file, weights_only=False))
         else:  # a different number of processes: the data order continues, the noise stream restarts
-            seed_everything(self.cfg.seed * 7919 + 1 + self.info.rank + self.step)
+            seed_everything(stream_seed(self.cfg.seed, NOISE_STREAM, self.info.rank, self.step))
         if self.info.is_main:
             print(f"[gf-train] resumed from {path} at step {self.step}", file=sys.stderr)
 
