@@ -4,6 +4,11 @@ Phases (docs/architecture.md, "The benchmark's reference facts"): reach above th
 about 6 cm, move 5 cm above the target card, open, then hold still until the episode ends. Each
 step it outputs the same 7-D ee_delta_pose action a learned policy would (gf_eval.action_space).
 
+Two paces (``EXPERT_PROFILES``): ``fast`` (the default, 45-52 steps per Train demo) moves 60 % of
+the remaining distance per step up to 2.5 cm; ``upstream`` paces the phases the way upstream's
+expert does - at least 50 steps to the cube, 5 to close, 20 to lift and 50 to the card, moving
+a fixed 10 % of the remaining distance per step - so its demos last 126 steps or more.
+
 ``wrong_card=True`` carries the cube to a uniformly drawn *other* card (a policy that executes
 perfectly but never recognises); ``target_override`` picks any card (the chance baseline draws it
 uniformly from all three). ``action_noise`` adds Gaussian noise to the arm part of each action.
@@ -11,7 +16,7 @@ uniformly from all three). ``action_noise`` adds Gaussian noise to the arm part 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -48,6 +53,25 @@ class ExpertConfig:
     grasp_steps: int = 10  # at most; fewer once the cube is held
     release_steps: int = 6
     action_noise: float = 0.0  # std of Gaussian noise added to the arm actions (normalised units)
+    # Fewest steps spent in each phase (by Phase value) before it may end: paces the demos.
+    min_steps: dict[str, int] = field(default_factory=dict)
+
+
+EXPERT_PROFILES: dict[str, ExpertConfig] = {
+    "fast": ExpertConfig(),
+    # Upstream's pacing: 50 steps to the cube (reach + descend), 5 to close, 20 to lift, 50 to
+    # the card; each step a fixed fraction of the remaining distance.
+    "upstream": ExpertConfig(gain=0.1, min_steps={"reach": 35, "descend": 15, "grasp": 5, "lift": 20, "transport": 50}),
+}
+
+
+def expert_config(profile: str = "fast", **overrides) -> ExpertConfig:
+    """The ``ExpertConfig`` of a named pace (``EXPERT_PROFILES``) with field overrides."""
+    try:
+        base = EXPERT_PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown expert profile {profile!r}; expected one of {sorted(EXPERT_PROFILES)}") from None
+    return replace(base, min_steps=dict(base.min_steps), **overrides)
 
 
 @dataclass
@@ -64,12 +88,13 @@ class ScriptedExpert:
     seed: int | None = None
     phase: Phase = Phase.REACH
     _counter: int = 0
+    _in_phase: int = 0  # steps since the current phase began
     _target: int | None = None
     _last_tcp: np.ndarray | None = None
     _rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
     def reset(self, seed: int | None = None, target_override: int | None = None, wrong_card: bool | None = None) -> None:
-        self.phase, self._counter, self._target, self._last_tcp = Phase.REACH, 0, None, None
+        self.phase, self._counter, self._in_phase, self._target, self._last_tcp = Phase.REACH, 0, 0, None, None
         self._rng = np.random.default_rng(self.seed if seed is None else seed)
         if target_override is not None:
             self.target_override = target_override
@@ -101,6 +126,16 @@ class ScriptedExpert:
 
     def act(self, state: dict) -> np.ndarray:
         """One 7-D action for the current privileged state."""
+        phase = self.phase
+        action = self._act(state)
+        self._in_phase = 0 if self.phase is not phase else self._in_phase + 1
+        return action
+
+    def _paced(self) -> bool:
+        """Whether the current phase has lasted its minimum number of steps."""
+        return self._in_phase + 1 >= self.config.min_steps.get(self.phase.value, 0)
+
+    def _act(self, state: dict) -> np.ndarray:
         c = self.config
         tcp = np.asarray(state["tcp_pos"], dtype=np.float64)
         cube = np.asarray(state["cube_pos"], dtype=np.float64)
@@ -110,20 +145,20 @@ class ScriptedExpert:
         place = np.array([card[0], card[1], card[2] + c.place_height])
 
         if self.phase is Phase.REACH:
-            if np.linalg.norm(hover - tcp) < c.reach_tolerance * 2:
+            if np.linalg.norm(hover - tcp) < c.reach_tolerance * 2 and self._paced():
                 self.phase = Phase.DESCEND
             return self._move(tcp, hover, OPEN)
         moved = float(np.linalg.norm(tcp - self._last_tcp)) if self._last_tcp is not None else 1.0
         self._last_tcp = tcp
         if self.phase is Phase.DESCEND:
             # Close only once the fingers straddle the cube and the arm has settled there.
-            if np.linalg.norm(grasp - tcp) < c.reach_tolerance and moved < c.settled_motion:
+            if np.linalg.norm(grasp - tcp) < c.reach_tolerance and moved < c.settled_motion and self._paced():
                 self.phase, self._counter = Phase.GRASP, 0
             return self._move(tcp, grasp, OPEN, c.descend_speed)
         if self.phase is Phase.GRASP:
             self._counter += 1
             closed = state.get("cube_grasped", False) and self._counter >= c.grasp_steps // 2
-            if closed or self._counter >= c.grasp_steps:
+            if (closed or self._counter >= c.grasp_steps) and self._paced():
                 self.phase, self._counter = Phase.LIFT, 0
             return self._move(tcp, grasp, CLOSED, c.descend_speed)
         if self.phase is Phase.LIFT:
@@ -131,7 +166,7 @@ class ScriptedExpert:
             if not state.get("cube_grasped", True) and tcp[2] > cube[2] + 0.02:
                 self.phase = Phase.REACH  # the cube slipped out: start again
                 return self._move(tcp, hover, OPEN)
-            if tcp[2] >= c.lift_height - c.reach_tolerance:
+            if tcp[2] >= c.lift_height - c.reach_tolerance and self._paced():
                 self.phase, self._counter = Phase.TRANSPORT, 0
             return self._move(tcp, lift, CLOSED)
         if self.phase is Phase.TRANSPORT:
@@ -140,7 +175,7 @@ class ScriptedExpert:
             offset = float(np.linalg.norm(cube[:2] - card[:2]))
             inside = float(np.max(np.abs(cube[:2] - card[:2]))) < c.stall_release_margin
             self._counter = self._counter + 1 if moved < 5e-4 else 0
-            if offset < c.place_tolerance or (self._counter >= c.stall_steps and inside):
+            if (offset < c.place_tolerance or (self._counter >= c.stall_steps and inside)) and self._paced():
                 self.phase, self._counter = Phase.RELEASE, 0
             return self._move(tcp, place + (tcp - cube) * [1, 1, 0], CLOSED)
         if self.phase is Phase.RELEASE:

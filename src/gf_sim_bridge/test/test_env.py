@@ -12,7 +12,7 @@ import gf_sim_bridge.env  # noqa: F401 - registers GrinningFace-v1
 from gf_eval.camera import card_quads, policy_camera
 from gf_eval.catalog import load_catalog, render_card
 from gf_eval.trials import make_trial
-from gf_sim_bridge.expert import ScriptedExpert
+from gf_sim_bridge.expert import ScriptedExpert, expert_config
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,30 @@ def test_scripted_expert_succeeds(protocol):
         outcomes.append(bool(info["success"][0]))
     env.close()
     assert sum(outcomes) >= 11, outcomes
+
+
+@pytest.mark.slow
+def test_upstream_paced_expert_takes_upstreams_126_steps_or_more_and_succeeds():
+    env = gym.make("GrinningFace-v1", obs_mode="none")
+    task, expert, lengths = env.unwrapped, ScriptedExpert(expert_config("upstream")), []
+    for i in range(4):
+        trial = make_trial("Train", i)
+        env.reset(seed=trial.seed, options={"trial": trial})
+        expert.reset(seed=trial.seed)
+        for step in range(1, 201):
+            _, _, _, _, info = env.step(expert.act(task.privileged_state()))
+            if bool(info["success"][0]):
+                lengths.append(step)
+                break
+    env.close()
+    assert len(lengths) == 4 and min(lengths) >= 126, lengths
+
+
+def test_expert_profiles_are_named_and_an_unknown_one_is_refused():
+    assert expert_config("upstream", action_noise=0.1).action_noise == 0.1
+    assert expert_config("fast").min_steps == {}
+    with pytest.raises(ValueError, match="unknown expert profile 'slow'"):
+        expert_config("slow")
 
 
 def test_wrong_card_expert_places_on_another_card(env):

@@ -11,7 +11,7 @@ import numpy as np
 
 from gf_eval.trials import TrialSpec
 from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation
-from gf_sim_bridge.expert import ExpertConfig, ScriptedExpert
+from gf_sim_bridge.expert import ScriptedExpert, expert_config
 
 
 class OracleBackend(PolicyBackend):
@@ -22,8 +22,9 @@ class OracleBackend(PolicyBackend):
     needs_privileged = True
     runs_inline = True
 
-    def __init__(self, action_noise: float = 0.0):
-        self.expert = ScriptedExpert(ExpertConfig(action_noise=action_noise))
+    def __init__(self, action_noise: float = 0.0, profile: str = "fast"):
+        """``profile``: the expert's pace (``gf_sim_bridge.expert.EXPERT_PROFILES``)."""
+        self.expert = ScriptedExpert(expert_config(profile, action_noise=action_noise))
 
     def _target(self, trial: TrialSpec) -> int | None:
         return None
