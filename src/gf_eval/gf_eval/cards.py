@@ -98,7 +98,7 @@ def select_entries(split: str, splits_name: str = DEFAULT_SPLIT, ids: list[str] 
     if key == "all":
         return "all", [e for s in names.values() for e in splits.entries(s)]
     if key not in names:
-        raise ValueError(f"unknown split {split!r}; {splits.name} has {sorted(names.values())} (or 'all')")
+        raise ValueError(f"unknown emoji list {split!r} (--emojis); {splits.name} has {sorted(names.values())} (or 'all')")
     return names[key], splits.entries(names[key])
 
 
@@ -227,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("pdf", "a printable PDF (A4 or Letter) with ids and cut marks"), ("png", "one PNG per card")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--split", default="val", help="emoji list: train, val, hard or all (default val)")
-        p.add_argument("--splits", default=DEFAULT_SPLIT, help=f"split file: shipped name or path (default {DEFAULT_SPLIT})")
+        # --emojis / --split-file as in gf-demos and the launch files' split:= (a split file);
+        # --split and --splits are the old spellings, still accepted.
+        p.add_argument("--emojis", "--split", dest="emojis", default="val",
+                       help="which emojis: train, val, hard or all of the split file (default val)")
+        p.add_argument("--split-file", "--splits", dest="split_file", default=DEFAULT_SPLIT,
+                       help=f"split file: shipped name or path (default {DEFAULT_SPLIT})")
         p.add_argument("--ids", default="", help="comma-separated emoji ids instead of a whole list")
         p.add_argument("--size-cm", type=float, default=DEFAULT_SIZE_CM, help="card edge in cm (default 14, the benchmark's)")
         p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="image resolution (default 300)")
@@ -243,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size-cm must be in (0, 100] and --dpi >= 30")
     try:
         ids = [i.strip() for i in args.ids.split(",") if i.strip()]
-        label, entries = select_entries(args.split, args.splits, ids or None)
+        label, entries = select_entries(args.emojis, args.split_file, ids or None)
         if args.command == "pdf":
             out = args.output or Path(f"cards_{label.lower()}_{args.paper}_{args.size_cm:g}cm.pdf")
             path, layout, pages = write_pdf(
-                out, entries, label=label, splits_name=load_splits(args.splits).name, paper=args.paper,
+                out, entries, label=label, splits_name=load_splits(args.split_file).name, paper=args.paper,
                 size_cm=args.size_cm, dpi=args.dpi, emoji_fraction=args.emoji_fraction, show_ids=not args.no_ids,
                 progress=_progress,
             )

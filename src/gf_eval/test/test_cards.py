@@ -116,6 +116,7 @@ def test_the_command_line(tmp_path, capsys):
     assert len(pdfium.PdfDocument(str(out))) == 2
     assert cards.main(["png", "--ids", "1f600", "--size-cm", "5", "--dpi", "100", "-o", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "1f600.png").exists()  # any catalogue emoji, not only the split's
-    assert cards.main(["pdf", "--split", "nonsense", "-o", str(tmp_path / "x.pdf")]) == 2
-    assert "unknown split" in capsys.readouterr().err
+    assert cards.main(["pdf", "--emojis", "nonsense", "-o", str(tmp_path / "x.pdf")]) == 2
+    assert "unknown emoji list 'nonsense' (--emojis)" in capsys.readouterr().err
+    assert cards.main(["pdf", "--split", "hard", "--splits", "gf-default-v1", "--dpi", "30", "-o", str(tmp_path / "old.pdf")]) == 0
     assert cards.main(["pdf", "--size-cm", "30", "-o", str(tmp_path / "x.pdf")]) == 2

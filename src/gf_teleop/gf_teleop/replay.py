@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,7 +79,11 @@ def play(bag: Path, rate: float = 1.0, loop: bool = False, topics: list[str] | N
 
     if rate <= 0:
         raise ValueError("--rate must be > 0")
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+
+    # No spin here, so rclpy's handlers would only shut the context down under a publish in
+    # progress (a traceback); Ctrl-C and SIGTERM end the loop in main() instead.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("gf_replay_player")
     counts: dict[str, int] = {}
     try:
@@ -407,9 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)  # unwinds through play()'s clean-up, quietly
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_environment()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ep.EpisodeError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -124,6 +125,20 @@ def test_replay_play_publishes_the_bag_with_its_timing(synthetic_demo, fresh_dom
             assert a[:len(b)] == b and len(a) - len(b) < 4, topic  # up to the transport's CDR padding
     arrivals = sorted(t for items in got.values() for t, _ in items)
     assert arrivals[-1] - arrivals[0] == pytest.approx(duration / 0.5, abs=0.25)  # half speed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_looping_play_stops_quietly_on_sigterm_and_ctrl_c(synthetic_demo, fresh_domain, helpers, sig):
+    demo_dir, _ = synthetic_demo
+    bag = demo_dir / ep.read_manifest(demo_dir)[0].bag
+    player = subprocess.Popen([helpers.exe("gf-replay"), "play", str(bag), "--loop", "--delay", "0", "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3.0)  # publishing by now
+    assert player.poll() is None
+    player.send_signal(sig)
+    output = player.communicate(timeout=30)[0]
+    assert player.returncode == 128 + sig if sig == signal.SIGTERM else player.returncode == 130, output
+    assert "Traceback" not in output, output
 
 
 def test_play_refuses_topics_that_are_not_in_the_bag(synthetic_demo, helpers):
