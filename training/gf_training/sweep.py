@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,12 @@ class SimEvaluator:
 
     def __init__(self, trials: int = 100, protocols: Sequence[str] = DEFAULT_PROTOCOLS,
                  launch_args: Sequence[str] = (), backend_args: dict[str, Any] | None = None,
-                 gf_launch: str | None = None, timeout_s: float | None = None):
+                 gf_launch: str | None = None, timeout_s: float | None = None,
+                 progress: Callable[[str], None] | None = None, progress_every_s: float = 30.0):
+        """``progress`` gets a line every ``progress_every_s`` while a checkpoint's trials come in."""
         self.trials = trials
+        self.progress = progress
+        self.progress_every_s = progress_every_s
         self.protocols = tuple(protocols)
         self.launch_args = list(launch_args)
         self.backend_args = dict(backend_args or {})
@@ -110,6 +115,25 @@ class SimEvaluator:
                 f"output_dir:={output_dir}",
                 f"trials:={self.trials}", f"protocols:=[{','.join(self.protocols)}]", *self.launch_args]
 
+    def _wait(self, proc: subprocess.Popen, name: str, output_dir: Path) -> None:
+        """Wait for gf-launch, saying how many trials are in (and the ETA) as they come."""
+        started = time.monotonic()
+        deadline = None if self.timeout_s is None else started + self.timeout_s
+        total, reported = self.trials * len(self.protocols), -1
+        while True:
+            wait = self.progress_every_s if deadline is None else min(self.progress_every_s, deadline - time.monotonic())
+            try:
+                proc.wait(timeout=max(wait, 0.0))
+                return
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            done = len(ResultsFile(output_dir).read())
+            if self.progress is not None and done != reported:
+                reported, elapsed = done, time.monotonic() - started
+                eta = f", ETA {(total - done) * elapsed / done / 60:.0f} min" if done else ""
+                self.progress(f"    {name}: {done}/{total} trials{eta}")
+
     def __call__(self, checkpoint: Path, output_dir: Path) -> list[dict]:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -119,12 +143,16 @@ class SimEvaluator:
             log.write(("$ " + " ".join(cmd) + "\n").encode())
             log.flush()
             try:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=self.timeout_s, check=False)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             except FileNotFoundError as exc:
                 raise SweepError(f"{self.gf_launch} not found: is the workspace installed (scripts/setup.sh)?") from exc
             except OSError as exc:
                 raise SweepError(f"cannot run {self.gf_launch}: {exc}") from exc
+            try:
+                self._wait(proc, Path(checkpoint).name, output_dir)
             except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.wait()
                 raise SweepError(f"evaluation of {checkpoint} exceeded {self.timeout_s} s (log: {log_path})") from exc
         if proc.returncode != 0:
             raise SweepError(f"gf-launch failed with exit code {proc.returncode} for {checkpoint} (log: {log_path})")
@@ -340,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--backend-arg {item!r} is not KEY=VALUE")
         backend_args[key] = yaml.safe_load(value)
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-    evaluator = SimEvaluator(args.trials, protocols, args.launch_arg, backend_args, args.gf_launch, args.timeout)
+    evaluator = SimEvaluator(args.trials, protocols, args.launch_arg, backend_args, args.gf_launch, args.timeout,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         if args.ray is not None:  # evaluate every checkpoint's shards on Ray first; run_sweep then finds them complete
             evaluate_on_ray(args.run_dir, evaluator, args.out, steps, args.shard_trials, args.ray)

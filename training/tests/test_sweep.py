@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import stat
 import sys
 import textwrap
@@ -132,7 +133,7 @@ def test_tie_breaks():
 FAKE_LAUNCH = '''\
     #!{python}
     """Stand-in for gf-launch sim_eval: checks the arguments, writes results.jsonl like the eval node."""
-    import json, sys
+    import json, sys, time
     from pathlib import Path
     import yaml
     from gf_eval.results import ResultsFile, TrialRecord
@@ -155,15 +156,17 @@ FAKE_LAUNCH = '''\
     out = ResultsFile(Path(args["output_dir"]))
     for r in records_for(OUTCOMES[step]):
         out.append(r)
+        time.sleep({delay})
     print("done", step)
 '''
 
 
-def write_fake_launch(tmp_path: Path, fail_step: int = -1) -> Path:
-    script = tmp_path / f"fake-gf-launch-{fail_step}"
+def write_fake_launch(tmp_path: Path, fail_step: int = -1, delay: float = 0.0) -> Path:
+    script = tmp_path / f"fake-gf-launch-{fail_step}-{delay}"
     source = textwrap.indent(inspect.getsource(records_for), "    ")
     script.write_text(textwrap.dedent(FAKE_LAUNCH.format(
-        python=sys.executable, outcomes=json.dumps(OUTCOMES), records_for=source, fail_step=fail_step, trials=TRIALS)))
+        python=sys.executable, outcomes=json.dumps(OUTCOMES), records_for=source, fail_step=fail_step, trials=TRIALS,
+        delay=delay)))
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
@@ -185,6 +188,19 @@ def test_sim_evaluator_runs_gf_launch(tmp_path):
         failing(ckpt, tmp_path / "out2")
     with pytest.raises(SweepError, match="not found"):
         SimEvaluator(gf_launch=str(tmp_path / "no-such-launcher"))(ckpt, tmp_path / "out3")
+
+
+def test_sim_evaluator_reports_trials_as_they_come_in(tmp_path):
+    run = make_run(tmp_path, steps=(5_000,))
+    ckpt = find_checkpoints(run)[0][1]
+    lines: list[str] = []
+    evaluator = SimEvaluator(trials=TRIALS, launch_args=["seed:=3"], backend_args={"device": "cpu"},
+                             gf_launch=str(write_fake_launch(tmp_path, delay=0.1)), progress=lines.append,
+                             progress_every_s=0.5)
+    assert len(evaluator(ckpt, tmp_path / "out")) == 3 * TRIALS
+    counts = [int(re.search(r"step_005000: (\d+)/30 trials", line).group(1)) for line in lines]
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[0] < 3 * TRIALS, lines
+    assert "ETA" in lines[-1]
 
 
 def test_gf_sweep_command(tmp_path, capsys):
