@@ -249,6 +249,29 @@ class PolicyReplayResult:
     files: list[str] = field(default_factory=list)
 
 
+def summarize_policy_replays(results: list[PolicyReplayResult]) -> dict:
+    """The open-loop errors over several episodes, weighted by their steps: MAE and RMSE per
+    dimension, the largest error, and the whole-chunk MAE where the policy predicts chunks."""
+    steps = np.array([r.steps for r in results], dtype=np.float64)
+    weights = steps / steps.sum()
+    chunked = [(r.chunk_mae, r.steps) for r in results if r.chunk_mae is not None]
+    return {
+        "policy": results[0].policy, "episodes": len(results), "steps": int(steps.sum()),
+        "names": list(results[0].names),
+        "mae": (weights @ np.array([r.mae for r in results])).tolist(),
+        "rmse": np.sqrt(weights @ np.square(np.array([r.rmse for r in results]))).tolist(),
+        "max_error": np.max([r.max_error for r in results], axis=0).tolist(),
+        "chunk_mae": (sum(m * n for m, n in chunked) / sum(n for _, n in chunked)) if chunked else None,
+        "worst_episode": max(results, key=lambda r: float(np.mean(r.mae))).episode_id,
+    }
+
+
+def _print_errors(names, rows) -> None:
+    print("  " + "  ".join(f"{n:>8s}" for n in names))
+    for label, values in rows:
+        print(f"  {label:<5s}" + "  ".join(f"{v:8.4f}" for v in values))
+
+
 def _privileged_by_stamp(bag: Path) -> dict[int, dict]:
     from gf_policy.policy_node import sim_state_to_dict
 
@@ -372,13 +395,22 @@ def _cmd_policy(args) -> int:
     kwargs = yaml.safe_load(args.backend_args) if args.backend_args.strip() else {}
     if not isinstance(kwargs, dict):
         raise ValueError("--backend-args must be a YAML mapping")
+    results = []
     for directory, entry in resolve_episodes(args.bags):
         r = replay_policy(directory, entry, args.policy, kwargs, out=Path(args.out), progress=not args.no_progress)
+        results.append(r)
         print(f"{r.episode_id}: {r.policy} over {r.steps} steps (open loop)")
-        print("  " + "  ".join(f"{n:>8s}" for n in r.names))
-        for label, values in (("MAE", r.mae), ("RMSE", r.rmse), ("max", r.max_error)):
-            print(f"  {label:<5s}" + "  ".join(f"{v:8.4f}" for v in values))
-        print(f"  whole-chunk MAE {r.chunk_mae:.4f}; plot and report: {', '.join(r.files)}")
+        _print_errors(r.names, (("MAE", r.mae), ("RMSE", r.rmse), ("max", r.max_error)))
+        chunk = f"whole-chunk MAE {r.chunk_mae:.4f}; " if r.chunk_mae is not None else ""
+        print(f"  {chunk}plot and report: {', '.join(r.files)}")
+    if len(results) > 1:
+        summary = summarize_policy_replays(results)
+        path = Path(args.out) / f"summary_{args.policy}.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(f"\nsummary over {summary['episodes']} episodes, {summary['steps']} steps (weighted by steps)")
+        _print_errors(summary["names"], (("MAE", summary["mae"]), ("RMSE", summary["rmse"]), ("max", summary["max_error"])))
+        chunk = f"whole-chunk MAE {summary['chunk_mae']:.4f}; " if summary["chunk_mae"] is not None else ""
+        print(f"  {chunk}largest mean error: {summary['worst_episode']}; {path}")
     return 0
 
 

@@ -114,6 +114,17 @@ def test_replay_policy_reports_per_dimension_error_and_plots(generated, tmp_path
 
     result = replay_policy(out, entry, "replay", {"bag": str(out / ep.read_manifest(out)[1].bag)}, progress=False)
     assert max(result.mae) > 0
+    # A directory: every episode, then a summary weighted by their steps.
+    proc = _run([helpers.exe("gf-replay"), "policy", str(out), "--policy", "replay", "--backend-args",
+                 f"{{bag: {bag}}}", "--out", str(tmp_path / "all"), "--no-progress"], timeout=300)
+    assert proc.returncode == 0 and "summary over" in proc.stdout, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "all" / "summary_replay.json").read_text())
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "all").glob("*-replay.json"))]
+    assert summary["episodes"] == len(reports) == len(ep.read_manifest(out)) >= 2
+    assert summary["steps"] == sum(r["steps"] for r in reports)
+    expected = np.sum([np.array(r["mae"]) * r["steps"] for r in reports], axis=0) / summary["steps"]
+    np.testing.assert_allclose(summary["mae"], expected, rtol=1e-6)
+    assert summary["worst_episode"] != entry.episode_id  # the replayed bag's own episode has no error
 
 
 def test_replay_backend_drives_the_evaluation_graph(generated, tmp_path, fresh_domain, helpers):
