@@ -119,6 +119,9 @@ class LatentSection:
 
     lam: str | None = None  # LAM directory
     device: str = "auto"  # where the labelling runs: auto | cpu | cuda
+    # Frame pairs per sample; with the LAM's codebook, code width and codes per pair they set the
+    # model's latent sizes (gf_training.train.with_latent_sizes), unless model.config gives them.
+    frame_pairs: int = 2
 
 
 @dataclass

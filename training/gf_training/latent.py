@@ -256,11 +256,24 @@ class LatentActionModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LatentActionModel:
         """Load a LAM written by ``save_pretrained``."""
         directory = Path(directory)
-        if not (directory / LAM_CONFIG).exists():
-            raise FileNotFoundError(f"{directory} holds no latent action model ({LAM_CONFIG} missing; see gf-lam train)")
-        model = cls(LAMConfig(**json.loads((directory / LAM_CONFIG).read_text())))
+        model = cls(load_lam_config(directory))
         load_model(model, str(directory / LAM_WEIGHTS), strict=True)
         return model.to(device).eval()
+
+
+def load_lam_config(directory: str | Path) -> LAMConfig:
+    """The sizes of the LAM in ``directory`` (without loading its weights)."""
+    directory = Path(directory)
+    if not (directory / LAM_CONFIG).exists():
+        raise FileNotFoundError(f"{directory} holds no latent action model ({LAM_CONFIG} missing; see gf-lam train)")
+    return LAMConfig(**json.loads((directory / LAM_CONFIG).read_text()))
+
+
+def vla_latent_sizes(lam: LAMConfig, frame_pairs: int) -> dict[str, int]:
+    """The ``VLAConfig`` latent fields that must match a LAM: its codebook, code width and
+    ``frame_pairs x codes_per_pair`` latent tokens per sample."""
+    return {"latent_codebook_size": lam.codebook_size, "latent_code_dim": lam.code_dim,
+            "latent_action_tokens": frame_pairs * lam.codes_per_pair}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,9 +224,32 @@ def expand_backbone_sizes(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "vlm": full}
 
 
+def with_latent_sizes(config: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """``model.config`` with the latent sizes a new latent-action model takes from its LAM
+    (``latent.lam``) filled in; sizes given explicitly must agree with the LAM."""
+    if not config.get("latent_action_mode"):
+        return config
+    if not cfg.latent.lam:
+        if not all(config.get(k) for k in ("latent_codebook_size", "latent_action_tokens")):
+            raise ValueError("model.config asks for latent actions: set latent.lam to a latent action model "
+                             "directory (gf-lam train); its sizes become the model's")
+        return config
+    from gf_training.latent import load_lam_config, vla_latent_sizes
+
+    sizes = vla_latent_sizes(load_lam_config(cfg.latent.lam), cfg.latent.frame_pairs)
+    wrong = {k: (config[k], v) for k, v in sizes.items() if config.get(k) not in (None, 0, v)}
+    if wrong:
+        raise ValueError("model.config disagrees with the LAM in latent.lam: " + ", ".join(
+            f"{k}={given} (the LAM gives {v})" for k, (given, v) in wrong.items()) + "; leave them out to use the LAM's")
+    return {**config, **sizes}
+
+
 def build_model(cfg: TrainConfig) -> PI0StyleVLA:
-    """The initial model of a run (see ``ModelSection``)."""
+    """The initial model of a run (see ``ModelSection``). A model with new latent-action heads
+    takes their sizes from the LAM (``with_latent_sizes``)."""
     m = cfg.model
+    if m.init != "checkpoint":
+        m = dataclasses.replace(m, config=with_latent_sizes(dict(m.config), cfg))
     if m.init == "tiny":
         return PI0StyleVLA.from_config(VLAConfig.tiny(**m.config))
     if m.init == "config":

@@ -37,7 +37,12 @@ def test_every_row_has_a_valid_config(r):
     assert cfg.model.init == "checkpoint" and cfg.model.path == f"{pre.output_dir}/checkpoints/step_030000"
     assert pre.model.init == "paligemma" and pre.scheme.name == "full"
     # the pre-training's model settings make a valid VLAConfig (tiny backbone for speed)
-    vla = VLAConfig.tiny(vocab_size=1024, **pre.model.config)
+    model_config = dict(pre.model.config)
+    if r.technique == "latent":  # the latent sizes come from the LAM (gf_training.train.with_latent_sizes)
+        from gf_training.latent import LAMConfig, vla_latent_sizes
+
+        model_config.update(vla_latent_sizes(LAMConfig(), pre.latent.frame_pairs))
+    vla = VLAConfig.tiny(vocab_size=1024, **model_config)
     if r.technique == "cotrain":
         assert pre.cotrain.ratio > 0 and pre.cotrain.vl_dirs
         assert (cfg.cotrain.ratio > 0) == (r.scheme != "action")  # a frozen VLM gains nothing from VL samples

@@ -87,8 +87,10 @@ def test_gf_lam_command(lam_dir, capsys):
 
 @pytest.mark.parametrize("mode", ["expert", "tokens"])
 def test_pretraining_with_latent_targets_then_finetuning_on_actions(tmp_path, lam_dir, mode):
-    latent = [f"model.config.latent_action_mode={mode}", "model.config.latent_codebook_size=8",
-              "model.config.latent_code_dim=16", "model.config.latent_action_tokens=4", f"latent.lam={lam_dir}"]
+    # Sizes given (tokens) or read from the LAM (expert): 8 codes of width 16, 2 pairs x 2 codes.
+    sizes = ["model.config.latent_codebook_size=8", "model.config.latent_code_dim=16",
+             "model.config.latent_action_tokens=4"] if mode == "tokens" else []
+    latent = [f"model.config.latent_action_mode={mode}", *sizes, f"latent.lam={lam_dir}"]
     cfg = load_config("tiny", [f"output_dir={tmp_path / 'pre'}", *QUIET, "train.steps=30", "train.save_steps=[]",
                                "optim.warmup_steps=3", *latent])
     result, trainer = train(cfg)
@@ -112,3 +114,6 @@ def test_pretraining_with_latent_targets_then_finetuning_on_actions(tmp_path, la
     assert set(result2.parts) == {"loss_flow"} and trainer2.model.config.latent_action_mode == mode
     with pytest.raises(ValueError, match="latent.lam"):
         train(load_config("tiny", [f"output_dir={tmp_path / 'x'}", *QUIET, "train.steps=1", *latent[:-1]]))
+    with pytest.raises(ValueError, match=r"latent_codebook_size=32 \(the LAM gives 8\)"):
+        train(load_config("tiny", [f"output_dir={tmp_path / 'y'}", *QUIET, "train.steps=1", *latent,
+                                   "model.config.latent_codebook_size=32"]))
