@@ -157,7 +157,9 @@ def run_composed(graph: Graph, values: dict[str, str], workdir: Path) -> int:
 
     from gf_bringup.rosutil import multi_threaded_executor
 
-    rclpy.init()
+    # Not sys.argv: rcl would read the graph's name:=value arguments as (deprecated) remap rules
+    # for every node and warn about each; the nodes get their own arguments as cli_args.
+    rclpy.init(args=sys.argv[:1])
     nodes, required = [], None
     # Two threads: more only adds GIL contention (measured with rclpy's own executor: 4 threads
     # made lock-step trials 10x slower).

@@ -60,6 +60,7 @@ def test_the_composed_graph_runs_in_one_process(tmp_path, fresh_domain):
     proc = launch("--composed", "policy:=chance", "trials:=6", "protocols:=[Val]", f"output_dir:={out}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "composed" in proc.stdout.splitlines()[0]
+    assert "deprecated" not in proc.stdout + proc.stderr  # the graph's arguments are no rcl remap rules
     val = summary(out)["Val"]
     assert val.trials == 6 and val.execution.value >= 0.8
     ends = {r.end_reason for r in ResultsFile(out).read()}
