@@ -6,16 +6,23 @@ import os
 
 import pytest
 
-from gf_bringup.runtime import configure_environment, random_domain_id
+from gf_bringup.domains import claim_domain
+from gf_bringup.runtime import configure_environment
 
 configure_environment()
-# One ROS domain per test session, so parallel runs on one machine never see each other.
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("GF_TEST_DOMAIN_ID") or str(random_domain_id())
+# One ROS domain per test session, so parallel runs on one machine never see each other: its
+# lock (gf_bringup.domains) keeps other test sessions and gf-launch runs off it until we exit.
+if os.environ.get("GF_TEST_DOMAIN_ID"):
+    os.environ["ROS_DOMAIN_ID"] = os.environ["GF_TEST_DOMAIN_ID"]
+else:
+    _SESSION_DOMAIN, _SESSION_LOCK = claim_domain(probe=False)
+    os.environ["ROS_DOMAIN_ID"] = str(_SESSION_DOMAIN)
 
 
 @pytest.fixture
 def fresh_domain(monkeypatch) -> str:
     """A ROS domain of its own for one test's processes (graphs that must not meet others)."""
-    domain = str(random_domain_id())
-    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
-    return domain
+    domain, lock = claim_domain(probe=False)
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    yield str(domain)
+    os.close(lock)

@@ -5,6 +5,9 @@ generation with several worker graphs, another run on the same machine landing o
 domain is likely enough to matter (its nodes then talk to the worker's nodes). Listening on a
 candidate domain for a moment and taking it only when no other node shows up makes that rare.
 
+Processes of this project also hold a lock file per domain they use (``claim_domain``): tests,
+gf-launch and evaluation shards on one machine never pick the same domain, with no listening.
+
 Run as a module so the caller needs no rclpy:
 ``python -m gf_bringup.domains --count 2 [--exclude 17 42]`` prints free domain ids.
 """
@@ -12,16 +15,20 @@ Run as a module so the caller needs no rclpy:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from gf_bringup.runtime import configure_environment
 
 PROBE_NODE = "gf_domain_probe"
 CANDIDATES = range(1, 102)  # the range gf_bringup.runtime.random_domain_id draws from
+LOCK_DIR = Path(tempfile.gettempdir()) / f"gf-ros-domains-{os.getuid()}"
 
 
 def probe(domains: list[int], listen_s: float = 2.0) -> dict[int, list[str]]:
@@ -66,6 +73,36 @@ def free_domains_subprocess(count: int, exclude: set[int] = frozenset(), timeout
         cmd += ["--exclude", *map(str, sorted(exclude))]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ), check=True)
     return [int(v) for v in out.stdout.split()]
+
+
+def lock_domain(domain: int) -> int | None:
+    """Take ``domain``'s lock for this process: the lock's fd (closing it, or exiting, releases
+    it; a child given the fd keeps it), or None when another process holds it."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_DIR / f"{domain}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_domain(probe: bool = True) -> tuple[int, int]:
+    """A domain no other process of this project holds, and with ``probe`` on which no node
+    shows up either (two seconds of listening): returns (domain id, its lock fd)."""
+    while True:
+        candidates = random.sample(list(CANDIDATES), min(3, len(CANDIDATES)))
+        if probe:
+            try:
+                candidates = free_domains_subprocess(3)
+            except (subprocess.SubprocessError, RuntimeError, ValueError, OSError):
+                pass
+        for domain in candidates:
+            fd = lock_domain(domain)
+            if fd is not None:
+                return domain, fd
+        time.sleep(random.uniform(0.2, 1.0))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from gf_bringup.domains import free_domains_subprocess
+from gf_bringup.domains import claim_domain
 from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object, params_file_key
-from gf_bringup.runtime import configure_environment, console_script, package_file, random_domain_id
+from gf_bringup.runtime import configure_environment, console_script, package_file
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -211,11 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     configure_environment(network=values.get("network") or None)
     if not os.environ.get("ROS_DOMAIN_ID"):
-        # A random domain nobody on this machine uses: two lock-step graphs must never meet.
-        try:
-            os.environ["ROS_DOMAIN_ID"] = str(free_domains_subprocess(1)[0])
-        except (subprocess.SubprocessError, RuntimeError, ValueError, IndexError):
-            os.environ["ROS_DOMAIN_ID"] = str(random_domain_id())
+        # A random domain nobody on this machine uses: two lock-step graphs must never meet. Its
+        # lock is held until this process exits.
+        domain, _lock = claim_domain()
+        os.environ["ROS_DOMAIN_ID"] = str(domain)
     print(f"[gf-launch] {graph.name}: ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, network={os.environ['GF_NETWORK']}, "
           f"{'composed' if args.composed else 'processes'}", flush=True)
     if graph.companion:

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gf_bringup.domains import claim_domain
 from gf_bringup.runtime import console_script
 from gf_eval.results import RESULTS_FILE, RUN_FILE, ResultsFile, TrialRecord
 
@@ -45,7 +45,6 @@ SHARDS_DIR = "shards"
 LOCK_FILE = ".shard.lock"
 # Arguments the shard plan sets on every graph; users give them as options instead.
 PLANNED_ARGS = ("protocols", "trials", "first_index", "output_dir")
-DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / f"gf-ros-domains-{os.getuid()}"
 PROGRESS_EVERY_S = 2.0
 DEFAULT_RETRIES = 3  # re-runs of a shard whose worker died
 
@@ -129,25 +128,6 @@ def _locked(path: Path, blocking: bool = True) -> Iterator[int | None]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def claimed_ros_domain() -> Iterator[tuple[int, int]]:
-    """A ROS domain no other shard on this machine holds (and no running graph uses, when the
-    probe works): yields (domain id, the fd of its lock)."""
-    from gf_bringup.domains import CANDIDATES, free_domains_subprocess
-
-    while True:
-        try:
-            candidates = free_domains_subprocess(3)
-        except (subprocess.SubprocessError, RuntimeError, ValueError, OSError):
-            candidates = random.sample(list(CANDIDATES), 3)
-        for domain in candidates:
-            with _locked(DOMAIN_LOCK_DIR / f"{domain}.lock", blocking=False) as fd:
-                if fd is not None:
-                    yield domain, fd
-                    return
-        time.sleep(random.uniform(0.2, 1.0))
-
-
 def shard_records(shard: Shard) -> list[dict]:
     """The shard's recorded trials, one per trial id."""
     seen: dict[str, dict] = {}
@@ -164,28 +144,32 @@ def run_shard(shard: Shard, gf_launch: str | None = None, report: Callable[[int]
     gf_launch = gf_launch or console_script("gf-launch")
     shard.directory.mkdir(parents=True, exist_ok=True)
     # The graph inherits both locks: they outlive this process while the graph still runs.
-    with _locked(shard.directory / LOCK_FILE) as shard_lock, claimed_ros_domain() as (domain, domain_lock):
+    with _locked(shard.directory / LOCK_FILE) as shard_lock:
         if len(shard_records(shard)) >= shard.trials:
             return shard_records(shard)
-        env = {**os.environ, "ROS_DOMAIN_ID": str(domain)}
-        log_path = shard.directory / "launch.log"
-        started = time.monotonic()
-        with open(log_path, "ab") as log:
-            log.write(("$ ROS_DOMAIN_ID=%d %s\n" % (domain, " ".join(shard.command(gf_launch)))).encode())
-            log.flush()
-            proc = subprocess.Popen(shard.command(gf_launch), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_die_with_parent, pass_fds=(shard_lock, domain_lock))
-            while True:
-                try:
-                    code = proc.wait(timeout=PROGRESS_EVERY_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    if report is not None:
-                        report(len(shard_records(shard)))
-                    if timeout_s is not None and time.monotonic() - started > timeout_s:
-                        proc.terminate()
-                        proc.wait()
-                        raise ShardError(f"shard {shard.name} exceeded {timeout_s} s (log: {log_path})") from None
+        domain, domain_lock = claim_domain()
+        try:
+            env = {**os.environ, "ROS_DOMAIN_ID": str(domain)}
+            log_path = shard.directory / "launch.log"
+            started = time.monotonic()
+            with open(log_path, "ab") as log:
+                log.write(("$ ROS_DOMAIN_ID=%d %s\n" % (domain, " ".join(shard.command(gf_launch)))).encode())
+                log.flush()
+                proc = subprocess.Popen(shard.command(gf_launch), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=_die_with_parent, pass_fds=(shard_lock, domain_lock))
+                while True:
+                    try:
+                        code = proc.wait(timeout=PROGRESS_EVERY_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if report is not None:
+                            report(len(shard_records(shard)))
+                        if timeout_s is not None and time.monotonic() - started > timeout_s:
+                            proc.terminate()
+                            proc.wait()
+                            raise ShardError(f"shard {shard.name} exceeded {timeout_s} s (log: {log_path})") from None
+        finally:
+            os.close(domain_lock)  # the graph holds its own copy while it runs
     records = shard_records(shard)
     if report is not None:
         report(len(records))

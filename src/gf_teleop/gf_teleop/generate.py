@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gf_bringup.constants import DEFAULT_SPLIT
+from gf_bringup.domains import claim_domain
 from gf_bringup.runtime import console_script
 from gf_eval.scoring import SIM_END_REASONS
 from gf_eval.trials import make_trial
@@ -158,27 +159,11 @@ class _Workers:
         self.config, self.out = config, out
         self.tasks: queue.Queue = queue.Queue()
         self.procs: dict[int, subprocess.Popen] = {}
-        self.domains: dict[int, int] = {}
         self.stop = threading.Event()
         self.errors: list[str] = []
         self.restarts = 0
         self.lock = threading.Lock()
         self.active = 0
-
-    def _domain(self, worker: int) -> int:
-        """A domain without other nodes, not used by another worker of this run."""
-        from gf_bringup.domains import free_domains_subprocess
-        from gf_bringup.runtime import random_domain_id
-
-        with self.lock:
-            taken = {d for w, d in self.domains.items() if w != worker}
-        try:
-            domain = free_domains_subprocess(1, exclude=taken)[0]
-        except (subprocess.SubprocessError, OSError, ValueError, IndexError):
-            domain = next(d for d in iter(random_domain_id, None) if d not in taken)
-        with self.lock:
-            self.domains[worker] = domain
-        return domain
 
     def run_block(self, worker: int, first: int, count: int, attempt: int) -> tuple[int, float]:
         """Run one block's graph; returns its exit code and its start time (epoch s)."""
@@ -187,7 +172,8 @@ class _Workers:
         shutil.rmtree(eval_dir, ignore_errors=True)
         log_path = work / "logs" / f"worker-{worker}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        domain = self._domain(worker)
+        # A domain without other nodes that no other worker or project process holds.
+        domain, domain_lock = claim_domain()
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
         ids = {i: t for i, t in trial_ids(self.config).items() if first <= i < first + count}
         started = time.time()
@@ -216,6 +202,7 @@ class _Workers:
             finally:
                 with self.lock:
                     self.procs.pop(worker, None)
+                os.close(domain_lock)
         return proc.returncode, started
 
     def loop(self, worker: int) -> None:
