@@ -37,7 +37,11 @@ def main() -> int:
     from gf_bringup.signing import ChunkSigner, load_key, sign_message
     from gf_interfaces.msg import ActionChunk
 
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+
+    # Ctrl-C is a plain KeyboardInterrupt here: rclpy's handler would shut the context down under
+    # the spin thread and the publishing loop before the report is printed.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("intruder")
     lock = threading.Lock()
     policy_sequences: set[int] = set()
@@ -87,7 +91,7 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     print(json.dumps({"published": published, "policy_chunks": len(policy_sequences)}), flush=True)
-    executor.shutdown()
+    executor.shutdown(timeout_sec=5.0)
     node.destroy_node()
     rclpy.try_shutdown()
     return 0

@@ -236,8 +236,15 @@ def test_a_controller_error_on_the_real_path_latches_and_streaming_cannot_clear_
         assert driver.wait_connected(5.0)
         driver.submit(**chunk(moves(30, [0.0, 0.004, 0.0])))
         wait_for(lambda: len(fake.arrivals("movep_canfd")) > 10, what="streaming")
-        fake.inject_error(COLLISION)  # a new motion command would clear it on this controller
-        wait_for(lambda: driver.status().controller_error, what="the latch")
+        # A new motion command clears the error on this controller, so a set-point already on its
+        # way can clear it before the report reaches the driver (more often on a loaded machine);
+        # a collision the arm is still in reports again, as here until the driver has latched it.
+        def collide_until_latched() -> bool:
+            fake.inject_error(COLLISION)
+            time.sleep(0.02)
+            return driver.status().controller_error
+
+        wait_for(collide_until_latched, what="the latch")
         sent = len(fake.arrivals("movep_canfd"))
         fake.inject_error(COLLISION)  # (a set-point may have crossed the first report on the wire)
         time.sleep(0.3)
