@@ -589,6 +589,8 @@ class ArmDriver:
                                  timeout=self.settings.home_timeout)
             self.arm.gripper_open()
         except ArmError as exc:
+            if self._stop.is_set():  # shutdown() closed the link under the move: stopped, not failed
+                return False, "homing stopped: the driver is shutting down"
             return False, f"homing failed: {exc}"
         finally:
             with self._lock:

@@ -318,7 +318,8 @@ class DriverNode(Node):
         def callback(request, response):  # noqa: ARG001 - the request carries nothing we need
             ok, message = action()
             response.success = bool(ok)
-            self._log("info" if ok else "error", f"{action.__name__}: {message}")
+            stopping = not ok and message.endswith("the driver is shutting down")
+            self._log("info" if ok or stopping else "error", f"{action.__name__}: {message}")
             self._publish_status()
             return response
 

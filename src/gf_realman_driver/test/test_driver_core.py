@@ -185,6 +185,23 @@ def test_home_goes_to_the_home_posture_and_refuses_chunks_meanwhile(driver):
     np.testing.assert_allclose(driver.arm.state().joint_positions, RM75_HOME, atol=1e-6)
 
 
+def test_a_shutdown_during_homing_stops_it_and_says_so_without_calling_it_a_failure(driver):
+    import threading
+
+    driver.submit(**chunk(moves(4, [0.01, 0.01, 0])))
+    wait_idle(driver)
+    result = []
+    homing = threading.Thread(target=lambda: result.append(driver.home()))
+    homing.start()
+    deadline = time.monotonic() + 5.0
+    while not driver.status().homing and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert driver.status().homing
+    driver.shutdown()  # Ctrl-C of the graph while an operator's ~/home runs
+    homing.join(10.0)
+    assert result == [(False, "homing stopped: the driver is shutting down")]
+
+
 def test_connect_failures_back_off_then_connect_and_a_dropped_link_reconnects():
     arm = FlakyArm(failures=3, realtime=True)
     d = make_driver(arm)
