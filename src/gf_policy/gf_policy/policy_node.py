@@ -101,7 +101,7 @@ class PolicyNode(Node):
         self._trial_stamp = -1  # announcement stamp of the current trial (a re-announcement restarts it)
         self._trial_done = False
         self._next_stream_decision = 0.0  # monotonic time before which stream mode does not act
-        self.decisions = 0
+        self._chunks_published = 0  # in the current trial
         self.pub_chunk = lean_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos())
         lean_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1))
         lean_subscription(self, EeState, names.EE_STATE, self._store(self._ee), reliable_qos())
@@ -147,7 +147,7 @@ class PolicyNode(Node):
                 return  # the same announcement again (latched topic)
             # A new trial, or the same trial announced anew (e.g. re-run after the operator voided it).
             self.trial, self._trial_stamp, self._trial_done = trial, stamp, False
-            self._answered = {}
+            self._answered, self._chunks_published = {}, 0
             for table in (self._ee, self._images, self._truth):
                 table.clear()  # observations of the previous trial must not feed this one
             self._next_stream_decision = 0.0
@@ -158,8 +158,9 @@ class PolicyNode(Node):
     def _on_status(self, msg: EpisodeStatus) -> None:
         with self._lock:
             if msg.done:
-                if self.trial is not None and msg.trial_id == self.trial.trial_id:
+                if self.trial is not None and msg.trial_id == self.trial.trial_id and not self._trial_done:
                     self._trial_done = True  # stop spending compute on a finished trial
+                    self.get_logger().info(f"trial {msg.trial_id} ended: {self._chunks_published} action chunks published")
                 return
             self._pending = msg
         self._try_decide()
@@ -246,8 +247,11 @@ class PolicyNode(Node):
             msg.data = array.array("f", actions.reshape(-1).tobytes())
             if self.signer is not None:
                 sign_message(self.signer, msg)
-            self.pub_chunk.publish(msg)
-            self.decisions += 1
+            with self._lock:
+                if self._trial_done or self.trial is None or self.trial.trial_id != msg.trial_id:
+                    return  # the trial ended (or another began) while this chunk was computed
+                self.pub_chunk.publish(msg)
+                self._chunks_published += 1
             if self.cfg.trigger == "stream":
                 # The executor queues chunks: ask again only once the executed part has run.
                 executed = plan.execute_steps or actions.shape[0]

@@ -81,6 +81,29 @@ def test_finished_and_reannounced_trials(node):
     assert resets == [trial] and not node._trial_done
 
 
+def test_a_chunk_computed_while_its_trial_ended_is_not_published(node):
+    """A done status that arrives during inference voids the chunk: nothing goes out for a finished
+    trial, so the count logged at the end of the trial is every chunk the trial got."""
+    trial = make_trial("Val", 0)
+    published = []
+    node.pub_chunk = type("Recorder", (), {"publish": staticmethod(published.append)})()
+    node.needs_privileged = False
+    node._on_trial(trial_to_msg(trial, ns_to_stamp(1)))
+    node._store(node._ee)(ee_at(5))
+    obs = node._build(node._ee[5], None, None, 0, 5)
+    node.backend.act = lambda o: ActionPlan(np.zeros((4, 7), np.float32), execute_steps=3)
+    node._infer_and_publish(obs)
+    assert len(published) == 1
+
+    def act_while_the_trial_ends(o):
+        node._on_status(EpisodeStatus(trial_id=trial.trial_id, done=True))
+        return ActionPlan(np.zeros((4, 7), np.float32), execute_steps=3)
+
+    node.backend.act = act_while_the_trial_ends
+    node._infer_and_publish(obs)
+    assert len(published) == 1 and node._trial_done
+
+
 def test_lock_step_answers_a_step_once_and_again_only_when_it_is_still_asked_for_later():
     """Messages in, chunks out: a status repeated at once (a rejection) gets no second chunk; the
     same step asked again after ``answer_again_s`` (the chunk was lost) is answered again."""

@@ -31,13 +31,12 @@ def main() -> int:
     configure_environment()
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from gf_bringup import names
     from gf_bringup.rosutil import reliable_qos
     from gf_bringup.signing import ChunkSigner, load_key, sign_message
     from gf_interfaces.msg import ActionChunk
-
-    from rclpy.signals import SignalHandlerOptions
 
     # Ctrl-C is a plain KeyboardInterrupt here: rclpy's handler would shut the context down under
     # the spin thread and the publishing loop before the report is printed.
