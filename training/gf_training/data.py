@@ -34,9 +34,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from gf_bringup.images import fit_image
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_policy.vla import NormStats, VLAProcessor
 from gf_policy.vla.normalization import stats_from_data
@@ -90,22 +90,20 @@ def check_episode(ep: EpisodeLike, name: str = "episode") -> None:
         raise ValueError(f"{name}: proprio/actions contain NaN or infinite values")
 
 
-def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, size, size, 3), bicubic like ``VLAProcessor`` (so a cached frame
-    gives the same pixel values the processor would compute from the original)."""
-    if size is None or images.shape[1:3] == (size, size):
+def resize_images(images: np.ndarray, size: int | None, crop: Sequence[float] | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3): ``crop`` then a bicubic resize by ``VLAProcessor``'s
+    own rule (so a cached frame gives the pixel values the processor computes from the original)."""
+    if crop is None and (size is None or images.shape[1:3] == (size, size)):
         return np.ascontiguousarray(images)
-    out = np.empty((images.shape[0], size, size, 3), dtype=np.uint8)
-    for i, frame in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(np.asarray(frame)).resize((size, size), Image.Resampling.BICUBIC))
-    return out
+    return np.stack([fit_image(np.asarray(frame), size, crop) for frame in images])
 
 
-def decode(ep: EpisodeLike, image_size: int | None = None, episode_id: str = "", trial: dict | None = None) -> DecodedEpisode:
-    """Any episode-like object -> ``DecodedEpisode`` (images resized, float32 arrays)."""
+def decode(ep: EpisodeLike, image_size: int | None = None, episode_id: str = "", trial: dict | None = None,
+           image_crop: Sequence[float] | None = None) -> DecodedEpisode:
+    """Any episode-like object -> ``DecodedEpisode`` (images cropped and resized, float32 arrays)."""
     check_episode(ep)
     return DecodedEpisode(
-        images=resize_images(np.asarray(ep.images), image_size),
+        images=resize_images(np.asarray(ep.images), image_size, image_crop),
         proprio=np.asarray(ep.proprio, dtype=np.float32),
         actions=np.asarray(ep.actions, dtype=np.float32),
         instruction=str(ep.instruction),
@@ -157,12 +155,14 @@ class EpisodeCache:
     entry, and concurrent builders (DDP ranks) cannot corrupt each other.
     """
 
-    def __init__(self, root: str | Path, image_size: int | None):
+    def __init__(self, root: str | Path, image_size: int | None, image_crop: Sequence[float] | None = None):
         self.root = Path(root)
         self.image_size = image_size
+        self.image_crop = None if image_crop is None else [float(v) for v in image_crop]
 
     def key(self, fingerprint: str) -> str:
-        return f"{fingerprint}-s{self.image_size or 'orig'}-v{CACHE_FORMAT}"
+        crop = "" if self.image_crop is None else "-c" + "_".join(f"{v:g}" for v in self.image_crop)
+        return f"{fingerprint}-s{self.image_size or 'orig'}{crop}-v{CACHE_FORMAT}"
 
     def path(self, fingerprint: str) -> Path:
         return self.root / self.key(fingerprint)
@@ -192,7 +192,7 @@ class EpisodeCache:
             np.save(tmp / "proprio.npy", ep.proprio.astype(np.float32))
             np.save(tmp / "actions.npy", ep.actions.astype(np.float32))
             meta = {"instruction": ep.instruction, "episode_id": ep.episode_id, "trial": ep.trial,
-                    "length": ep.length, "image_size": self.image_size, "format": CACHE_FORMAT}
+                    "length": ep.length, "image_size": self.image_size, "image_crop": self.image_crop, "format": CACHE_FORMAT}
             (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
             try:
                 os.rename(tmp, final)
@@ -236,6 +236,7 @@ def load_demo_episodes(
     include_failed: bool = False,
     include_incomplete: bool = False,
     progress: bool = False,
+    image_crop: Sequence[float] | None = None,
 ) -> tuple[list[DecodedEpisode], LoadReport]:
     """All usable episodes of one or more demo directories, decoded through the cache.
 
@@ -249,7 +250,7 @@ def load_demo_episodes(
     )
 
     dirs = [demo_dirs] if isinstance(demo_dirs, (str, Path)) else list(demo_dirs)
-    cache = EpisodeCache(cache_dir or default_cache_dir(), image_size)
+    cache = EpisodeCache(cache_dir or default_cache_dir(), image_size, image_crop)
     report = LoadReport()
     work: list[tuple[Path, Any]] = []
     for d in dirs:
@@ -274,7 +275,7 @@ def load_demo_episodes(
 
         def build(d: Path = d, entry: Any = entry) -> DecodedEpisode:
             ep = load_episode(d, entry)
-            return decode(ep, image_size, episode_id=entry.episode_id, trial=entry.trial)
+            return decode(ep, image_size, episode_id=entry.episode_id, trial=entry.trial, image_crop=image_crop)
 
         try:
             ep, hit = cache.get_or_build(fingerprint, build)

@@ -583,7 +583,7 @@ def import_lerobot(root: str | Path, demo_dir: str | Path, mapping: Any | None =
 
 
 def load_lerobot_episodes(roots: Sequence[str | Path], mapping: Any | None, image_size: int | None,
-                          progress: bool = False) -> list:
+                          progress: bool = False, image_crop: Sequence[float] | None = None) -> list:
     """Training episodes (``gf_training.data.DecodedEpisode``, images resized to the model's
     input) of LeRobot datasets, in our embodiment: the same windows, normalisation and collation
     as demo directories then apply."""
@@ -592,7 +592,7 @@ def load_lerobot_episodes(roots: Sequence[str | Path], mapping: Any | None, imag
     episodes = []
     for root in roots:
         for ep in read_robot_episodes(root, mapping, progress=progress):
-            episodes.append(decode(ep, image_size, episode_id=ep.episode_id, trial=ep.trial))
+            episodes.append(decode(ep, image_size, episode_id=ep.episode_id, trial=ep.trial, image_crop=image_crop))
     if not episodes:
         raise ValueError(f"no episodes in {', '.join(map(str, roots))}")
     return episodes

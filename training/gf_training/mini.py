@@ -73,6 +73,8 @@ RECIPES = {
     r.name: r for r in (
         Recipe("baseline", "PI0StyleVLA (~1.1 M parameters, 96 px) from scratch on 500 Train demos of the "
                            "default scene"),
+        Recipe("crop", "the baseline's model seeing a crop of the frame around the table (128 px, 16 px "
+                       "patches), from scratch on the same demos"),
     )
 }
 

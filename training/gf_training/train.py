@@ -41,7 +41,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,14 +294,17 @@ def build_processor(cfg: TrainConfig, config: VLAConfig, instructions: list[str]
     return processor
 
 
-def load_episodes(cfg: TrainConfig, image_size: int, info: DistInfo) -> list[DecodedEpisode]:
-    """Generated or demo episodes; rank 0 fills the decode cache before the others read it."""
+def load_episodes(cfg: TrainConfig, image_size: int, info: DistInfo,
+                  image_crop: Sequence[float] | None = None) -> list[DecodedEpisode]:
+    """Generated or demo episodes, their images as the model sees them (``image_crop``, then
+    ``image_size``); rank 0 fills the decode cache before the others read it."""
     d = cfg.data
     if d.synthetic is not None:
         return synthetic_episodes(image_size=image_size, **d.synthetic)
     if not d.demo_dirs and not d.lerobot_dirs:
         raise ValueError("no training data: set data.demo_dirs or data.lerobot_dirs (or data.synthetic)")
-    kwargs = {"cache_dir": d.cache_dir, "include_failed": d.include_failed, "include_incomplete": d.include_incomplete}
+    kwargs = {"cache_dir": d.cache_dir, "include_failed": d.include_failed, "include_incomplete": d.include_incomplete,
+              "image_crop": image_crop}
     episodes: list[DecodedEpisode] = []
     if d.demo_dirs:
         if info.is_main:
@@ -313,7 +316,7 @@ def load_episodes(cfg: TrainConfig, image_size: int, info: DistInfo) -> list[Dec
     if d.lerobot_dirs:
         from gf_training.lerobot_format import load_lerobot_episodes
 
-        episodes = episodes + load_lerobot_episodes(d.lerobot_dirs, d.lerobot_mapping, image_size,
+        episodes = episodes + load_lerobot_episodes(d.lerobot_dirs, d.lerobot_mapping, image_size, image_crop=image_crop,
                                                     progress=cfg.logging.progress and info.is_main)
     return episodes
 
@@ -426,7 +429,7 @@ class Trainer:
     def _setup_data(self, model: PI0StyleVLA) -> None:
         """Episodes, normalisation statistics, tokenizer/processor and the datasets."""
         cfg, info, vla_cfg = self.cfg, self.info, model.config
-        episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info)
+        episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info, vla_cfg.image_crop)
         self.episodes = episodes
         self.norm_stats = self._norm_stats(episodes, info, model.norm_stats)
         model.norm_stats = self.norm_stats

@@ -132,6 +132,30 @@ def test_resize_matches_the_processor():
         assert torch.equal(proc.preprocess_image(frame), proc.preprocess_image(pre))
 
 
+def test_a_cropped_model_sees_the_same_pixels_from_the_cache_and_from_the_camera(tmp_path):
+    """``image_crop``: the processor crops the camera frame before its resize; cached training frames
+    are cropped by the same rule, and a crop is part of the cache key (no stale uncropped frames)."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
+    frames[:, 12:48, 20:60] = 0  # the cropped part: [0.25, 0.2, 0.75, 0.8] of an 80 x 60 frame
+    cfg = VLAConfig.tiny(image_crop=[0.25, 0.2, 0.75, 0.8])
+
+    class _Tok:
+        bos_token_id, pad_token_id = 2, 0
+
+    proc = VLAProcessor(_Tok(), cfg)
+    assert torch.equal(proc.preprocess_image(frames[0]), -torch.ones(3, 32, 32))  # only the black part is seen
+    small = resize_images(frames, cfg.image_size, cfg.image_crop)
+    for frame, pre in zip(frames, small):
+        assert torch.equal(proc.preprocess_image(frame), VLAProcessor(_Tok(), VLAConfig.tiny()).preprocess_image(pre))
+    whole, cropped = EpisodeCache(tmp_path, 32), EpisodeCache(tmp_path, 32, cfg.image_crop)
+    assert whole.key("abc") != cropped.key("abc")
+    cropped.put("abc", ramp_episode(4))
+    assert whole.get("abc") is None and cropped.get("abc") is not None
+    with pytest.raises(ValueError, match="image_crop"):
+        VLAConfig.tiny(image_crop=[0.5, 0.2, 0.25, 0.8])
+
+
 # ------------------------------------------------------------------ demo dirs through gf_teleop.episodes
 
 

@@ -1,6 +1,9 @@
-"""numpy <-> sensor_msgs/Image and CameraInfo, without cv_bridge (docs/architecture.md, "Facts about the platform")."""
+"""numpy <-> sensor_msgs/Image and CameraInfo, without cv_bridge (docs/architecture.md, "Facts about the platform"),
+and the one rule by which a camera frame becomes a model input (``fit_image``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,3 +61,18 @@ def camera_info_msg(intrinsics: np.ndarray, width: int, height: int, stamp, fram
     msg.r = np.eye(3).flatten().tolist()
     msg.p = np.hstack([k, np.zeros((3, 1))]).flatten().tolist()
     return msg
+
+
+def fit_image(image: np.ndarray, size: int | None, crop: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 H x W x 3 -> the part ``crop`` ([left, top, right, bottom] fractions) resized to
+    size x size (bicubic, as PaliGemma's own processor); the image itself when there is nothing to do (``size`` None: no resize)."""
+    if crop is not None:
+        h, w = image.shape[:2]
+        left, top, right, bottom = (round(crop[0] * w), round(crop[1] * h), round(crop[2] * w), round(crop[3] * h))
+        if (left, top, right, bottom) != (0, 0, w, h):
+            image = np.ascontiguousarray(image[top:bottom, left:right])
+    if size is None or image.shape[:2] == (size, size):
+        return image
+    from PIL import Image  # lazy: the ROS nodes that only convert messages do not need Pillow
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))

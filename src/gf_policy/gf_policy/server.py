@@ -133,6 +133,7 @@ def model_metadata(policy: Any, checkpoint: str = "") -> dict[str, Any]:
         "proprio_dim": int(cfg.proprio_dim),
         "action_space": str(cfg.action_space),
         "image_size": int(cfg.image_size),
+        "image_crop": cfg.image_crop,
         "num_images": int(cfg.num_images),
         "num_inference_steps": int(cfg.num_inference_steps),
     }

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image
 
+from gf_bringup.images import fit_image
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_eval.trials import TrialSpec, make_trial
 from gf_policy import openpi_wire
@@ -128,9 +128,7 @@ class OpenPIMapping:
     # ------------------------------------------------------------------ conversion
     def observation(self, obs: PolicyObservation, seed: int) -> dict[str, Any]:
         """Our observation -> the served policy's input mapping."""
-        image = np.asarray(obs.image)
-        if self.image_size and image.shape[:2] != (self.image_size, self.image_size):
-            image = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC))
+        image = fit_image(np.asarray(obs.image), self.image_size)
         state = np.asarray(obs.proprio, dtype=np.float32)
         out: dict[str, Any] = {}
         for key, src in self.inputs.items():

@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from gf_bringup.images import fit_image
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_eval.trials import TrialSpec
 from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation
@@ -202,9 +202,9 @@ class RemoteBackend(PolicyBackend):
     def _prepare_image(self, image: np.ndarray) -> np.ndarray:
         size = self.metadata["image_size"] if self.metadata else None
         image = np.asarray(image)
-        if self.resize and size and image.dtype == np.uint8 and image.ndim == 3 and image.shape[:2] != (size, size):
-            # Bicubic, as the server's processor: identical pixels, fewer bytes on the wire.
-            return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+        if self.resize and size and image.dtype == np.uint8 and image.ndim == 3:
+            # The server's processor's own rule: identical pixels, fewer bytes on the wire.
+            return np.ascontiguousarray(fit_image(image, size, self.metadata.get("image_crop")))
         return np.ascontiguousarray(image)
 
     def act(self, obs: PolicyObservation) -> ActionPlan:

@@ -133,6 +133,10 @@ class VLAConfig:
     # --- inputs ---
     num_images: int = 1
     max_text_tokens: int = 48
+    # The part of each camera frame the model sees, as fractions [left, top, right, bottom] of
+    # its width and height, cropped before the resize to image_size (None: the whole frame). A
+    # small model zooms in on the table this way; the benchmark's camera stays as it is.
+    image_crop: list[float] | None = None
     # --- runtime ---
     attn_implementation: str = "sdpa"  # "sdpa" or "eager" (explicit softmax); both take an explicit mask
     gradient_checkpointing: bool = False
@@ -231,6 +235,12 @@ class VLAConfig:
             raise ValueError(f"execution_horizon must be in [1, action_horizon={self.action_horizon}]")
         if self.num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
+        if self.image_crop is not None:
+            crop = [float(v) for v in self.image_crop]
+            if len(crop) != 4 or not (0.0 <= crop[0] < crop[2] <= 1.0 and 0.0 <= crop[1] < crop[3] <= 1.0):
+                raise ValueError(f"image_crop must be [left, top, right, bottom] fractions with left < right and "
+                                 f"top < bottom in [0, 1], got {self.image_crop!r}")
+            self.image_crop = crop
         self._validate_targets()
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', not {self.attn_implementation!r}")

@@ -1,7 +1,9 @@
 """Turn camera images and instructions into model inputs (PaliGemma prompt format).
 
-Images: uint8 H x W x 3 RGB, resized with Pillow (bicubic, as PaliGemma's own processor) to the
-configured square size and normalised the SigLIP way, ``(x / 255 - 0.5) / 0.5`` -> [-1, 1].
+Images: uint8 H x W x 3 RGB, cropped to the configured part of the frame (``image_crop``, if
+set), resized with Pillow (bicubic, as PaliGemma's own processor) to the configured square size
+and normalised the SigLIP way, ``(x / 255 - 0.5) / 0.5`` -> [-1, 1]. The crop-and-resize rule is
+``gf_bringup.images.fit_image``, shared with training's episode cache and the remote backends.
 
 Prompt (PaliGemma / pi0): ``<image> * (num_images * tokens_per_image) + <bos> + text + "\\n"``,
 right-padded to ``num_images * tokens_per_image + max_text_tokens`` with an attention mask. The
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from gf_bringup.images import fit_image
 
 from .configuration import VLAConfig
 from .local_files import local_dir
@@ -83,9 +86,7 @@ class VLAProcessor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"expected a uint8 H x W x 3 RGB image, got {desc}")
-        size = self.config.image_size
-        if image.shape[:2] != (size, size):
-            image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+        image = fit_image(image, self.config.image_size, self.config.image_crop)
         x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
         return (x / 255.0 - 0.5) / 0.5
 
