@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -26,3 +29,24 @@ def fresh_domain(monkeypatch) -> str:
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     yield str(domain)
     os.close(lock)
+
+
+def output_when_ended(proc: subprocess.Popen, timeout: float) -> str:
+    """The output of ``proc`` (started with ``stdout=PIPE, text=True``), which must end within
+    ``timeout`` s. One that hangs is asked for its threads' stacks (SIGUSR1: the tool registers
+    ``faulthandler`` for it), killed, and the test fails with them: a hung process never outlives
+    its test, where it would publish into the next test that is given the same ROS domain."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        output = proc.communicate()[0]
+        pytest.fail(f"{proc.args[:3]} did not end within {timeout:.0f} s; its output and stacks:\n{output[-6000:]}")
+
+
+@pytest.fixture
+def ended():
+    """``ended(proc, timeout)``: see ``output_when_ended``."""
+    return output_when_ended

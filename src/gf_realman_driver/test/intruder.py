@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import array
 import copy
+import faulthandler
 import json
+import signal
 import sys
 import threading
 import time
@@ -29,6 +31,7 @@ KINDS = ("unsigned", "wrong_secret", "unknown_key", "tampered", "replay")
 def main() -> int:
     key_id, wrong_file, unknown_file, count, rate = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
     configure_environment()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks a hung intruder for its stacks
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions

@@ -28,7 +28,7 @@ INTRUDER_CHUNKS = 1200
 INTRUDER_RATE_HZ = 200.0
 
 
-def test_intruder_chunks_are_refused_and_the_signed_trials_run(tmp_path, fresh_domain, ros_tools):
+def test_intruder_chunks_are_refused_and_the_signed_trials_run(tmp_path, fresh_domain, ros_tools, ended):
     key = write_key_file(tmp_path / "keys" / "robot.key", "lab-robot")
     write_key_file(tmp_path / "keys" / "wrong.key", "lab-robot")  # the same key id with another secret
     write_key_file(tmp_path / "keys" / "unknown.key", "not-enrolled")
@@ -46,7 +46,7 @@ def test_intruder_chunks_are_refused_and_the_signed_trials_run(tmp_path, fresh_d
         status = dict(probe.status)
     finally:
         intruder.send_signal(signal.SIGINT)
-        report, _ = intruder.communicate(timeout=30)
+        report = ended(intruder, timeout=30)
         probe.close()
     assert graph.returncode == 0, graph.stdout[-5000:] + graph.stderr[-3000:]
     intruded = json.loads([line for line in report.splitlines() if line.startswith("{")][-1])

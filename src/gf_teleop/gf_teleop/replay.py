@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import signal
 import sys
@@ -452,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_environment()
     signal.signal(signal.SIGTERM, _terminate)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` shows where a hung play waits
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ep.EpisodeError) as exc:

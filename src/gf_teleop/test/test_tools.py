@@ -128,7 +128,7 @@ def test_replay_play_publishes_the_bag_with_its_timing(synthetic_demo, fresh_dom
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_looping_play_stops_quietly_on_sigterm_and_ctrl_c(synthetic_demo, fresh_domain, helpers, sig):
+def test_a_looping_play_stops_quietly_on_sigterm_and_ctrl_c(synthetic_demo, fresh_domain, helpers, ended, sig):
     demo_dir, _ = synthetic_demo
     bag = demo_dir / ep.read_manifest(demo_dir)[0].bag
     player = subprocess.Popen([helpers.exe("gf-replay"), "play", str(bag), "--loop", "--delay", "0", "--no-progress"],
@@ -136,7 +136,7 @@ def test_a_looping_play_stops_quietly_on_sigterm_and_ctrl_c(synthetic_demo, fres
     time.sleep(3.0)  # publishing by now
     assert player.poll() is None
     player.send_signal(sig)
-    output = player.communicate(timeout=30)[0]
+    output = ended(player, timeout=30)
     assert player.returncode == 128 + sig if sig == signal.SIGTERM else player.returncode == 130, output
     assert "Traceback" not in output, output
 
