@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.camera import card_quads, policy_camera, quad_coverage
 from gf_policy.vla import PI0StyleVLA, VLAProcessor
 from gf_policy.vla.processing import clean_instruction
@@ -244,7 +245,7 @@ def load_model_for_attention(path: str | Path, device: str = "cpu") -> tuple[PI0
     return model.eval(), VLAProcessor.from_pretrained(path, model.config)
 
 
-def parse_trial(spec: str, split: str = "gf-default-v1", base_seed: int = 0) -> Any:
+def parse_trial(spec: str, split: str = DEFAULT_SPLIT, base_seed: int = 0) -> Any:
     """``PROTOCOL:INDEX`` -> the benchmark's ``TrialSpec``."""
     from gf_eval.splits import load_splits
     from gf_eval.trials import make_trial
@@ -255,7 +256,7 @@ def parse_trial(spec: str, split: str = "gf-default-v1", base_seed: int = 0) -> 
     return make_trial(protocol, int(index), base_seed, load_splits(split))
 
 
-def render_trial(trial: Any, size: int = 224, split: str = "gf-default-v1") -> np.ndarray:
+def render_trial(trial: Any, size: int = 224, split: str = DEFAULT_SPLIT) -> np.ndarray:
     """The policy camera's first image of a trial (needs the simulator)."""
     import gymnasium as gym
 
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="our checkpoints and/or Hugging Face PaliGemma directories, drawn side by side")
     parser.add_argument("--trial", required=True, help="PROTOCOL:INDEX of the benchmark, e.g. Val:3")
     parser.add_argument("--labels", help="comma-separated row labels (default: directory names)")
-    parser.add_argument("--split", default="gf-default-v1", help="split name or file (default gf-default-v1)")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help=f"split name or file (default {DEFAULT_SPLIT})")
     parser.add_argument("--base-seed", type=int, default=0)
     parser.add_argument("--image", type=Path, help="use this camera image instead of rendering the trial")
     parser.add_argument("--layers", default="mean", help="mean | all | comma-separated layer indices")

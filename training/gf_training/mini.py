@@ -75,6 +75,8 @@ RECIPES = {
                            "default scene"),
         Recipe("crop", "the baseline's model seeing a crop of the frame around the table (128 px, 16 px "
                        "patches), from scratch on the same demos"),
+        Recipe("no_proprio", "the baseline's model without proprio: every step is read from the image"),
+        Recipe("proprio_dropout", "the baseline's model with the proprio of half its training samples hidden"),
     )
 }
 

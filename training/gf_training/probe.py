@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 
 DEFAULT_PROMPT = "caption en"
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``gf-probe``."""
     parser = argparse.ArgumentParser(prog="gf-probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="Hugging Face PaliGemma directory or one of our VLA checkpoints")
-    parser.add_argument("--split", default="gf-default-v1", help="split name or JSON file (default gf-default-v1)")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help=f"split name or JSON file (default {DEFAULT_SPLIT})")
     parser.add_argument("--lists", default="Train,Val,Hard", help="comma-separated lists (default Train,Val,Hard)")
     parser.add_argument("--out", type=Path, default=Path("probe"), help="output directory (default ./probe)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt after the image (default {DEFAULT_PROMPT!r})")

@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 
 VL_FORMAT = "gf-vl-v1"
@@ -194,7 +195,7 @@ def _progress(items: Iterable[Any], total: int, desc: str, enabled: bool) -> Ite
 
 
 def generate_glyphs(
-    out: str | Path, split: str = "gf-default-v1", lists: Sequence[str] = ("Train",), per_emoji: int = 8,
+    out: str | Path, split: str = DEFAULT_SPLIT, lists: Sequence[str] = ("Train",), per_emoji: int = 8,
     size: int = 224, seed: int = 0, progress: bool = False,
 ) -> Path:
     """Write ``per_emoji`` glyph images of every emoji of ``lists``; returns the directory."""
@@ -221,7 +222,7 @@ def generate_glyphs(
 
 
 def generate_tabletop(
-    out: str | Path, split: str = "gf-default-v1", lists: Sequence[str] = ("Train",), scenes: int = 1000,
+    out: str | Path, split: str = DEFAULT_SPLIT, lists: Sequence[str] = ("Train",), scenes: int = 1000,
     size: int = 224, seed: int = 0, progress: bool = False, env: Any | None = None,
 ) -> Path:
     """Render ``scenes`` tabletop scenes with random cards of ``lists``; returns the directory.
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gf-vl-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="generator", required=True)
     common: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-        (("--split",), {"default": "gf-default-v1", "help": "split name or JSON file (default gf-default-v1)"}),
+        (("--split",), {"default": DEFAULT_SPLIT, "help": f"split name or JSON file (default {DEFAULT_SPLIT})"}),
         (("--lists",), {"default": "Train", "help": "comma-separated emoji lists of the split (default Train; "
                                                      "Val would leak the held-out protocol)"}),
         (("--out",), {"type": Path, "required": True, "help": "output directory"}),

@@ -230,6 +230,50 @@ def test_save_and_load_give_identical_actions(tmp_path):
     assert (tmp_path / "ckpt" / "tokenizer.json").exists()
 
 
+def test_a_model_without_proprio_acts_the_same_whatever_the_proprio(tmp_path):
+    model = tiny_model(proprio_dropout=1.0)
+    batch = make_batch(model.config, batch_size=2)
+    noise = make_noise(model.config, 2)
+    ref = model.sample_actions(*sample_inputs(batch), noise=noise)
+    other = batch["proprio"].flip(0) * 0.5
+    assert torch.equal(model.sample_actions(*sample_inputs(batch)[:3], other, noise=noise), ref)
+    # The learned stand-in is part of the checkpoint.
+    with torch.no_grad():
+        model.proprio_mask_value.normal_()
+    tok = train_tiny_tokenizer(["pick the cube"], 60, tmp_path / "tok")
+    model.save_pretrained(tmp_path / "ckpt", processor=VLAProcessor(tok, model.config))
+    loaded = PI0StyleVLA.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(loaded.proprio_mask_value, model.proprio_mask_value)
+    assert torch.equal(loaded.sample_actions(*sample_inputs(batch), noise=noise),
+                       model.sample_actions(*sample_inputs(batch), noise=noise))
+
+
+def test_proprio_dropout_hides_proprio_in_training_only():
+    model = tiny_model(proprio_dropout=0.5)
+    batch = make_batch(model.config, batch_size=64)
+    noise, time = make_noise(model.config, 64), torch.full((64,), 0.5)
+    with torch.no_grad():
+        model.proprio_mask_value.fill_(3.0)  # far from any normalised proprio, so hiding shows
+        model.train()
+        torch.manual_seed(0)
+        per_sample_train = [model.compute_loss({k: v[i:i + 1] for k, v in batch.items()}, noise[i:i + 1], time[i:i + 1])
+                            for i in range(64)]
+        model.eval()
+        per_sample_eval = [model.compute_loss({k: v[i:i + 1] for k, v in batch.items()}, noise[i:i + 1], time[i:i + 1])
+                           for i in range(64)]
+    hidden = sum(not torch.equal(a, b) for a, b in zip(per_sample_train, per_sample_eval))
+    assert 16 <= hidden <= 48  # about half (binomial 64, 0.5: outside this range p < 1e-4)
+    # At inference the proprio is seen: other proprio, other actions.
+    ref = model.sample_actions(*sample_inputs(batch), noise=noise)
+    assert not torch.allclose(model.sample_actions(*sample_inputs(batch)[:3], -batch["proprio"], noise=noise), ref)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_proprio_dropout_is_a_probability(p):
+    with pytest.raises(ValueError, match="proprio_dropout"):
+        VLAConfig.tiny(proprio_dropout=p)
+
+
 def test_language_model_head_stays_usable():
     model = tiny_model()
     batch = make_batch(model.config, batch_size=2)

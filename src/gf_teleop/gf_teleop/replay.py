@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.runtime import configure_environment
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_teleop import episodes as ep
@@ -202,7 +203,7 @@ class SimReplayer:
             load_splits(episode.trial.split_name)
             split = episode.trial.split_name
         except FileNotFoundError:
-            split = "gf-default-v1"  # the spec carries the cards; the split only names defaults
+            split = DEFAULT_SPLIT  # the spec carries the cards; the split only names defaults
         session = self.session(robot, split)
         session.reset(episode.trial)
         proprio = []

@@ -137,6 +137,10 @@ class VLAConfig:
     # its width and height, cropped before the resize to image_size (None: the whole frame). A
     # small model zooms in on the table this way; the benchmark's camera stays as it is.
     image_crop: list[float] | None = None
+    # Share of training samples whose proprio the model does not see (a learned stand-in takes
+    # its place), so that it must find the cube and cards in the image instead of continuing the
+    # motion the proprio reveals; 1.0: the model never sees proprio, at inference either.
+    proprio_dropout: float = 0.0
     # --- runtime ---
     attn_implementation: str = "sdpa"  # "sdpa" or "eager" (explicit softmax); both take an explicit mask
     gradient_checkpointing: bool = False
@@ -235,6 +239,8 @@ class VLAConfig:
             raise ValueError(f"execution_horizon must be in [1, action_horizon={self.action_horizon}]")
         if self.num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
+        if not 0.0 <= self.proprio_dropout <= 1.0:
+            raise ValueError(f"proprio_dropout must be in [0, 1], got {self.proprio_dropout}")
         if self.image_crop is not None:
             crop = [float(v) for v in self.image_crop]
             if len(crop) != 4 or not (0.0 <= crop[0] < crop[2] <= 1.0 and 0.0 <= crop[1] < crop[3] <= 1.0):

@@ -170,6 +170,10 @@ class PI0StyleVLA(nn.Module):
         self.action_time_mlp_out = nn.Linear(width, width)
         self.action_out_proj = nn.Linear(width, config.model_action_dim)
         self.norm_stats: dict[str, NormStats] | None = None
+        if config.proprio_dropout > 0:
+            # Stands in for a hidden proprio vector (in normalised input space, so it reaches the
+            # expert's state token and the VLM's alike); learned, so it can leave the data's range.
+            self.proprio_mask_value = nn.Parameter(torch.zeros(config.model_proprio_dim))
         self._build_technique_heads()
         # Detached per-target losses of the last compute_loss / forward call (for logging).
         self.last_losses: dict[str, torch.Tensor] = {}
@@ -289,6 +293,18 @@ class PI0StyleVLA(nn.Module):
         self.vlm.model.vision_tower.activation_checkpointing_disable()
 
     # ------------------------------------------------------------------ embeddings
+    def _visible_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        """``proprio`` (B, model_proprio_dim) as the model may see it: with ``proprio_dropout`` p,
+        each training sample's vector is hidden (replaced by ``proprio_mask_value``) with
+        probability p; p = 1 hides it always, at inference too (a policy without proprio)."""
+        p = self.config.proprio_dropout
+        if p <= 0 or (p < 1 and not self.training):
+            return proprio
+        hidden = torch.ones(proprio.shape[0], 1, dtype=torch.bool, device=proprio.device)
+        if p < 1:
+            hidden = torch.rand(proprio.shape[0], 1, device=proprio.device) < p
+        return torch.where(hidden, self.proprio_mask_value.to(proprio.dtype), proprio)
+
     def embed_prefix(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,7 +504,7 @@ class PI0StyleVLA(nn.Module):
         actions = batch["actions"].to(self.dtype)
         batch_size = actions.shape[0]
         actions = self._pad(actions, cfg.model_action_dim)
-        proprio = self._pad(batch["proprio"].to(self.dtype), cfg.model_proprio_dim)
+        proprio = self._visible_proprio(self._pad(batch["proprio"].to(self.dtype), cfg.model_proprio_dim))
         if noise is None:
             noise = torch.randn_like(actions)
         if time is None:
@@ -615,7 +631,7 @@ class PI0StyleVLA(nn.Module):
         cfg = self.config
         actions = batch["actions"].to(self.dtype)
         batch_size, horizon = actions.shape[:2]
-        proprio = self._pad(batch["proprio"].to(self.dtype), cfg.model_proprio_dim)
+        proprio = self._visible_proprio(self._pad(batch["proprio"].to(self.dtype), cfg.model_proprio_dim))
         is_pad = batch.get("action_is_pad")
         prefix, pad_mask = self.embed_prefix(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         prefix_len = prefix.shape[1]
@@ -679,7 +695,7 @@ class PI0StyleVLA(nn.Module):
         cfg = self.config
         if cfg.discrete_actions is None:
             raise ValueError("the model has no discrete action head (discrete_actions is null)")
-        proprio = self._pad(proprio.to(self.dtype), cfg.model_proprio_dim)
+        proprio = self._visible_proprio(self._pad(proprio.to(self.dtype), cfg.model_proprio_dim))
         batch_size = proprio.shape[0]
         n_targets = cfg.action_horizon * cfg.action_dim
         if cfg.discrete_actions == "parallel":
@@ -808,7 +824,7 @@ class PI0StyleVLA(nn.Module):
         steps = num_steps or cfg.num_inference_steps
         batch_size = input_ids.shape[0]
         device = input_ids.device
-        proprio = self._pad(proprio.to(self.dtype), cfg.model_proprio_dim)
+        proprio = self._visible_proprio(self._pad(proprio.to(self.dtype), cfg.model_proprio_dim))
         if noise is None:
             noise = torch.randn(
                 batch_size, cfg.action_horizon, cfg.model_action_dim, generator=generator, device=device
