@@ -3,6 +3,7 @@
 One command runs the whole loop for a small ``PI0StyleVLA`` trained from scratch::
 
     demos     gf-demos generate --split train --episodes N --out demos/mini/train
+    vl        gf-vl-data GENERATOR --scenes M --out vl/mini/GENERATOR   (co-training recipes only)
     train     gf-train mini/<recipe>.yaml output_dir=runs/mini/<recipe> data.demo_dirs=[...]
     sweep     gf-sweep runs/mini/<recipe> --trials S --protocols Val   (best checkpoint by Val overall SR)
     eval      gf-launch sim_eval policy:=vla ... protocols:=[ID,Train,Val,Hard] trials:=T
@@ -36,13 +37,14 @@ from gf_training.config import load_config
 
 MINI_CONFIG_DIR = "mini"
 DEMO_DIR = Path("demos/mini/train")
+VL_ROOT = Path("vl/mini")
 RUN_ROOT = Path("runs/mini")
 EVAL_PROTOCOLS = ("ID", "Train", "Val", "Hard")
 SWEEP_PROTOCOLS = ("Val",)  # gf-sweep's selection rule: best Val overall SR
 # The policy node runs torch on one thread: the simulator needs the other core, and two
 # intra-op threads competing with it for one core are slower than one.
 POLICY_BACKEND_ARGS = {"num_threads": 1}
-STAGES = ("demos", "train", "sweep", "eval", "report")
+STAGES = ("demos", "vl", "train", "sweep", "eval", "report")
 STAGE_LOG = "mini_stages.json"
 REPORT_DIR = "report"
 EVAL_DIR = "eval"
@@ -50,7 +52,8 @@ EVAL_DIR = "eval"
 # Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
 # demo episodes with gf-demos' 2 workers, optimiser steps of the mini model, evaluated trials
 # (a failed trial runs the full 200 steps, a successful one about 50).
-ESTIMATED_RATES = {"demo_s_per_episode": 1.6, "train_steps_per_s": 3.0, "eval_s_per_trial": 9.0}
+ESTIMATED_RATES = {"demo_s_per_episode": 1.6, "vl_s_per_scene": 0.5, "train_steps_per_s": 3.0,
+                   "eval_s_per_trial": 9.0}
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Recipe:
     name: str
     description: str
     demo_episodes: int = 500
+    # Vision-language data the config co-trains on: (gf-vl-data generator, scenes), written to
+    # vl/mini/<generator> and passed to training as cotrain.vl_dirs.
+    vl_data: tuple[tuple[str, int], ...] = ()
     sweep_trials: int = 20
     eval_trials: int = 100
 
@@ -77,6 +83,8 @@ RECIPES = {
                        "patches), from scratch on the same demos"),
         Recipe("no_proprio", "the baseline's model without proprio: every step is read from the image"),
         Recipe("proprio_dropout", "the baseline's model with the proprio of half its training samples hidden"),
+        Recipe("cube_cotrain", "the baseline's model co-trained on 'where is the cube?' scenes (its image "
+                               "position as text)", vl_data=(("cube", 1000),)),
     )
 }
 
@@ -109,9 +117,13 @@ class Plan:
     def report_dir(self) -> Path:
         return self.run_dir / REPORT_DIR
 
+    def vl_dir(self, generator: str) -> Path:
+        return self.root / VL_ROOT / generator
+
     def train_args(self) -> list[str]:
+        vl = [f"cotrain.vl_dirs=[{','.join(str(self.vl_dir(g)) for g, _ in self.recipe.vl_data)}]"]
         return [self.recipe.train_config, f"output_dir={self.run_dir}", f"data.demo_dirs=[{self.demo_dir}]",
-                *self.train_overrides]
+                *(vl if self.recipe.vl_data else []), *self.train_overrides]
 
     def train_steps(self) -> int:
         return load_config(self.recipe.train_config, self.train_args()[1:]).train.steps
@@ -133,6 +145,16 @@ def usable_demos(demo_dir: Path) -> int:
             entry = json.loads(line)
             count += bool(entry.get("complete") and entry.get("success"))
     return count
+
+
+def vl_samples(directory: Path) -> int:
+    """Samples in a gf-vl-data directory's manifest (0 if there is none yet)."""
+    from gf_training.vl_data import MANIFEST
+
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return 0
+    return sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
 def final_checkpoint(plan: Plan) -> Path:
@@ -219,11 +241,18 @@ def stages(plan: Plan) -> list[Stage]:
         chosen = chosen_checkpoint(plan)
         return eval_command(plan, chosen if chosen is not None else "<best checkpoint of the sweep>")
 
+    def vl_stage(generator: str, scenes: int) -> Stage:
+        directory = plan.vl_dir(generator)
+        return Stage("vl", lambda: vl_samples(directory) >= scenes,
+                     lambda: [console_script("gf-vl-data"), generator, "--scenes", str(scenes), "--out", str(directory)],
+                     lambda: max(scenes - vl_samples(directory), 0) * rates["vl_s_per_scene"])
+
     return [
         Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
               lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
                        "--out", str(plan.demo_dir)],
               lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"]),
+        *(vl_stage(g, n) for g, n in plan.recipe.vl_data),
         Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],
               lambda: plan.train_steps() / rates["train_steps_per_s"]),
         Stage("sweep", lambda: plan.sweep_trials <= 0 or swept(plan),

@@ -439,7 +439,7 @@ class Trainer:
         if cfg.cotrain.ratio > 0:
             from gf_training.vl_data import VLDataset
 
-            self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size)
+            self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size, vla_cfg.image_crop)
             texts += self.vl_dataset.texts()
         self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
         self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes,

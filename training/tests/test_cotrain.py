@@ -5,6 +5,7 @@ co-training run whose action and language losses both fall."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from gf_training.train import train
 from gf_training.vl_data import (
     VLCollator,
     VLDataset,
+    cube_sample,
     generate_glyphs,
     main,
     read_vl_dir,
@@ -110,6 +112,45 @@ def test_tabletop_scenes_rendered_by_the_simulator(tmp_path):
         assert r.answer == f"left: {names[0]}; middle: {names[1]}; right: {names[2]}"
         image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / r.image))
         assert image.shape == (128, 128, 3) and image.std() > 10
+
+
+def test_cube_answers_give_its_image_position_in_percent():
+    trial = make_trial("Train", 5)
+    task = FakeTask()
+    top = (*trial.cube_xy, 2 * trial.geometry.cube_half_size)
+    task.camera = look_at_camera((-0.15, 0.49, 0.564), top, 1.2, 64, 64)  # aimed at the cube's top face
+    _, question, answer, meta = cube_sample(task, trial, 5, seed=0)
+    _, x, _, y = answer.split()
+    assert {int(x), int(y)} <= {49, 50} and "cube" in question.lower()  # the centre, a bin boundary
+    # The camera sees larger y further left (see the tabletop test): a cube moved 5 cm that way.
+    moved = dataclasses.replace(trial, cube_xy=(trial.cube_xy[0], trial.cube_xy[1] + 0.05))
+    _, _, answer2, meta2 = cube_sample(task, moved, 5, seed=0)
+    assert int(answer2.split()[1]) <= int(x) - 2 and meta2["cube_uv"][0] < meta["cube_uv"][0] - 1
+
+
+def pixel_of(answer: str, size: int) -> tuple[int, int]:
+    _, x, _, y = answer.split()
+    return int((int(x) + 0.5) / 100 * size), int((int(y) + 0.5) / 100 * size)
+
+
+@pytest.mark.slow
+def test_cube_scenes_rendered_by_the_simulator_point_at_the_blue_cube(tmp_path):
+    from PIL import Image
+
+    from gf_training.vl_data import generate_cube
+
+    out = generate_cube(tmp_path / "cube", scenes=3, size=128, seed=0)
+    info, records = read_vl_dir(out)
+    assert info["generator"] == "cube" and len(records) == 3
+    images = [np.asarray(Image.open(out / r.image).convert("RGB")).astype(int) for r in records]
+    for i, r in enumerate(records):
+        u, v = pixel_of(r.answer, 128)
+        red, _, blue = images[i][v, u]
+        assert blue > red + 40, f"{r.id}: {r.answer} is not on the cube's blue top face ({images[i][v, u]})"
+        for j, other in enumerate(records):  # where another scene's cube is, this one shows the table
+            if abs(other.meta["cube_uv"][0] - r.meta["cube_uv"][0]) + abs(other.meta["cube_uv"][1] - r.meta["cube_uv"][1]) > 12:
+                red, _, blue = images[j][v, u]
+                assert blue < red
 
 
 def tiny_processor(tmp_path, texts):

@@ -63,10 +63,23 @@ def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path, capsys, monkeypat
     assert mini.main(["run", "baseline", "--dry-run", "--root", str(tmp_path), "--episodes", "7"]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[gf-mini]")]
-    assert [line.split()[2] for line in lines] == list(mini.STAGES)
+    assert [line.split()[2] for line in lines] == [s for s in mini.STAGES if s != "vl"]  # no VL data
     assert "--episodes 7" in lines[0] and "gf-train mini/baseline.yaml" in lines[1]
     assert "--protocols Val" in lines[2] and "protocols:=[ID,Train,Val,Hard]" in lines[3]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    assert mini.main(["run", "cube_cotrain", "--dry-run", "--root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    vl_dir = tmp_path / "vl" / "mini" / "cube"
+    assert "vl (to run)" in lines[1] and f"gf-vl-data cube --scenes 1000 --out {vl_dir}" in lines[1]
+    assert f"cotrain.vl_dirs=[{vl_dir}]" in lines[2]
+    vl_dir.mkdir(parents=True)
+    (vl_dir / "manifest.jsonl").write_text("{}\n" * 1000)
+    assert mini.main(["run", "cube_cotrain", "--dry-run", "--root", str(tmp_path)]) == 0
+    assert "vl (done, would skip)" in capsys.readouterr().err
 
 
 def test_finished_stages_are_skipped_and_a_failure_stops_the_recipe(tmp_path, monkeypatch):

@@ -77,6 +77,14 @@ def card_quads(trial: object, camera: PinholeCamera) -> np.ndarray:
     return np.stack(quads)
 
 
+def cube_pixel(trial: object, camera: PinholeCamera) -> np.ndarray:
+    """Image position (u, v) of the centre of the cube's top face as a trial places it."""
+    data = trial if isinstance(trial, dict) else trial.to_dict()  # type: ignore[attr-defined]
+    half = float(dict(data.get("geometry") or {}).get("cube_half_size", 0.015))
+    x, y = data["cube_xy"]
+    return camera.project(np.array([float(x), float(y), 2 * half]))
+
+
 def positions_left_to_right(trial: object, camera: PinholeCamera) -> list[int]:
     """Card indices ordered by their centre's horizontal image position, left first."""
     cards, geometry = _cards_and_geometry(trial)
