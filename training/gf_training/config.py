@@ -41,7 +41,7 @@ class ModelSection:
     * ``tiny``: ``VLAConfig.tiny(**config)``, random weights (tests, smoke runs);
     * ``config``: ``VLAConfig(**config)``, random weights (pi0 sizes by default; the backbone may
       be given compactly as ``vlm: {text: {...}, vision: {...}, image_token_id: N}``, see
-      ``gf_training.train.expand_backbone_sizes``);
+      ``gf_training.build.expand_backbone_sizes``);
     * ``paligemma``: a local Hugging Face PaliGemma directory (``path``) + a new action expert;
     * ``pi0``: a pi0 checkpoint (transformers or LeRobot layout) at ``path``;
     * ``checkpoint``: one of our checkpoints (e.g. a pre-training run's ``step_030000``).
@@ -120,7 +120,7 @@ class LatentSection:
     lam: str | None = None  # LAM directory
     device: str = "auto"  # where the labelling runs: auto | cpu | cuda
     # Frame pairs per sample; with the LAM's codebook, code width and codes per pair they set the
-    # model's latent sizes (gf_training.train.with_latent_sizes), unless model.config gives them.
+    # model's latent sizes (gf_training.build.with_latent_sizes), unless model.config gives them.
     frame_pairs: int = 2
 
 
