@@ -8,6 +8,10 @@ arm base frame; the layout (``gf_eval.touch.TouchLayout``) is saved as YAML with
 Each recorded point is checked at once, so a slip is caught while the operator is still there:
 cards must not overlap (centres at least one card size apart), slots go from the robot's left to
 its right (decreasing y), and the table should be level (touch heights within ``max_z_spread``).
+
+The driver derives its table floor from a loaded calibration (``card_floor_z``; the node's
+``card_layout`` parameter) unless the operator sets ``floor_z``: the card plane plus
+``CARD_FLOOR_MARGIN``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,27 @@ from pathlib import Path
 from gf_eval.touch import DEFAULT_CARD_SIZE, DEFAULT_TOUCH_HEIGHT, CardSlot, LayoutError, TouchLayout, timestamp
 
 SLOT_NAMES = ("slot 0 (the robot's left)", "slot 1 (the middle)", "slot 2 (the robot's right)")
+
+CARD_FLOOR_MARGIN = 0.005
+"""m above the calibrated card plane for the floor derived from a calibration: the fingertip stops
+just short of the cards, never pressing into them or the table even with a few mm of tracking
+error, and a gripper close there still counts as a touch (up to the layout's ``touch_height``)."""
+
+
+def card_floor_z(layout: TouchLayout, tcp_offset=(0.0, 0.0, 0.0), margin: float = CARD_FLOOR_MARGIN) -> float:
+    """The fingertip floor for a card calibration (m, arm base frame): the highest card plane plus
+    ``margin``, so no card is pressed even where the table is a little higher.
+
+    A slot's z is the height of the controller's tool frame while the fingertips rested on the
+    card, the gripper pointing down (the calibration jogs without rotating), so the card plane at
+    the fingertip is that z less the fingertip's offset along the tool frame's z axis (``tcp_offset``
+    as in the safety limits; zero for a fingertip tool frame).
+    """
+    if not (0.0 <= margin < layout.touch_height):
+        raise ValueError(f"the card floor margin {margin} m must be >= 0 and below the layout's touch height "
+                         f"{layout.touch_height} m (a touch must stay possible)")
+    plane = max(slot.z for slot in layout.slots) - float(tcp_offset[2])
+    return plane + float(margin)
 
 
 class CalibrationError(LayoutError):

@@ -324,7 +324,7 @@ class ArmDriver:
                     if result.safety_stop:
                         self._status.safety_stops += 1
                         self._status.last_error = result.safety_stop
-                        self._emit("error", f"smoothed set-point refused, arm stopped: {result.safety_stop}")
+                        self._emit("error", f"safety stop, arm stopped: {result.safety_stop}")
         except ArmConnectionError as exc:
             self._connection_lost(exc)
             return False

@@ -23,7 +23,11 @@ every other check, counted per reason in ``~/status`` (``signature_rejections``)
 (``GF_NETWORK=robot``); ``false`` is the operator's explicit opt-out.
 
 Frame and scale of the actions: see ``gf_realman_driver.safety`` (``frame_rotation``,
-``translation_scale``, ``rotation_scale``); limits are in the RM75 base frame.
+``translation_scale``, ``rotation_scale``); limits are in the RM75 base frame, their defaults are
+``SafetyLimits``'. At start-up every corner of the workspace box must be reachable with the gripper
+pointing down (``JointChecks.check_workspace``), or the node does not start. The table floor is
+``floor_z`` when set, else the card plane of ``card_layout`` (a ``gf-calibrate`` layout) plus
+``calibration.CARD_FLOOR_MARGIN``, else ``SafetyLimits``' default.
 """
 
 from __future__ import annotations
@@ -56,15 +60,19 @@ from gf_bringup.rosutil import (
 )
 from gf_bringup.signing import DEFAULT_MAX_AGE_S, ChunkVerifier, load_key, signing_required
 from gf_eval.action_space import ChunkRejected
+from gf_eval.touch import load_layout
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, Trial
 from gf_interfaces.srv import Command
 
 from .arm import ArmBackend
+from .calibration import CARD_FLOOR_MARGIN, card_floor_z
 from .driver import IGNORED_REASONS, SIGNATURE_REASONS, ArmDriver, DriverSettings, DriverStatus
-from .safety import FrameMapping, SafetyLimits, TargetPlanner
+from .safety import FrameMapping, JointChecks, SafetyLimits, TargetPlanner
 from .smoothing import MotionLimits
 
 SERVICE_TYPE = Command
+LIMITS = SafetyLimits()  # the defaults of the safety parameters
+FLANGE_TOOL_FRAME = "Arm_Tip"  # Realman's default tool frame: the flange itself
 
 
 @dataclass
@@ -81,10 +89,14 @@ class DriverConfig:
     stream_spin_us: float = config_field(0.0, "busy-wait this long before each set-point deadline (tighter period; costs CPU; see gf-bench arm)")
     publish_rate_hz: float = config_field(50.0, "rate of /joint_states and /gf/ee_state")
     watchdog_timeout_s: float = config_field(1.0, "stop the arm when no valid chunk came for this long")
-    workspace_min: list[float] = config_field([0.15, -0.40, 0.0], "EE workspace box, lower corner (m, base frame)")
-    workspace_max: list[float] = config_field([0.65, 0.40, 0.55], "EE workspace box, upper corner (m, base frame)")
-    floor_z: float = config_field(0.02, "table floor: no fingertip below this z (m, base frame)")
-    tcp_offset: list[float] = config_field([0.0, 0.0, 0.0], "fingertip in the controller's tool frame (m); the box and floor apply to it")
+    workspace_min: list[float] = config_field(list(LIMITS.workspace_min), "fingertip workspace box, lower corner (m, base frame); "
+                                              "every corner must be reachable with the gripper pointing down")
+    workspace_max: list[float] = config_field(list(LIMITS.workspace_max), "fingertip workspace box, upper corner (m, base frame)")
+    floor_z: float = config_field(math.nan, "table floor: no fingertip below this z (m, base frame); nan = the card plane of "
+                                            f"card_layout + {CARD_FLOOR_MARGIN} m, or {LIMITS.floor_z} m without one")
+    card_layout: str = config_field("", "Touch layout YAML from gf-calibrate whose card plane sets the floor when floor_z is nan "
+                                        "('' = none)")
+    tcp_offset: list[float] = config_field(list(LIMITS.tcp_offset), "fingertip in the controller's tool frame (m); the box and floor apply to it")
     tool_frame: str = config_field("", "required active tool frame on the controller ('' = not checked)")
     tool_frame_pose: list[float] = config_field([], "required pose of that tool frame (x y z m, rx ry rz rad; [] = not checked)")
     work_frame: str = config_field("", "required active work frame on the controller ('' = not checked)")
@@ -95,11 +107,16 @@ class DriverConfig:
     max_angular_acceleration: float = config_field(10.0, "per-axis limit of the commanded angular acceleration (rad/s^2)")
     max_angular_jerk: float = config_field(200.0, "per-axis limit of the commanded angular jerk (rad/s^3)")
     home_safe_z: float = config_field(0.25, "~/home first lifts the tool straight up to this z when lower (m)")
-    max_step_translation: float = config_field(0.03, "max EE translation per control step (m)")
-    max_translation_per_second: float = config_field(0.30, "max EE path length within any second (m)")
-    max_step_rotation: float = config_field(0.15, "max EE rotation per control step (rad)")
-    max_rotation_per_second: float = config_field(1.0, "max EE rotation within any second (rad)")
-    max_tracking_error: float = config_field(0.05, "refuse chunks while the arm is this far from its last set-point (m)")
+    max_step_translation: float = config_field(LIMITS.max_step_translation, "max EE translation per control step (m)")
+    max_translation_per_second: float = config_field(LIMITS.max_translation_per_second, "max EE path length within any second (m)")
+    max_step_rotation: float = config_field(LIMITS.max_step_rotation, "max EE rotation per control step (rad)")
+    max_rotation_per_second: float = config_field(LIMITS.max_rotation_per_second, "max EE rotation within any second (rad)")
+    max_tracking_error: float = config_field(LIMITS.max_tracking_error, "stop the arm / refuse chunks while it is this far from "
+                                             "the path its set-points could have taken it along (m)")
+    max_tracking_rotation: float = config_field(LIMITS.max_tracking_rotation, "the same for its orientation (rad; "
+                                                f"{math.degrees(LIMITS.max_tracking_rotation):g} deg)")
+    tracking_latency_s: float = config_field(LIMITS.tracking_latency, "the arm may follow its set-points this late "
+                                             "(controller latency + age of the pushed state) before it counts as off")
     frame_rotation: list[float] = config_field([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
                                                "3x3 rotation (row-major) from the policy's action axes to the RM75 base axes")
     translation_scale: float = config_field(1.0, "scale of action translations on the real arm")
@@ -125,22 +142,54 @@ class DriverConfig:
 MOVEP_MAX_PERIOD = 0.01  # s; movep_canfd high-follow mode needs a set-point at least this often
 
 
+def safety_floor(cfg: DriverConfig) -> tuple[float, str]:
+    """The table floor (m) and where it comes from: ``floor_z`` when the operator set it, else the
+    card plane of ``card_layout`` plus ``CARD_FLOOR_MARGIN``, else the default."""
+    if math.isfinite(cfg.floor_z):
+        return float(cfg.floor_z), "floor_z"
+    if cfg.card_layout:
+        layout = load_layout(cfg.card_layout)
+        return card_floor_z(layout, cfg.tcp_offset), f"card plane of {cfg.card_layout} + {CARD_FLOOR_MARGIN * 1000:g} mm"
+    return LIMITS.floor_z, "default"
+
+
+def build_joint_checks(cfg: DriverConfig) -> JointChecks:
+    """The IK-based checks for the controller's active tool frame (``ValueError`` when its pose is unknown)."""
+    if cfg.tool_frame_pose:
+        if len(cfg.tool_frame_pose) != 6:
+            raise ValueError(f"tool_frame_pose needs 6 numbers (x y z m, rx ry rz rad), got {len(cfg.tool_frame_pose)}")
+        return JointChecks(tool_frame_pose=tuple(cfg.tool_frame_pose))
+    if cfg.tool_frame not in ("", FLANGE_TOOL_FRAME):
+        raise ValueError(f"tool_frame {cfg.tool_frame!r} needs its tool_frame_pose: the joint checks solve the IK of the "
+                         f"flange, so they must know where the tool frame is on it")
+    return JointChecks()
+
+
 def build_planner(cfg: DriverConfig) -> TargetPlanner:
-    """The safety core's planner from the node parameters (``ValueError`` for unusable ones)."""
+    """The safety core's planner from the node parameters (``ValueError`` for unusable ones, among
+    them a workspace box the arm cannot reach)."""
     if not cfg.dry_run and cfg.movep_follow and cfg.stream_period_s > MOVEP_MAX_PERIOD + 1e-9:
         raise ValueError(f"stream_period_s {cfg.stream_period_s} s is too long for movep_canfd high-follow mode "
                          f"(at most {MOVEP_MAX_PERIOD} s)")
-    limits = SafetyLimits(
-        workspace_min=tuple(cfg.workspace_min), workspace_max=tuple(cfg.workspace_max), floor_z=cfg.floor_z,
-        max_step_translation=cfg.max_step_translation, max_translation_per_second=cfg.max_translation_per_second,
-        max_step_rotation=cfg.max_step_rotation, max_rotation_per_second=cfg.max_rotation_per_second,
-        max_tracking_error=cfg.max_tracking_error, tcp_offset=tuple(cfg.tcp_offset),
-    )
+    floor_z, source = safety_floor(cfg)
+    try:
+        limits = SafetyLimits(
+            workspace_min=tuple(cfg.workspace_min), workspace_max=tuple(cfg.workspace_max), floor_z=floor_z,
+            max_step_translation=cfg.max_step_translation, max_translation_per_second=cfg.max_translation_per_second,
+            max_step_rotation=cfg.max_step_rotation, max_rotation_per_second=cfg.max_rotation_per_second,
+            max_tracking_error=cfg.max_tracking_error, max_tracking_rotation=cfg.max_tracking_rotation,
+            tracking_latency=cfg.tracking_latency_s, tcp_offset=tuple(cfg.tcp_offset),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{exc} (floor from: {source})") from exc
+    joint_checks = build_joint_checks(cfg)
+    joint_checks.check_workspace(limits)
     if len(cfg.frame_rotation) != 9:
         raise ValueError(f"frame_rotation needs 9 numbers (a row-major 3x3 rotation), got {len(cfg.frame_rotation)}")
     rows = tuple(tuple(float(v) for v in cfg.frame_rotation[i:i + 3]) for i in (0, 3, 6))
     mapping = FrameMapping(rotation=rows, translation_scale=cfg.translation_scale, rotation_scale=cfg.rotation_scale)
-    return TargetPlanner(limits, mapping, control_period=cfg.control_period_s, stream_period=cfg.stream_period_s)
+    return TargetPlanner(limits, mapping, control_period=cfg.control_period_s, stream_period=cfg.stream_period_s,
+                         joint_checks=joint_checks)
 
 
 def build_motion_limits(cfg: DriverConfig) -> MotionLimits | None:
@@ -260,7 +309,8 @@ class DriverNode(Node):
         what = "dry run: SimulatedArm" if cfg.dry_run else f"RM75 at {cfg.arm_ip}:{cfg.arm_port}"
         logger.info(
             f"realman driver up ({what}); streaming every {cfg.stream_period_s * 1000:g} ms, watchdog "
-            f"{cfg.watchdog_timeout_s:g} s, workspace {cfg.workspace_min}..{cfg.workspace_max} m, floor z {cfg.floor_z} m, "
+            f"{cfg.watchdog_timeout_s:g} s, workspace {cfg.workspace_min}..{cfg.workspace_max} m, "
+            f"floor z {planner.limits.floor_z:.3f} m ({safety_floor(cfg)[1]}), "
             f"trial gating {'on' if cfg.trial_gating else 'off'}, "
             + (f"signed chunks required (keys {', '.join(verifier.keys)})" if verifier else "signed chunks not required")
         )

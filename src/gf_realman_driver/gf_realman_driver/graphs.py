@@ -3,6 +3,8 @@
 * ``robot``: RM75 driver + camera + policy (``trigger: stream``) + the Touch evaluation node.
   ``dry_run:=true`` swaps in the ``SimulatedArm`` and a test-pattern camera, uses the dry-run
   layout shipped in ``config/`` and, unless ``policy`` is given, the scripted ``touch_oracle``.
+  On the real arm the driver also reads the layout (``card_layout``): its calibrated card plane
+  sets the table floor unless ``floor_z`` is set (the dry-run layout is no calibration: not there).
 * ``robot_calibrate``: driver (no trial gating) + ``gf-calibrate`` (keyboard jogging, records the
   Touch layout).
 
@@ -69,6 +71,7 @@ def _derive_robot(values: dict[str, str]) -> dict[str, str]:
     derived["policy"] = policy
     layout = values["layout"] or (_dry_run_layout() if dry else DEFAULT_LAYOUT)
     derived["layout"] = layout
+    derived["card_layout"] = "" if dry else layout
     if policy == "touch_oracle":
         # The scripted policy needs the same layout as the evaluation unless told otherwise.
         kwargs = yaml.safe_load(values["backend_args"]) if values["backend_args"].strip() else {}
@@ -84,7 +87,7 @@ DRIVER = NodeSpec(
     node_class="gf_realman_driver.driver_node:DriverNode", config_class="gf_realman_driver.driver_node:DriverConfig",
     params_file="config/rm75.yaml",
     parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "true",
-                "key_file": "{key_file}", "require_signed": "{require_signed}"},
+                "key_file": "{key_file}", "require_signed": "{require_signed}", "card_layout": "{card_layout}"},
 )
 
 SIGNING_ARGS = (

@@ -70,13 +70,16 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class IKResult:
-    """Outcome of an IK solve: joints (always within limits), whether it met the tolerances, residuals."""
+    """Outcome of an IK solve: joints (always within limits), whether it met the tolerances, residuals,
+    and the tool pose and geometric Jacobian at ``q`` (computed anyway by the last iteration)."""
 
     q: np.ndarray
     converged: bool
     position_error: float
     rotation_error: float
     iterations: int
+    jacobian: np.ndarray | None = None
+    pose: tuple[np.ndarray, np.ndarray] | None = None  # (position, rotation) at q
 
 
 class ArmKinematics:
@@ -123,27 +126,20 @@ class ArmKinematics:
 
     def _frames(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Origins (n+1, 3) and z axes (n+1, 3) of frames 0..n, and the flange transform (4, 4)."""
-        T = np.eye(4)
-        origins = np.zeros((self.dof + 1, 3))
-        axes = np.zeros((self.dof + 1, 3))
-        axes[0] = (0.0, 0.0, 1.0)
         theta = q + self.offset
         ct, st = np.cos(theta), np.sin(theta)
+        # Standard DH: A_i = Rz(theta) Tz(d) Tx(a) Rx(alpha), all n built at once (the planner's
+        # joint checks run this for every set-point, so it is written for speed).
+        A = np.zeros((self.dof, 4, 4))
+        A[:, 0, 0], A[:, 0, 1], A[:, 0, 2], A[:, 0, 3] = ct, -st * self._ca, st * self._sa, self.a * ct
+        A[:, 1, 0], A[:, 1, 1], A[:, 1, 2], A[:, 1, 3] = st, ct * self._ca, -ct * self._sa, self.a * st
+        A[:, 2, 1], A[:, 2, 2], A[:, 2, 3] = self._sa, self._ca, self.d
+        A[:, 3, 3] = 1.0
+        T = np.empty((self.dof + 1, 4, 4))
+        T[0] = np.eye(4)
         for i in range(self.dof):
-            ca, sa = self._ca[i], self._sa[i]
-            # Standard DH: Rz(theta) Tz(d) Tx(a) Rx(alpha).
-            A = np.array(
-                [
-                    [ct[i], -st[i] * ca, st[i] * sa, self.a[i] * ct[i]],
-                    [st[i], ct[i] * ca, -ct[i] * sa, self.a[i] * st[i]],
-                    [0.0, sa, ca, self.d[i]],
-                    [0.0, 0.0, 0.0, 1.0],
-                ]
-            )
-            T = T @ A
-            origins[i + 1] = T[:3, 3]
-            axes[i + 1] = T[:3, 2]
-        return origins, axes, T
+            T[i + 1] = T[i] @ A[i]
+        return T[:, :3, 3], T[:, :3, 2], T[self.dof]
 
     def forward(self, q) -> tuple[np.ndarray, np.ndarray]:
         """Joint positions (rad) -> tool position (3,) in m and rotation (3, 3), base frame."""
@@ -188,6 +184,7 @@ class ArmKinematics:
         posture=None,
         posture_gain: float = 0.05,
         limit_margin: float = 1e-3,
+        previous: IKResult | None = None,
     ) -> IKResult:
         """Damped-least-squares IK from ``q_init``; the answer never leaves the joint limits.
 
@@ -197,24 +194,31 @@ class ArmKinematics:
         first iteration only, since with damping the projector is inexact, and over a stream of
         nearby targets that still steers the elbow), and clamps to the limits shrunk by
         ``limit_margin``. A target that needs a joint beyond its limit therefore ends unconverged
-        at the limit, never past it.
+        at the limit, never past it. ``previous``: the result whose ``q`` is ``q_init`` (following a
+        path), whose pose and Jacobian then stand in for the first forward kinematics.
         """
         target_position = np.asarray(target_position, dtype=np.float64)
         target_rotation = np.asarray(target_rotation, dtype=np.float64)
-        q = np.clip(np.asarray(q_init, dtype=np.float64).copy(), self.lower + limit_margin, self.upper - limit_margin)
+        # (Written for speed as well: the planner's joint checks solve every streamed set-point.)
+        lo, hi = self.lower + limit_margin, self.upper - limit_margin
+        q = np.minimum(np.maximum(np.asarray(q_init, dtype=np.float64), lo), hi)
         posture = None if posture is None else np.asarray(posture, dtype=np.float64)
-        eye6 = np.eye(6)
+        damping_matrix = (damping**2) * np.eye(6)
         pos_err = rot_err = float("inf")
+        reuse = previous is not None and previous.pose is not None and np.array_equal(previous.q, q)
         for iteration in range(max_iterations + 1):
-            p, R, J = self._pose_and_jacobian(q)
+            if iteration == 0 and reuse:
+                (p, R), J = previous.pose, previous.jacobian
+            else:
+                p, R, J = self._pose_and_jacobian(q)
             e_pos = target_position - p
             e_rot = rotation_error(target_rotation, R)
-            pos_err, rot_err = float(np.linalg.norm(e_pos)), float(np.linalg.norm(e_rot))
+            pos_err, rot_err = math.sqrt(e_pos @ e_pos), math.sqrt(e_rot @ e_rot)
             if pos_err <= position_tolerance and rot_err <= rotation_tolerance:
-                return IKResult(q, True, pos_err, rot_err, iteration)
+                return IKResult(q, True, pos_err, rot_err, iteration, J, (p, R))
             if iteration == max_iterations:
                 break
-            JJt_inv = np.linalg.inv(J @ J.T + (damping**2) * eye6)
+            JJt_inv = np.linalg.inv(J @ J.T + damping_matrix)
             J_pinv = J.T @ JJt_inv
             dq = J_pinv @ np.concatenate([e_pos, e_rot])
             if iteration == 0 and posture is not None and posture_gain > 0.0:
@@ -223,8 +227,8 @@ class ArmKinematics:
             largest = float(np.max(np.abs(dq)))
             if largest > max_step:
                 dq *= max_step / largest
-            q = np.clip(q + dq, self.lower + limit_margin, self.upper - limit_margin)
-        return IKResult(q, False, pos_err, rot_err, max_iterations)
+            q = np.minimum(np.maximum(q + dq, lo), hi)
+        return IKResult(q, False, pos_err, rot_err, max_iterations, J, (p, R))
 
 
 def rm75_kinematics(tool_offset=(0.0, 0.0, 0.0), lower=None, upper=None, max_velocity=None) -> ArmKinematics:

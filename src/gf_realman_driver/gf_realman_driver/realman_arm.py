@@ -483,8 +483,8 @@ class RealmanArm(ArmBackend):
                 self._prev_q, self._prev_t = q, stamp
             if self.realtime_push and self._push_socket is not None:
                 flags.append("push_stale")
+        self._poll_gripper(now)
         with self._state_lock:
-            self._poll_gripper(now)
             gripper_opening, gripper_flag = self._gripper_opening, self._gripper_flag
         if self._estop:
             flags.insert(0, "emergency_stop")
@@ -503,16 +503,24 @@ class RealmanArm(ArmBackend):
         )
 
     def _poll_gripper(self, now: float) -> None:
-        if now - self._gripper_polled_at < self.gripper_poll_period:
-            return
-        self._gripper_polled_at = now
+        # The query runs outside the state lock: the push listener takes that lock for every
+        # report, and a slow gripper reply must not hold reports back (they would be stamped late,
+        # and an arm that tracks well would look as if it lagged).
+        with self._state_lock:
+            if now - self._gripper_polled_at < self.gripper_poll_period:
+                return
+            self._gripper_polled_at = now  # this caller polls; others use the cache meanwhile
         code, gripper = self._query("get_gripper_state", "rm_get_gripper_state")
-        if code == 0:
-            self._gripper_opening = float(np.clip(gripper["actpos"], 0, 1000)) / 1000.0 * self.gripper_max_opening
-            self._gripper_flag = None
-        else:
-            # Keep the last commanded opening, and say so in the state instead of failing it.
-            self._gripper_flag = f"gripper_state_unavailable(code {code})"
+        error = error_for_code("get_gripper_state", code, self.address)
+        if isinstance(error, ArmConnectionError):
+            raise error  # the command link is gone, although the state push may still arrive
+        with self._state_lock:
+            if code == 0:
+                self._gripper_opening = float(np.clip(gripper["actpos"], 0, 1000)) / 1000.0 * self.gripper_max_opening
+                self._gripper_flag = None
+            else:
+                # Keep the last commanded opening, and say so in the state instead of failing it.
+                self._gripper_flag = f"gripper_state_unavailable(code {code})"
 
     def stream_ee_target(self, xyz, rpy) -> None:
         """One ``rm_movep_canfd`` set-point (base frame, m and rad, extrinsic XYZ)."""

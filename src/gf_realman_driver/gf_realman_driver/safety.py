@@ -30,7 +30,28 @@ along the flange z axis, and with a fingertip tool frame it is zero. Every set-p
 rotation included, is checked. The defaults are deliberately slower
 than the sim allows: a full-scale action (0.1 m per 50 ms step = 2 m/s) is refused; 3 cm per step
 and 0.3 m/s averaged over any second are allowed (BridgeData-style policies move a few mm to 1 cm
-per step).
+per step). The default box is one the RM75 reaches everywhere with the gripper pointing down:
+its reach is small (0.61 m from the shoulder to the flange), so the box is too.
+
+Joint checks (``JointChecks``, on by default). After the Cartesian rules pass, every set-point is
+solved by the RM75's inverse kinematics (``ArmKinematics.solve_ik``), each seeded from the previous
+set-point's solution and the first from the measured joints (or, without them, the IK of the start
+pose), so the solutions follow one continuous joint path. The chunk is refused at the first
+set-point that lies near a singularity (``singularity``: the smallest singular value of the flange
+Jacobian below ``MIN_SINGULAR_VALUE``), has no joint solution keeping every joint
+``JOINT_LIMIT_MARGIN`` inside its limits (``joint_limit`` when a joint ends at that margin,
+``unreachable`` otherwise), or needs a joint to turn faster than ``JOINT_VELOCITY_FACTOR`` times its
+maximum speed since the previous set-point (``joint_velocity``). An arm standing inside the margin
+can therefore not be streamed out of it (``~/home`` can). ``JointChecks.check_workspace`` tells at
+start-up whether every corner of the workspace box passes the same checks.
+
+Tracking (``TrackingMonitor``). The arm follows its set-points late (controller latency, the age
+of the pushed state), so the measured pose is compared with the path of the set-points sent during
+the last ``tracking_latency`` seconds before the measurement (and the newest one sent before that,
+which it has had time to reach), not with the newest set-point: a moving arm that tracks well is
+never more than ``max_tracking_error`` / ``max_tracking_rotation`` from that path, and a stuck or
+lagging one soon is. The streaming controller checks every fresh state while it streams (a
+violation stops the arm) and ``ChunkExecutor.submit`` refuses chunks while the arm is off.
 """
 
 from __future__ import annotations
@@ -46,15 +67,16 @@ from scipy.spatial.transform import Rotation
 
 from gf_eval.action_space import EE_DELTA_POSE, ActionSpace, ChunkRejected, ValidChunk
 
-from .kinematics import rpy_to_matrix
+from .kinematics import RM75_HOME, ArmKinematics, IKResult, rm75_kinematics, rpy_to_matrix
 
 _EPS = 1e-9
 
 
 class SafetyViolation(ChunkRejected):
     """A chunk refused by a safety rule. ``reason`` is one of: workspace, floor, step_translation,
-    step_rotation, translation_rate, rotation_rate, tracking_error, bad_chunk; ``step`` is the
-    offending control step within the chunk (or -1)."""
+    step_rotation, translation_rate, rotation_rate, unreachable, joint_limit, singularity,
+    joint_velocity, tracking_error, bad_chunk; ``step`` is the offending control step within the
+    chunk (or -1)."""
 
     def __init__(self, reason: str, detail: str, step: int = -1):
         super().__init__(reason, detail)
@@ -68,18 +90,27 @@ class SafetyLimits:
     ``max_translation_per_second`` / ``max_rotation_per_second`` bound the path length commanded
     within any window of ``rate_window`` seconds (including steps of earlier chunks), so a
     policy cannot reach a high average speed with steps that are each just under the per-step limit.
-    ``max_tracking_error``: a chunk is refused when the arm is this far from where it was last
-    sent (it is blocked, lagging badly, or was moved by hand); the driver should stop and re-sync.
+    ``max_tracking_error`` (m) / ``max_tracking_rotation`` (rad): how far the measured pose may be
+    from the path its set-points could have taken it along, given that it may follow them up to
+    ``tracking_latency`` seconds late (``TrackingMonitor``); beyond that the arm is blocked, lagging
+    badly, or was moved by hand, and the driver stops it and re-syncs from the measured pose.
+    3 degrees is about what 5 mm of fingertip error is at a 10 cm lever, and 10x the rounding of
+    the controller's pushed orientation (1 mrad). ``tracking_latency`` covers the controller's
+    command latency plus the age of the pushed state (the moving fake controller: 10 ms latency,
+    5 ms push and physics cycles) with room for scheduling delays; raise it if normal motion trips
+    the check on a real arm.
     """
 
-    workspace_min: tuple[float, float, float] = (0.15, -0.40, 0.0)
-    workspace_max: tuple[float, float, float] = (0.65, 0.40, 0.55)
+    workspace_min: tuple[float, float, float] = (0.20, -0.20, 0.0)
+    workspace_max: tuple[float, float, float] = (0.36, 0.20, 0.28)
     floor_z: float = 0.02
     max_step_translation: float = 0.03
     max_translation_per_second: float = 0.30
     max_step_rotation: float = 0.15
     max_rotation_per_second: float = 1.0
-    max_tracking_error: float = 0.05
+    max_tracking_error: float = 0.005
+    max_tracking_rotation: float = math.radians(3.0)
+    tracking_latency: float = 0.1
     rate_window: float = 1.0
     tcp_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -100,6 +131,8 @@ class SafetyLimits:
             "max_step_rotation",
             "max_rotation_per_second",
             "max_tracking_error",
+            "max_tracking_rotation",
+            "tracking_latency",
             "rate_window",
         ):
             value = getattr(self, name)
@@ -183,6 +216,168 @@ class FrameMapping:
         return translations, rotvecs
 
 
+# Joint checks (module docstring). Margins are deliberately modest: the controller follows the
+# set-points along its own joint path, which these checks can only predict.
+JOINT_LIMIT_MARGIN = math.radians(3.0)
+"""Every set-point's joint solution keeps this far (rad) inside each joint's limits."""
+JOINT_VELOCITY_FACTOR = 0.8
+"""A joint may turn at most this fraction of its maximum speed between consecutive set-points; the
+rest is headroom for the controller catching up after its latency (over-speed is a controller error)."""
+MIN_SINGULAR_VALUE = 0.03
+"""Smallest singular value of the flange's geometric Jacobian (6 x 7; linear rows m/rad, angular
+rows rad/rad) below which a pose counts as near a singularity. Near the stretched-arm singularity
+at the edge of the reach it is about 0.09 x the elbow angle (joint4, rad): 0.03 is the elbow ~18 deg
+from straight; the home posture has 0.13."""
+START_IK_ITERATIONS = 200
+"""IK iterations for a start pose or a workspace corner (solved from afar, unlike set-points)."""
+
+
+class JointChecks:
+    """Joint-space checks of planned set-points (module docstring): IK of every set-point along one
+    continuous joint path, refused when unreachable, near a joint limit or a singularity, or too fast.
+
+    ``kinematics`` is the arm's chain up to the flange (tool offset zero; default the RM75).
+    ``tool_frame_pose`` is the controller's active tool frame in the flange frame (x, y, z m and
+    rx, ry, rz rad, as set on the teach pendant; zero for "Arm_Tip", the flange): set-points are
+    poses of that frame, so the checks solve for the flange pose that puts the tool frame there.
+    ``posture`` seeds the IK of a start pose when no measured joints are given (default RM75_HOME),
+    and its flange orientation is "gripper pointing down" for ``check_workspace``.
+    """
+
+    def __init__(
+        self,
+        kinematics: ArmKinematics | None = None,
+        tool_frame_pose=(0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        *,
+        posture=RM75_HOME,
+        limit_margin: float = JOINT_LIMIT_MARGIN,
+        velocity_factor: float = JOINT_VELOCITY_FACTOR,
+        min_singular_value: float = MIN_SINGULAR_VALUE,
+    ):
+        self.kinematics = kinematics or rm75_kinematics()
+        if np.any(self.kinematics.tool_offset):
+            raise ValueError("JointChecks needs the flange chain (tool_offset zero); give the tool frame as tool_frame_pose")
+        pose = np.asarray(tool_frame_pose, dtype=np.float64)
+        if pose.shape != (6,) or not np.all(np.isfinite(pose)):
+            raise ValueError("tool_frame_pose needs 6 finite numbers (x, y, z m, rx, ry, rz rad in the flange frame)")
+        self.tool_frame_pose = tuple(float(v) for v in pose)
+        self._tool_t = pose[:3].copy()
+        self._tool_R = rpy_to_matrix(pose[3:])
+        self.posture = np.asarray(posture, dtype=np.float64)
+        if self.posture.shape != (self.kinematics.dof,):
+            raise ValueError(f"posture needs {self.kinematics.dof} joint values")
+        if not (0.0 <= limit_margin and 0.0 < velocity_factor and 0.0 <= min_singular_value):
+            raise ValueError("need limit_margin >= 0, velocity_factor > 0 and min_singular_value >= 0")
+        self.limit_margin = float(limit_margin)
+        self.velocity_factor = float(velocity_factor)
+        self.min_singular_value = float(min_singular_value)
+
+    def flange_poses(self, xyz, rotations) -> tuple[np.ndarray, np.ndarray]:
+        """Tool-frame poses (N, 3) and (N, 3, 3) -> the flange poses that put the tool frame there."""
+        R_flange = np.asarray(rotations, dtype=np.float64) @ self._tool_R.T
+        return np.asarray(xyz, dtype=np.float64) - R_flange @ self._tool_t, R_flange
+
+    def _problem(self, result: IKResult) -> tuple[str, str] | None:
+        """Why a solved pose is refused ((reason, detail)), or None when it passes."""
+        kin, margin = self.kinematics, self.limit_margin
+        smallest = float(np.linalg.svd(result.jacobian, compute_uv=False)[-1])
+        singular = smallest < self.min_singular_value
+        detail = (f"near a singularity (smallest singular value of the Jacobian {smallest:.3f}, "
+                  f"limit {self.min_singular_value:g})")
+        if singular and result.converged:
+            return "singularity", detail
+        if not result.converged:
+            if singular:
+                return "singularity", detail + ", no joint solution"
+            # The IK stops at the limits shrunk by the margin: a joint resting there is what it lacks.
+            stuck = np.flatnonzero((result.q <= kin.lower + margin + 1e-6) | (result.q >= kin.upper - margin - 1e-6))
+            if stuck.size:
+                j = int(stuck[0])
+                return "joint_limit", (f"needs joint{j + 1} beyond its limit "
+                                       f"[{math.degrees(kin.lower[j]):.0f}, {math.degrees(kin.upper[j]):.0f}] deg "
+                                       f"less the {math.degrees(margin):.0f} deg margin")
+            return "unreachable", (f"no joint solution (closest {result.position_error * 1000:.1f} mm, "
+                                   f"{math.degrees(result.rotation_error):.1f} deg away)")
+        return None
+
+    def start_joints(self, xyz, rotation, measured=None) -> np.ndarray:
+        """Joints at a start pose (tool frame): solved from the measured joints when given (the
+        start may be a queued target ahead of the arm; the arm's own elbow is kept), otherwise from
+        ``posture``. ``SafetyViolation`` (step 0) when the start pose itself fails the checks."""
+        p, R = self.flange_poses(np.asarray(xyz, dtype=np.float64)[None], np.asarray(rotation, dtype=np.float64)[None])
+        kin = self.kinematics
+        if measured is None:
+            seed, posture = self.posture, self.posture
+        else:
+            seed, posture = np.asarray(measured, dtype=np.float64), None
+            if seed.shape != (kin.dof,) or not np.all(np.isfinite(seed)):
+                raise SafetyViolation("bad_chunk", f"measured joints must be {kin.dof} finite values")
+        result = kin.solve_ik(p[0], R[0], seed, max_iterations=START_IK_ITERATIONS, posture=posture,
+                              limit_margin=self.limit_margin)
+        problem = self._problem(result)
+        if problem is not None:
+            reason, detail = problem
+            raise SafetyViolation(reason, f"start pose: {detail}", 0)
+        return result.q
+
+    def check_path(self, xyz, rotations, q_start, period: float, substeps: int = 1) -> np.ndarray:
+        """Joint solutions (N, dof) of the set-points (tool-frame poses, ``period`` s apart, the
+        first one period after the start at ``q_start``); ``SafetyViolation`` naming the control step
+        (set-point index // ``substeps``) of the first set-point that fails."""
+        kin = self.kinematics
+        p, R = self.flange_poses(xyz, rotations)
+        step_limit = kin.max_velocity * self.velocity_factor * period  # rad per set-point
+        out = np.empty((p.shape[0], kin.dof))
+        previous = np.asarray(q_start, dtype=np.float64)
+        solved = None
+        for i in range(p.shape[0]):
+            # No posture pull: the minimum-norm joint motion from the previous set-point, the least
+            # any controller has to move (a pull would add joint speed of its own).
+            solved = result = kin.solve_ik(p[i], R[i], previous, limit_margin=self.limit_margin, previous=solved)
+            problem = self._problem(result)
+            k = i // substeps
+            if problem is not None:
+                reason, detail = problem
+                raise SafetyViolation(reason, f"step {k}: {detail}", k)
+            moved = np.abs(result.q - previous)
+            fast = np.flatnonzero(moved > step_limit + 1e-12)
+            if fast.size:
+                j = int(fast[np.argmax(moved[fast] / step_limit[fast])])
+                raise SafetyViolation(
+                    "joint_velocity",
+                    f"step {k}: joint{j + 1} would turn at {math.degrees(moved[j] / period):.0f} deg/s "
+                    f"(limit {self.velocity_factor:g} x {math.degrees(kin.max_velocity[j]):.0f} deg/s)",
+                    k,
+                )
+            out[i] = previous = result.q
+        return out
+
+    def check_workspace(self, limits: SafetyLimits) -> None:
+        """``ValueError`` naming every corner of the workspace box that the fingertip cannot reach
+        with the gripper pointing down (the flange oriented as at ``posture``) and pass the checks."""
+        kin = self.kinematics
+        R_flange = kin.forward(self.posture)[1]
+        # Fingertip = flange + R_flange (tool frame origin + R_tool tcp_offset).
+        reach = R_flange @ (self._tool_t + self._tool_R @ np.asarray(limits.tcp_offset, dtype=np.float64))
+        lo, hi = limits.workspace_min, limits.workspace_max
+        failures = []
+        for corner in ((x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])):
+            result = kin.solve_ik(np.asarray(corner) - reach, R_flange, self.posture, max_iterations=START_IK_ITERATIONS,
+                                  posture=self.posture, limit_margin=self.limit_margin)
+            problem = self._problem(result)
+            if problem is not None:
+                failures.append(f"({corner[0]:.3f}, {corner[1]:.3f}, {corner[2]:.3f}) m: {problem[1]}")
+        if failures:
+            raise ValueError(
+                f"the arm cannot reach {len(failures)} corner(s) of the workspace box with the fingertip "
+                f"(tcp_offset {tuple(limits.tcp_offset)}) and the gripper pointing down: " + "; ".join(failures)
+                + ". Shrink workspace_min/workspace_max (or move the box closer to the arm)."
+            )
+
+
+DEFAULT_JOINT_CHECKS = JointChecks()  # the RM75 with the flange tool frame ("Arm_Tip")
+
+
 @dataclass(frozen=True)
 class SetPoint:
     """One streaming set-point: absolute time, EE pose, and the gripper command of its control step."""
@@ -212,6 +407,7 @@ class Plan:
     start_time: float
     start_xyz: np.ndarray
     start_rotation: np.ndarray
+    joints: np.ndarray | None = None  # (N, dof) joint solution of each set-point (None: joint checks off)
 
     @property
     def end_time(self) -> float:
@@ -250,6 +446,7 @@ class TargetPlanner:
         control_period: float = 0.05,
         stream_period: float = 0.01,
         space: ActionSpace = EE_DELTA_POSE,
+        joint_checks: JointChecks | None = DEFAULT_JOINT_CHECKS,
     ):
         if not (0 < stream_period <= control_period):
             raise ValueError("need 0 < stream_period <= control_period")
@@ -262,6 +459,7 @@ class TargetPlanner:
         self.stream_period = float(stream_period)
         self.substeps = round(substeps)
         self.space = space
+        self.joint_checks = joint_checks  # None: Cartesian rules only
         self._history: deque[tuple[float, float, float]] = deque()  # (time, translation, rotation)
 
     def reset_history(self) -> None:
@@ -280,12 +478,14 @@ class TargetPlanner:
             raise SafetyViolation("bad_chunk", "action values outside the action space (validate_chunk first)")
         return actions
 
-    def plan(self, chunk, start_xyz, start_rotation, start_time: float) -> Plan:
+    def plan(self, chunk, start_xyz, start_rotation, start_time: float, start_joints=None) -> Plan:
         """Plan ``chunk`` (a ``ValidChunk`` or (K, 7) array) from the given EE pose at ``start_time``.
 
-        ``start_rotation`` is a 3x3 matrix or roll/pitch/yaw. Raises ``SafetyViolation`` (for the
-        earliest offending step) without side effects if any step or set-point breaks a limit; on
-        success the steps enter the rate history.
+        ``start_rotation`` is a 3x3 matrix or roll/pitch/yaw; ``start_joints`` the measured joints
+        (rad), which seed the joint checks (None: the IK of the start pose). Raises
+        ``SafetyViolation`` without side effects if any step or set-point breaks a limit (the
+        earliest offending step of the Cartesian rules, then of the rates, then of the joint
+        checks); on success the steps enter the rate history.
         """
         actions = self._actions(chunk)
         limits = self.limits
@@ -346,6 +546,11 @@ class TargetPlanner:
         step_times = start_time + self.control_period * np.arange(1, K + 1)
         self._check_rates(step_times, trans, angles)
 
+        joints = None
+        if self.joint_checks is not None:  # the costly part last: only for chunks that pass the rest
+            q0 = self.joint_checks.start_joints(p0, R0, start_joints)
+            joints = self.joint_checks.check_path(flat, rotations.as_matrix(), q0, self.stream_period, n)
+
         rpy = rotations.as_euler("xyz")
 
         for t, tr, ro in zip(step_times, trans, angles):
@@ -364,6 +569,7 @@ class TargetPlanner:
             start_time=float(start_time),
             start_xyz=p0,
             start_rotation=R0,
+            joints=joints,
         )
 
     def _prune(self, now: float) -> None:
@@ -403,17 +609,94 @@ class TargetPlanner:
             )
 
 
+class TrackingMonitor:
+    """Is the arm where its set-points could have taken it? (module docstring, "Tracking").
+
+    ``record`` every set-point sent (time, pose); ``deviation`` of a pose measured at time t is its
+    distance to the path through the set-points sent in (t - L, t] preceded by the newest one sent
+    at or before t - L (which the arm has had L = ``limits.tracking_latency`` to reach), and its
+    rotation to the nearest of their orientations. A perfect follower with up to L of delay is on
+    that path; one that lags by more than L, is stuck or was pushed away is not.
+    """
+
+    def __init__(self, limits: SafetyLimits):
+        self.limits = limits
+        self._sent: deque[tuple[float, np.ndarray, np.ndarray]] = deque()  # (time, xyz, rotation matrix)
+
+    @property
+    def active(self) -> bool:
+        """True once a set-point was recorded since the last ``clear``."""
+        return bool(self._sent)
+
+    def clear(self) -> None:
+        """Forget the set-points (stop, re-sync: the arm is no longer expected anywhere)."""
+        self._sent.clear()
+
+    def record(self, when: float, xyz, rpy) -> None:
+        """A set-point was sent at ``when`` (the streaming clock, the clock of the arm's states)."""
+        self._sent.append((float(when), np.asarray(xyz, dtype=np.float64).copy(), rpy_to_matrix(rpy)))
+        # Keep enough history for states up to a second older than the newest set-point.
+        horizon = float(when) - self.limits.tracking_latency - 1.0
+        while len(self._sent) > 1 and self._sent[1][0] <= horizon:
+            self._sent.popleft()
+
+    def deviation(self, xyz, rpy, when: float) -> tuple[float, float] | None:
+        """(m, rad) from a pose measured at ``when`` to where the set-points allow it to be, or None
+        when nothing can be said (no set-point, measured before the first one could arrive, or a
+        state older than the history)."""
+        if not self._sent:
+            return None
+        times = np.fromiter((e[0] for e in self._sent), dtype=np.float64, count=len(self._sent))
+        first = int(np.searchsorted(times, when - self.limits.tracking_latency, side="right")) - 1
+        if first < 0:
+            return None  # the arm may still be on its way from where the motion started
+        last = max(first + 1, int(np.searchsorted(times, when, side="right")))
+        entries = [self._sent[i] for i in range(first, last)]
+        xyz = np.asarray(xyz, dtype=np.float64)
+        points = np.array([e[1] for e in entries])
+        if len(points) == 1:
+            distance = float(np.linalg.norm(xyz - points[0]))
+        else:  # distance to the polyline: the arm moves continuously between set-points
+            a, b = points[:-1], points[1:]
+            ab = b - a
+            length2 = np.einsum("ij,ij->i", ab, ab)
+            u = np.clip(np.einsum("ij,ij->i", xyz - a, ab) / np.maximum(length2, 1e-18), 0.0, 1.0)
+            distance = float(np.min(np.linalg.norm(a + u[:, None] * ab - xyz, axis=1)))
+        rotations = np.array([e[2] for e in entries])
+        cos = (np.einsum("ij,nij->n", rpy_to_matrix(rpy), rotations) - 1.0) * 0.5  # trace(R_m^T R_i)
+        angle = float(np.arccos(np.clip(np.max(cos), -1.0, 1.0)))
+        return distance, angle
+
+    def check(self, xyz, rpy, when: float) -> None:
+        """``SafetyViolation`` (tracking_error) when the pose measured at ``when`` is off by more than the limits."""
+        off = self.deviation(xyz, rpy, when)
+        if off is None:
+            return
+        distance, angle = off
+        limits = self.limits
+        if distance > limits.max_tracking_error or angle > limits.max_tracking_rotation:
+            raise SafetyViolation(
+                "tracking_error",
+                f"arm is {distance * 1000:.1f} mm / {math.degrees(angle):.1f} deg from where its set-points could have "
+                f"taken it within {limits.tracking_latency * 1000:.0f} ms (limits {limits.max_tracking_error * 1000:.1f} mm, "
+                f"{math.degrees(limits.max_tracking_rotation):.1f} deg): blocked, lagging or moved by hand; stop and re-sync",
+            )
+
+
 class ChunkExecutor:
     """Queues accepted plans and yields the set-point due at each streaming tick.
 
     A chunk that arrives while another runs is appended after it (its step indices follow on),
     starting from the previous plan's last target. When idle, a new chunk starts from the last
     target if one is known (target-delta control) and otherwise from the measured pose;
-    ``cancel()`` (stop, watchdog, e-stop, reconnect) forgets the last target.
+    ``cancel()`` (stop, watchdog, e-stop, reconnect) forgets the last target. ``tracking`` holds
+    the set-points sent (``next_setpoint`` records what it hands out unless the caller records what
+    it really sent); a chunk is refused while the measured pose is off their path.
     """
 
     def __init__(self, planner: TargetPlanner):
         self.planner = planner
+        self.tracking = TrackingMonitor(planner.limits)
         self._plans: deque[Plan] = deque()
         self._index = 0  # next set-point of _plans[0]
         self._last_target: tuple[np.ndarray, np.ndarray] | None = None
@@ -435,29 +718,27 @@ class ChunkExecutor:
         """When the queued motion ends (None when idle)."""
         return self._plans[-1].end_time if self._plans else None
 
-    def submit(self, chunk, measured_xyz, measured_rpy, now: float) -> Plan:
-        """Plan a chunk after whatever is queued; raise ``SafetyViolation`` (nothing queued) if unsafe."""
+    def submit(self, chunk, measured_xyz, measured_rpy, now: float, *, measured_joints=None,
+               measured_time: float | None = None) -> Plan:
+        """Plan a chunk after whatever is queued; raise ``SafetyViolation`` (nothing queued) if unsafe.
+
+        ``measured_*``: the arm's latest state (joints in rad seed the joint checks; its time, default
+        ``now``, places it against the set-points sent)."""
         measured_xyz = np.asarray(measured_xyz, dtype=np.float64)
-        if self._last_sent is not None:
-            error = float(np.linalg.norm(self._last_sent.xyz - measured_xyz))
-            if error > self.planner.limits.max_tracking_error:
-                raise SafetyViolation(
-                    "tracking_error",
-                    f"arm is {error * 1000:.0f} mm from its last set-point "
-                    f"(limit {self.planner.limits.max_tracking_error * 1000:.0f} mm); stop and re-sync",
-                )
+        self.tracking.check(measured_xyz, measured_rpy, float(now) if measured_time is None else float(measured_time))
         if self._last_target is not None:
             start_xyz, start_rot = self._last_target
         else:
             start_xyz, start_rot = measured_xyz, rpy_to_matrix(measured_rpy)
         start_time = max(float(now), self._plans[-1].end_time) if self._plans else float(now)
-        plan = self.planner.plan(chunk, start_xyz, start_rot, start_time)
+        plan = self.planner.plan(chunk, start_xyz, start_rot, start_time, start_joints=measured_joints)
         self._plans.append(plan)
         self._last_target = (plan.final_xyz.copy(), plan.final_rotation.copy())
         return plan
 
-    def next_setpoint(self, now: float) -> SetPoint | None:
-        """The newest not-yet-sent set-point whose time has come (older ones are skipped), or None."""
+    def next_setpoint(self, now: float, *, record: bool = True) -> SetPoint | None:
+        """The newest not-yet-sent set-point whose time has come (older ones are skipped), or None.
+        ``record``: enter it in ``tracking`` at its due time (False: the caller records what it sends)."""
         found: SetPoint | None = None
         while self._plans:
             plan = self._plans[0]
@@ -473,6 +754,8 @@ class ChunkExecutor:
             found = SetPoint(found.time, found.xyz, found.rpy, found.gripper, found.step)
         if found is not None:
             self._last_sent = found
+            if record:
+                self.tracking.record(found.time, found.xyz, found.rpy)
         return found
 
     def cancel(self) -> None:
@@ -481,6 +764,7 @@ class ChunkExecutor:
         self._index = 0
         self._last_target = None
         self._last_sent = None
+        self.tracking.clear()
         self.generation += 1
 
 
@@ -573,10 +857,12 @@ __all__ = [
     "ChunkExecutor",
     "FrameMapping",
     "GripperCommander",
+    "JointChecks",
     "Plan",
     "SafetyLimits",
     "SafetyViolation",
     "SetPoint",
     "TargetPlanner",
+    "TrackingMonitor",
     "Watchdog",
 ]

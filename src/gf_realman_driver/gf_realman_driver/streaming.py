@@ -134,7 +134,8 @@ class PeriodicLoop:
 @dataclass(frozen=True)
 class TickResult:
     """What one streaming tick did. ``setpoint`` is what was sent (the smoothed pose when a
-    smoother is used); ``safety_stop`` names the rule a smoothed set-point would have broken."""
+    smoother is used); ``safety_stop`` names the rule that stopped the arm (a smoothed set-point
+    outside the limits, or the arm off the path of its set-points)."""
 
     setpoint: SetPoint | None = None
     gripper_command: tuple[str, float] | None = None
@@ -215,8 +216,10 @@ class StreamController:
     final target). When the previous set-point is older than ``smoother.limits.stall_after`` the
     motion restarts at rest from the measured pose (``measured()``, default ``arm.state()``). Every
     smoothed set-point's fingertip is checked against the workspace and floor; one outside stops
-    the arm (``TickResult.safety_stop``). With ``gripper_worker`` gripper commands go out from
-    that worker's thread instead of the tick.
+    the arm (``TickResult.safety_stop``). While streaming, every new measured state is checked
+    against the set-points sent (``executor.tracking``, which records what each tick really sends,
+    and when): an arm off their path is stopped the same way. With ``gripper_worker`` gripper
+    commands go out from that worker's thread instead of the tick.
     """
 
     def __init__(
@@ -242,6 +245,7 @@ class StreamController:
         self._reference: SetPoint | None = None
         self._generation = executor.generation
         self._last_sent_at: float | None = None
+        self._tracked_state_time: float | None = None  # the last state checked against the set-points
 
     @property
     def moving(self) -> bool:
@@ -253,7 +257,8 @@ class StreamController:
     def submit(self, chunk, now: float) -> Plan:
         """Plan ``chunk`` (raises ``SafetyViolation``/``ArmError``; then nothing is queued)."""
         state = self.arm.state()
-        plan = self.executor.submit(chunk, state.ee_xyz, state.ee_rpy, now)
+        plan = self.executor.submit(chunk, state.ee_xyz, state.ee_rpy, now, measured_joints=state.joint_positions,
+                                    measured_time=state.timestamp)
         self.watchdog.feed(now)
         return plan
 
@@ -281,11 +286,16 @@ class StreamController:
                 self._forget_motion()
                 self.arm.stop()
                 return TickResult(watchdog_fired=True)
-            setpoint = self.executor.next_setpoint(now)
+            if self.moving and self.executor.tracking.active:
+                stop = self._check_tracking()
+                if stop is not None:
+                    return stop
+            setpoint = self.executor.next_setpoint(now, record=False)
             if self.smoother is None:
                 if setpoint is None:
                     return TickResult()
                 self.arm.stream_ee_target(setpoint.xyz, setpoint.rpy)
+                self.executor.tracking.record(now, setpoint.xyz, setpoint.rpy)
                 sent = setpoint
                 restarted = False
             else:
@@ -307,12 +317,9 @@ class StreamController:
                 try:
                     self.executor.planner.limits.check_pose(xyz, rpy)
                 except SafetyViolation as exc:
-                    self.executor.cancel()
-                    self._generation = self.executor.generation
-                    self._forget_motion()
-                    self.arm.stop()
-                    return TickResult(safety_stop=str(exc))
+                    return self._safety_stop(exc)
                 self.arm.stream_ee_target(xyz, rpy)
+                self.executor.tracking.record(now, xyz, rpy)
                 self._last_sent_at = now
                 sent = SetPoint(now, xyz, rpy, reference.gripper, reference.step)
                 if not self.executor.active and self.smoother.at_rest_at(reference.xyz, reference.rpy):
@@ -332,6 +339,25 @@ class StreamController:
             self._forget_motion()
             self.gripper.reset()
             raise
+
+    def _check_tracking(self) -> TickResult | None:
+        """Check a state not checked yet against the set-points sent; stop the arm when it is off."""
+        state = self.measured()
+        if state is None or state.timestamp == self._tracked_state_time:
+            return None
+        self._tracked_state_time = state.timestamp
+        try:
+            self.executor.tracking.check(state.ee_xyz, state.ee_rpy, state.timestamp)
+        except SafetyViolation as exc:
+            return self._safety_stop(exc)
+        return None
+
+    def _safety_stop(self, exc: SafetyViolation) -> TickResult:
+        self.executor.cancel()
+        self._generation = self.executor.generation
+        self._forget_motion()
+        self.arm.stop()
+        return TickResult(safety_stop=str(exc))
 
     def halt(self) -> None:
         """Deliberate stop (service call, shutdown): drop queued motion, disarm, stop the arm."""

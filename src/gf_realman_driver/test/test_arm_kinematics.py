@@ -108,3 +108,20 @@ def test_ik_never_leaves_the_joint_limits():
         tp, tR = full.forward(q_target)
         res = kin.solve_ik(tp, tR, rng.uniform(kin.lower, kin.upper), max_iterations=40)
         assert kin.within_limits(res.q)
+
+
+def test_ik_reports_pose_and_jacobian_and_a_warm_start_changes_nothing():
+    """Following a path, the previous answer's pose and Jacobian stand in for one forward kinematics
+    (the planner's joint checks solve every set-point): the answers must be the same."""
+    kin = rm75_kinematics()
+    p, R = kin.forward(RM75_HOME)
+    first = kin.solve_ik(p + [0.004, 0.0, -0.002], R, RM75_HOME)
+    fk_p, fk_R = kin.forward(first.q)
+    np.testing.assert_allclose(first.pose[0], fk_p, atol=1e-12)
+    np.testing.assert_allclose(first.pose[1], fk_R, atol=1e-12)
+    np.testing.assert_allclose(first.jacobian, kin.jacobian(first.q), atol=1e-12)
+    target = p + [0.008, 0.003, -0.004]
+    cold = kin.solve_ik(target, R, first.q)
+    warm = kin.solve_ik(target, R, first.q, previous=first)
+    np.testing.assert_array_equal(warm.q, cold.q)
+    assert warm.converged and warm.iterations == cold.iterations

@@ -44,13 +44,13 @@ def test_jog_and_record_the_three_card_centres(tmp_path, module_domain, ros_tool
             child.send("\r")
             child.expect(expect)
 
-        hold("a", 1.0)  # +y (the robot's left) at 25 % speed: ~10 cm
+        hold("a", 1.3)  # +y (the robot's left) at 25 % speed: ~13 cm
         record("recorded slot 0")
         hold("d", 1.7)
         record("recorded slot 1")
         child.send("\r")  # the same spot again: refused, nothing recorded
         child.expect("not recorded: this point is 0.0 cm from slot 1, closer than a card")
-        hold("d", 1.7)
+        hold("d", 1.7)  # the workspace's -y wall (y = -0.20) stops it a little early
         record("layout saved to")
         child.expect(pexpect.EOF)
     finally:

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gf_eval.touch import load_layout
-from gf_realman_driver.calibration import CalibrationError, CalibrationRoutine
+from gf_realman_driver.calibration import CARD_FLOOR_MARGIN, CalibrationError, CalibrationRoutine, card_floor_z
 
 
 def test_three_recorded_points_become_a_timestamped_layout(tmp_path):
@@ -52,3 +52,16 @@ def test_undo_forgets_the_last_slot():
     assert routine.slot == 1
     with pytest.raises(CalibrationError, match="only 1 of 3"):
         routine.layout()
+
+
+def test_the_card_floor_is_the_highest_card_plane_plus_the_margin():
+    routine = CalibrationRoutine()
+    for y, z in ((0.16, 0.231), (0.0, 0.229), (-0.16, 0.230)):  # the flange's heights with a 15 cm gripper
+        routine.record((0.35, y, z))
+    layout = routine.layout()
+    # With the flange frame the recorded heights are 15 cm above the fingertips on the cards.
+    assert card_floor_z(layout, (0.0, 0.0, 0.15)) == pytest.approx(0.231 - 0.15 + CARD_FLOOR_MARGIN)
+    assert card_floor_z(layout) == pytest.approx(0.231 + CARD_FLOOR_MARGIN)  # a fingertip tool frame
+    assert CARD_FLOOR_MARGIN < layout.touch_height  # a close at the floor still counts as a touch
+    with pytest.raises(ValueError, match="touch height"):
+        card_floor_z(layout, margin=layout.touch_height)

@@ -138,7 +138,7 @@ def test_trial_gating_follows_announcements_and_episode_ends():
         with pytest.raises(ChunkRejected) as info:
             d.submit(**chunk(moves(1, [0.01, 0, 0]), "B"))
         assert info.value.reason == "stale_trial"
-        d.submit(**chunk(moves(20, [0.005, 0, 0]), "A"))
+        d.submit(**chunk(moves(20, [0, 0.005, 0]), "A"))
         d.end_trial("A", stamp_ns=50)  # an older "done" (a previous attempt's) changes nothing
         assert d.status().trial_running and d.status().motion_active
         d.end_trial("A", stamp_ns=200)
@@ -162,7 +162,7 @@ def test_trial_gating_follows_announcements_and_episode_ends():
 
 
 def test_emergency_stop_latches_until_resume(driver):
-    driver.submit(**chunk(moves(30, [0.004, 0, 0])))
+    driver.submit(**chunk(moves(30, [0, 0.004, 0])))
     time.sleep(0.3)
     ok, _ = driver.emergency_stop()
     assert ok and not driver.status().motion_active
@@ -212,7 +212,7 @@ def test_connect_failures_back_off_then_connect_and_a_dropped_link_reconnects():
         assert s.connect_failures == 3 and s.connects == 1
         delays = [float(text.rsplit("retrying in ", 1)[1].split(" s")[0]) for lvl, text in d.events if "retrying" in text]
         assert delays == [0.02, 0.04, 0.08]
-        d.submit(**chunk(moves(40, [0.002, 0, 0])))
+        d.submit(**chunk(moves(40, [0, 0.002, 0])))
         time.sleep(0.2)
         arm.simulate_disconnect()  # the cable is pulled mid-motion
         deadline = time.monotonic() + 5
@@ -257,7 +257,7 @@ def test_shutdown_stops_the_arm_and_closes_the_link():
     d = make_driver()
     d.start()
     assert d.wait_connected(5.0)
-    d.submit(**chunk(moves(40, [0.003, 0, 0])))
+    d.submit(**chunk(moves(40, [0, 0.003, 0])))
     time.sleep(0.2)
     d.shutdown()
     assert not d.arm.is_connected and not d.connected
@@ -268,7 +268,7 @@ def test_shutdown_stops_the_arm_and_closes_the_link():
 def test_an_emergency_stop_interrupts_homing(driver):
     import threading
 
-    driver.submit(**chunk(moves(10, [0.01, 0.01, 0])))  # well away from home (and within reach: 20 cm would not be)
+    driver.submit(**chunk(moves(10, [0.005, 0.01, 0])))  # well away from home (and inside the workspace)
     wait_idle(driver)
     result = {}
     homing = threading.Thread(target=lambda: result.update(home=driver.home()))

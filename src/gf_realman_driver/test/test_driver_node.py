@@ -24,7 +24,7 @@ HOME_XYZ = np.array([0.2849, 0.0, 0.2652])
 def driver(module_domain, ros_tools):
     node = ros_tools.NodeProcess(
         "gf-realman-driver", "-p", "dry_run:=true", "-p", "trial_gating:=false", "-p", f"watchdog_timeout_s:={WATCHDOG}",
-        "-p", "workspace_max:=[0.65, 0.10, 0.55]", "-p", f"publish_rate_hz:={1 / PUBLISH_PERIOD}",
+        "-p", "workspace_max:=[0.36, 0.10, 0.28]", "-p", f"publish_rate_hz:={1 / PUBLISH_PERIOD}",
     )
     yield node
     assert node.stop() == 0, node.output[-3000:]
@@ -75,7 +75,7 @@ def wait_rejected(probe, before: int, reason: str) -> None:
 
 def test_a_chunk_moves_the_ee_by_the_commanded_delta(probe):
     start = probe.settle()
-    delta = np.array([0.02, -0.01, 0.01])
+    delta = np.array([0.01, -0.01, 0.002])
     t0 = probe.now()
     probe.send(moves(5, delta))
     end = probe.settle()
@@ -141,12 +141,12 @@ def test_the_watchdog_stops_motion_within_its_timeout_plus_one_control_period(pr
     probe.settle()
     fired = probe.status["watchdog_fired"]
     t0 = probe.now()
-    probe.send(moves(40, [-0.005, 0.0, 0.0]))  # 2 s of motion at 0.1 m/s; no chunk follows
+    probe.send(moves(20, [-0.005, 0.0, 0.0]))  # 1 s of motion at 0.1 m/s; no chunk follows
     probe.settle(timeout=5.0)
     moving = motion_times(probe, t0, t0 + 3.0)
     # On the driver's clock (state stamps), from the start of the motion (~15 ms after the chunk
     # arrived: first set-point plus the arm's latency): stopped by the watchdog, not by the end of
-    # the chunk at 2 s, within the timeout plus one control period (plus one state period of
+    # the chunk at 1 s, within the timeout plus one control period (plus one state period of
     # sampling).
     duration = moving[-1] - moving[0]
     assert WATCHDOG - 0.1 <= duration <= WATCHDOG + CONTROL_PERIOD + PUBLISH_PERIOD, duration
@@ -158,7 +158,7 @@ def test_the_watchdog_stops_motion_within_its_timeout_plus_one_control_period(pr
 def test_emergency_stop_stops_and_blocks_motion_until_resume(probe):
     probe.settle()
     t0 = probe.now()
-    probe.send(moves(30, [0.005, 0.0, 0.0]))
+    probe.send(moves(30, [0.0, 0.004, 0.0]))
     time.sleep(0.3)
     assert probe.call("emergency_stop")
     answered = probe.now()

@@ -71,7 +71,7 @@ def test_the_end_of_the_episode_stops_the_arm_and_a_new_attempt_runs_again(probe
     announce(probe, "Touch-0001-0")
     probe.settle()
     t0 = probe.now()
-    probe.send(moves(30, [-0.005, 0, 0]), trial_id="Touch-0001-0")  # 1.5 s of motion
+    probe.send(moves(30, [0, -0.005, 0]), trial_id="Touch-0001-0")  # 1.5 s of motion
     time.sleep(0.4)
     end(probe, "Touch-0001-0")
     probe.wait(lambda: not probe.status["trial_running"], 5.0, "the trial to end")

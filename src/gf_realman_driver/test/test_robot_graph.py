@@ -8,6 +8,7 @@ import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -92,8 +93,8 @@ def test_the_vendor_address_is_a_config_value_only():
 def test_driver_parameters_become_the_safety_core_and_bad_ones_are_refused():
     from gf_realman_driver.driver_node import build_planner
 
-    planner = build_planner(DriverConfig(workspace_max=[0.6, 0.3, 0.5], floor_z=0.05, frame_rotation=[0, -1, 0, 1, 0, 0, 0, 0, 1]))
-    assert planner.limits.workspace_max == (0.6, 0.3, 0.5) and planner.limits.floor_z == 0.05
+    planner = build_planner(DriverConfig(workspace_max=[0.34, 0.15, 0.25], floor_z=0.05, frame_rotation=[0, -1, 0, 1, 0, 0, 0, 0, 1]))
+    assert planner.limits.workspace_max == (0.34, 0.15, 0.25) and planner.limits.floor_z == 0.05
     assert planner.substeps == 5 and planner.mapping.matrix[0, 1] == -1
     with pytest.raises(ValueError, match="too long for movep_canfd"):
         build_planner(DriverConfig(stream_period_s=0.025, control_period_s=0.05))
@@ -102,3 +103,65 @@ def test_driver_parameters_become_the_safety_core_and_bad_ones_are_refused():
         build_planner(DriverConfig(frame_rotation=[2, 0, 0, 0, 1, 0, 0, 0, 1]))
     with pytest.raises(ValueError, match="floor_z"):
         build_planner(DriverConfig(floor_z=0.9))
+
+
+def test_the_configured_workspace_must_be_reachable_or_the_driver_does_not_start():
+    from gf_realman_driver.driver_node import build_planner
+
+    rm75 = yaml.safe_load(package_file("gf_realman_driver", "config/rm75.yaml").read_text())["/**/realman_driver"]["ros__parameters"]
+    build_planner(DriverConfig())  # the defaults
+    build_planner(DriverConfig(**{k: rm75[k] for k in ("workspace_min", "workspace_max", "tcp_offset")}))  # the shipped file
+    with pytest.raises(ValueError, match=r"cannot reach .* corner\(s\) .*tcp_offset \(0.0, 0.0, 0.15\)"):
+        build_planner(DriverConfig(tcp_offset=[0.0, 0.0, 0.15]))  # a 15 cm gripper and the same box: too high
+    # The joint checks solve for the flange: a tool frame of unknown pose on it cannot be checked ...
+    with pytest.raises(ValueError, match="tool_frame 'gf_tip' needs its tool_frame_pose"):
+        build_planner(DriverConfig(tool_frame="gf_tip"))
+    # ... a known one can: the fingertip frame 15 cm out with the box lowered accordingly.
+    tip = build_planner(DriverConfig(tool_frame="gf_tip", tool_frame_pose=[0.0, 0.0, 0.15, 0.0, 0.0, 0.0],
+                                     workspace_min=[0.20, -0.15, 0.0], workspace_max=[0.34, 0.15, 0.12], floor_z=0.02))
+    assert tip.joint_checks.tool_frame_pose[2] == 0.15
+
+
+def write_layout(path: Path, heights) -> Path:
+    from gf_realman_driver.calibration import CalibrationRoutine
+
+    routine = CalibrationRoutine()
+    for y, z in zip((0.16, 0.0, -0.16), heights):
+        routine.record((0.35, y, z))
+    routine.save(path)
+    return path
+
+
+def test_the_floor_comes_from_the_card_calibration_unless_floor_z_is_set(tmp_path):
+    from gf_realman_driver.calibration import CARD_FLOOR_MARGIN
+    from gf_realman_driver.driver_node import build_planner
+    from gf_realman_driver.safety import SafetyLimits, SafetyViolation
+
+    heights = (0.081, 0.079, 0.080)
+    layout = write_layout(tmp_path / "touch_layout.yaml", heights)
+    planner = build_planner(DriverConfig(card_layout=str(layout)))
+    assert planner.limits.floor_z == pytest.approx(max(heights) + CARD_FLOOR_MARGIN)
+    # The fingertip may come down to just above the cards, not onto them.
+    above = np.array([0.35, 0.0, planner.limits.floor_z + 0.025])
+    down = np.zeros((1, 7))
+    down[0, 2] = -(above[2] - planner.limits.floor_z) / 0.1  # exactly to the floor: allowed
+    planner.plan(down, above, [np.pi, 0.0, 0.0], 0.0)
+    down[0, 2] -= 0.02  # 2 mm further: onto the cards
+    with pytest.raises(SafetyViolation) as info:
+        planner.plan(down, above, [np.pi, 0.0, 0.0], 1.0)
+    assert info.value.reason == "floor"
+    # The operator's floor_z wins; without a calibration the default applies.
+    assert build_planner(DriverConfig(card_layout=str(layout), floor_z=0.03)).limits.floor_z == 0.03
+    assert build_planner(DriverConfig()).limits.floor_z == SafetyLimits().floor_z
+    with pytest.raises(ValueError, match="no Touch layout"):
+        build_planner(DriverConfig(card_layout=str(tmp_path / "missing.yaml")))
+
+
+def test_a_real_run_gives_the_driver_the_calibration_and_a_dry_run_does_not():
+    driver = next(n for n in ROBOT.nodes if n.name == "realman_driver")
+    real = ROBOT.resolve_args({"layout": "calibration/bench.yaml"})
+    assert ROBOT.node_parameters(driver, real)["card_layout"] == "calibration/bench.yaml"
+    dry = ROBOT.resolve_args({"dry_run": "true"})  # the packaged dry-run layout is no calibration of a table
+    assert ROBOT.node_parameters(driver, dry)["card_layout"] == ""
+    calibrate_driver = next(n for n in ROBOT_CALIBRATE.nodes if n.name == "realman_driver")
+    assert "card_layout" not in calibrate_driver.parameters  # re-calibrating must reach the cards

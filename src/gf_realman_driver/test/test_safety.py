@@ -10,21 +10,37 @@ import pytest
 
 from gf_eval.action_space import ChunkRejected, validate_chunk
 from gf_realman_driver.arm import ArmConnectionError
-from gf_realman_driver.kinematics import rotation_error, rpy_to_matrix
+from gf_realman_driver.kinematics import (
+    RM75_DH_D,
+    RM75_HOME,
+    RM75_JOINT_UPPER,
+    matrix_to_rpy,
+    rm75_kinematics,
+    rotation_error,
+    rpy_to_matrix,
+)
 from gf_realman_driver.safety import (
+    DEFAULT_JOINT_CHECKS,
+    JOINT_LIMIT_MARGIN,
+    JOINT_VELOCITY_FACTOR,
+    MIN_SINGULAR_VALUE,
     ChunkExecutor,
     FrameMapping,
     GripperCommander,
+    JointChecks,
     SafetyLimits,
     SafetyViolation,
     TargetPlanner,
+    TrackingMonitor,
     Watchdog,
 )
 from gf_realman_driver.simulated_arm import SimulatedArm
 from gf_realman_driver.streaming import StreamController
 
-START_XYZ = np.array([0.35, 0.0, 0.25])
+START_XYZ = np.array([0.25, 0.0, 0.25])  # inside the default workspace, 11 cm from its +x wall
 START_RPY = np.array([math.pi, 0.0, 0.0])
+# A box larger than the arm's reach, for tests where other rules (not the walls) must decide.
+BEYOND_REACH = dict(workspace_min=(0.0, -0.6, 0.0), workspace_max=(0.8, 0.6, 0.7))
 
 
 def chunk(steps: int, dx=0.0, dy=0.0, dz=0.0, droll=0.0, dpitch=0.0, dyaw=0.0, gripper=1.0) -> np.ndarray:
@@ -118,20 +134,21 @@ def test_stream_period_must_divide_the_control_period():
 
 
 def test_workspace_violation_is_refused_and_nothing_is_produced():
-    limits = SafetyLimits(workspace_max=(0.45, 0.4, 0.55))
+    limits = SafetyLimits(workspace_max=(0.35, 0.2, 0.28))
     planner = TargetPlanner(limits)
     executor = ChunkExecutor(planner)
-    # 0.35 + k * 0.025: step 3 ends at 0.45 (allowed); step 4 passes it at its first set-point.
+    # 0.25 + k * 0.025: step 3 ends at 0.35 (allowed); step 4 passes it at its first set-point.
     with pytest.raises(SafetyViolation) as info:
         executor.submit(chunk(6, dx=0.25), START_XYZ, START_RPY, now=0.0)
     assert info.value.reason == "workspace" and info.value.step == 4
     assert isinstance(info.value, ChunkRejected)
-    assert "step 4: target x=0.4550 m outside the workspace" in str(info.value)  # first bad set-point
+    assert "step 4: target x=0.3550 m outside the workspace" in str(info.value)  # first bad set-point
     assert not executor.active
     assert executor.next_setpoint(1.0) is None
     # The refused chunk left no trace in the rate history: a chunk using the full per-second
-    # budget right away is accepted.
-    fast = TargetPlanner(SafetyLimits(max_translation_per_second=0.2), control_period=0.05)
+    # budget right away is accepted (in a box wide enough for the rate limit to bind first).
+    wide = dict(workspace_min=(0.20, -0.30, 0.0), workspace_max=(0.36, 0.30, 0.28))
+    fast = TargetPlanner(SafetyLimits(max_translation_per_second=0.2, **wide), control_period=0.05)
     with pytest.raises(SafetyViolation) as info:
         fast.plan(chunk(12, dy=0.2), START_XYZ, START_RPY, 0.0)  # 0.24 m within 1 s: refused at step 10
     assert info.value.reason == "translation_rate" and info.value.step == 10
@@ -168,7 +185,9 @@ def test_per_step_limits():
 
 
 def test_translation_rate_limit_within_and_across_chunks():
-    limits = SafetyLimits(max_step_translation=0.03, max_translation_per_second=0.3)
+    # 40 cm in a line: refused by the rate limit, before the joint checks (the chunks accepted
+    # below stay within reach).
+    limits = SafetyLimits(max_step_translation=0.03, max_translation_per_second=0.3, **BEYOND_REACH)
     planner = TargetPlanner(limits)
     # 20 steps of 2 cm in 1 s: each step is fine, but 0.40 m/s > 0.30 m/s; step 15 tips it over.
     with pytest.raises(SafetyViolation) as info:
@@ -188,6 +207,116 @@ def test_rotation_rate_limit():
     with pytest.raises(SafetyViolation) as info:
         planner.plan(chunk(20, dyaw=1.0), START_XYZ, START_RPY, 0.0)  # 0.1 rad per step = 2 rad/s
     assert info.value.reason == "rotation_rate" and info.value.step == 10
+
+
+# -- joint checks -------------------------------------------------------------------------------
+
+
+def first_refused_step(planner: TargetPlanner, actions: np.ndarray, reason: str) -> int:
+    """The step a chunk is refused at for ``reason``, checked against the chunk cut just before it
+    (accepted: the refusal names the first bad step, not a later one)."""
+    with pytest.raises(SafetyViolation) as info:
+        planner.plan(actions, START_XYZ, START_RPY, 0.0)
+    assert info.value.reason == reason, info.value
+    k = info.value.step
+    planner.reset_history()
+    planner.plan(actions[:k], START_XYZ, START_RPY, 0.0)
+    return k
+
+
+def test_every_setpoint_gets_a_joint_solution_inside_the_limits_and_speeds():
+    kin = DEFAULT_JOINT_CHECKS.kinematics
+    planner = TargetPlanner(SafetyLimits())
+    plan = planner.plan(chunk(10, dx=0.1, dy=-0.15, dz=-0.05, dyaw=0.4), START_XYZ, START_RPY, 0.0)
+    assert plan.joints.shape == (len(plan), 7)
+    for q, xyz, rpy in zip(plan.joints, plan.xyz, plan.rpy):
+        p, R = kin.forward(q)  # each solution puts the tool where the set-point is
+        assert np.linalg.norm(p - xyz) < 1e-4 and np.linalg.norm(rotation_error(rpy_to_matrix(rpy), R)) < 1e-3
+    assert np.all(plan.joints >= kin.lower + JOINT_LIMIT_MARGIN) and np.all(plan.joints <= kin.upper - JOINT_LIMIT_MARGIN)
+    speeds = np.abs(np.diff(plan.joints, axis=0)) / planner.stream_period
+    assert np.all(speeds <= JOINT_VELOCITY_FACTOR * kin.max_velocity)
+
+
+def test_the_joint_path_starts_from_the_measured_joints():
+    """The 7th joint makes the elbow free: the checks follow the arm's own elbow, not a guessed one."""
+    kin = DEFAULT_JOINT_CHECKS.kinematics
+    p, R = kin.forward(RM75_HOME)
+    elbow_out = np.asarray(RM75_HOME) + np.radians([0, 0, 40, 0, 0, 0, 0])
+    measured = kin.solve_ik(p, R, elbow_out, posture=elbow_out, max_iterations=200).q  # same pose, other elbow
+    assert np.linalg.norm(kin.forward(measured)[0] - p) < 1e-4 and abs(measured[2] - RM75_HOME[2]) > 0.3
+    planner = TargetPlanner(SafetyLimits())
+    from_measured = planner.plan(chunk(2, dy=0.1), p, R, 0.0, start_joints=measured)
+    guessed = planner.plan(chunk(2, dy=0.1), p, R, 1.0)  # no joints: the IK of the start pose from home
+    assert np.max(np.abs(from_measured.joints[0] - measured)) < 0.05
+    assert abs(guessed.joints[0][2] - measured[2]) > 0.3
+
+
+def test_a_chunk_towards_the_edge_of_the_reach_is_refused_near_the_singularity():
+    planner = TargetPlanner(SafetyLimits(**BEYOND_REACH))
+    executor = ChunkExecutor(planner)
+    # Slowly (0.1 m/s): faster, the elbow would exceed its speed limit first as it nears straight.
+    outward = chunk(50, dx=0.05)  # 5 mm per step from x = 0.25 to the stretched arm and beyond
+    k = first_refused_step(planner, outward, "singularity")
+    assert 0 < k < len(outward)
+    planner.reset_history()
+    with pytest.raises(SafetyViolation, match="smallest singular value") as info:
+        executor.submit(outward, START_XYZ, START_RPY, now=0.0)
+    assert info.value.step == k and not executor.active  # refused whole: nothing streams
+    # The last set-point accepted is still clear of it; the arm was stretched (elbow opening) on the way.
+    plan = planner.plan(outward[:k], START_XYZ, START_RPY, 0.0)
+    smallest = np.linalg.svd(DEFAULT_JOINT_CHECKS.kinematics.jacobian(plan.joints[-1]), compute_uv=False)[-1]
+    assert MIN_SINGULAR_VALUE <= smallest
+    assert abs(plan.joints[-1][3]) < abs(plan.joints[0][3])
+
+
+def test_a_setpoint_near_a_joint_limit_is_refused():
+    # Reaching out opens the elbow (joint4): with its range cut to >= 80 deg the arm runs out of it.
+    # (The elbow angle is fixed by the wrist's distance from the shoulder: no redundancy helps.)
+    lower = -np.asarray(RM75_JOINT_UPPER)
+    lower[3] = math.radians(80.0)
+    checks = JointChecks(rm75_kinematics(lower=lower))
+    planner = TargetPlanner(SafetyLimits(**BEYOND_REACH), joint_checks=checks)
+    outward = chunk(10, dx=0.1)  # 1 cm per step
+    k = first_refused_step(planner, outward, "joint_limit")
+    plan = planner.plan(outward[:k], START_XYZ, START_RPY, 0.0)
+    assert np.all(plan.joints[:, 3] >= lower[3] + JOINT_LIMIT_MARGIN)
+    # Reaching in (the elbow closes) is fine, and so is the same chunk on the unrestricted arm.
+    planner.plan(chunk(10, dx=-0.04), START_XYZ, START_RPY, 10.0)
+    TargetPlanner(SafetyLimits(**BEYOND_REACH)).plan(outward, START_XYZ, START_RPY, 0.0)
+
+
+def test_a_setpoint_that_needs_a_joint_too_fast_is_refused():
+    slow = rm75_kinematics(max_velocity=[0.5] * 7)  # rad/s, well below the RM75's 3.1-3.9
+    planner = TargetPlanner(SafetyLimits(), joint_checks=JointChecks(slow))
+    fast_chunk = chunk(4, dy=0.2)  # 0.4 m/s: about 1.6 rad/s at the base for a 0.25 m lever
+    with pytest.raises(SafetyViolation, match=r"joint\d would turn at \d+ deg/s") as info:
+        planner.plan(fast_chunk, START_XYZ, START_RPY, 0.0)
+    assert info.value.reason == "joint_velocity" and info.value.step == 0
+    planner.plan(chunk(4, dy=0.01), START_XYZ, START_RPY, 0.0)  # 0.02 m/s: slow enough
+    TargetPlanner(SafetyLimits()).plan(fast_chunk, START_XYZ, START_RPY, 0.0)  # the real arm's speeds
+
+
+def test_every_corner_of_the_default_workspace_is_reachable_pointing_down():
+    DEFAULT_JOINT_CHECKS.check_workspace(SafetyLimits())  # no error
+    # A 15 cm gripper on the flange lifts the flange 15 cm: the upper corners leave the reach.
+    with pytest.raises(ValueError, match=r"corner\(s\) of the workspace box") as info:
+        DEFAULT_JOINT_CHECKS.check_workspace(SafetyLimits(tcp_offset=(0.0, 0.0, 0.15)))
+    hi = SafetyLimits().workspace_max
+    assert f"({hi[0]:.3f}, {hi[1]:.3f}, {hi[2]:.3f}) m" in str(info.value)
+
+
+def test_a_workspace_corner_beyond_the_arms_length_is_named():
+    limits = SafetyLimits(workspace_min=(0.15, -0.40, 0.0), workspace_max=(0.65, 0.40, 0.55))  # the old default box
+    with pytest.raises(ValueError) as info:
+        DEFAULT_JOINT_CHECKS.check_workspace(limits)
+    # Corners farther from the shoulder than the arm is long (shoulder to flange) cannot be reached.
+    shoulder, length = np.array([0.0, 0.0, RM75_DH_D[0]]), sum(RM75_DH_D[1:])
+    lo, hi = limits.workspace_min, limits.workspace_max
+    corners = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    far = [c for c in corners if np.linalg.norm(np.asarray(c) - shoulder) > length]
+    assert far
+    for c in far:
+        assert f"({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m" in str(info.value)
 
 
 # -- executor -----------------------------------------------------------------------------------
@@ -226,6 +355,51 @@ def test_executor_refuses_when_the_arm_lags_far_behind():
     with pytest.raises(SafetyViolation) as info:
         executor.submit(chunk(1, dx=0.1), START_XYZ - [0.04, 0.0, 0.0], START_RPY, now=1.0)  # 6 cm off
     assert info.value.reason == "tracking_error"
+
+
+# -- tracking -----------------------------------------------------------------------------------
+
+
+def line_of_setpoints(monitor: TrackingMonitor, speed: float, until: float, period: float = 0.01):
+    """Record set-points moving along +x at ``speed`` from START_XYZ every ``period`` until ``until``."""
+    times = np.arange(period, until + 1e-9, period)
+    for t in times:
+        monitor.record(t, START_XYZ + [speed * t, 0.0, 0.0], START_RPY)
+    return lambda t: START_XYZ + [speed * min(max(t, 0.0), times[-1]), 0.0, 0.0]
+
+
+def test_tracking_allows_the_latency_but_not_a_stuck_or_displaced_arm():
+    limits = SafetyLimits()
+    monitor = TrackingMonitor(limits)
+    speed = 0.3
+    sent_at = line_of_setpoints(monitor, speed, 1.0)
+    t = 0.5
+    # Following half the allowed latency behind: far from the newest set-point, on the path.
+    late = sent_at(t - limits.tracking_latency / 2)
+    assert np.linalg.norm(late - sent_at(t)) > limits.max_tracking_error
+    monitor.check(late, START_RPY, t)
+    # Sideways off the path, or turned away: beyond the tolerances (just inside them: fine).
+    for scale, refused in ((0.8, False), (1.2, True)):
+        sideways = late + [0.0, scale * limits.max_tracking_error, 0.0]
+        turned = rpy_to_matrix([0.0, 0.0, scale * limits.max_tracking_rotation]) @ rpy_to_matrix(START_RPY)
+        for xyz, rot in ((sideways, START_RPY), (late, matrix_to_rpy(turned))):
+            if refused:
+                with pytest.raises(SafetyViolation) as info:
+                    monitor.check(xyz, rot, t)
+                assert info.value.reason == "tracking_error"
+            else:
+                monitor.check(xyz, rot, t)
+    # Stuck where it was at 0.3 s: fine while the latency can explain it, refused once it cannot.
+    stuck = sent_at(0.3)
+    monitor.check(stuck, START_RPY, 0.3 + limits.tracking_latency)
+    with pytest.raises(SafetyViolation, match="from where its set-points could have taken it"):
+        monitor.check(stuck, START_RPY, 0.3 + limits.tracking_latency + 1.5 * limits.max_tracking_error / speed)
+    # After the motion the arm must have arrived at the last set-point.
+    monitor.check(sent_at(1.0), START_RPY, 3.0)
+    with pytest.raises(SafetyViolation):
+        monitor.check(sent_at(0.95), START_RPY, 3.0)
+    monitor.clear()  # stopped: expected nowhere
+    monitor.check(stuck, START_RPY, 3.0)
 
 
 # -- watchdog -----------------------------------------------------------------------------------
@@ -284,10 +458,10 @@ def run(arm: SimulatedArm, controller: StreamController, t: float, until: float,
 def test_a_chunk_moves_the_arm_by_the_commanded_delta():
     arm, controller = make_controller(timeout=2.0)
     s0 = arm.state()
-    controller.submit(chunk(8, dx=0.2, dy=-0.1, dz=-0.1, dyaw=0.5), now=0.0)
+    controller.submit(chunk(8, dx=0.08, dy=-0.1, dz=-0.1, dyaw=0.5), now=0.0)
     run(arm, controller, 0.0, 0.6)
     s1 = arm.state()
-    np.testing.assert_allclose(s1.ee_xyz - s0.ee_xyz, [0.16, -0.08, -0.08], atol=3e-4)
+    np.testing.assert_allclose(s1.ee_xyz - s0.ee_xyz, [0.064, -0.08, -0.08], atol=3e-4)
     expected = rpy_to_matrix([0, 0, 0.4]) @ rpy_to_matrix(s0.ee_rpy)
     assert np.linalg.norm(rotation_error(expected, rpy_to_matrix(s1.ee_rpy))) < 2e-3
     assert controller.setpoints_sent == 40 and arm.setpoints_ignored == 0
@@ -317,7 +491,7 @@ def test_refused_chunk_does_not_move_the_arm_or_feed_the_watchdog():
 def test_watchdog_stops_motion_within_timeout_plus_one_period():
     timeout, period = 0.3, 0.01
     arm, controller = make_controller(timeout=timeout)
-    controller.submit(chunk(40, dy=0.09), now=0.0)  # 2 s of motion, and then silence
+    controller.submit(chunk(40, dy=0.045), now=0.0)  # 2 s of motion, and then silence
     t, results = run(arm, controller, 0.0, 1.0, period)
     fired = [t for t, r in results if r.watchdog_fired]
     assert len(fired) == 1
@@ -362,9 +536,43 @@ def test_gripper_commander_deadband():
 
 def test_arm_failure_during_a_tick_drops_the_queued_motion():
     arm, controller = make_controller()
-    controller.submit(chunk(10, dx=0.1), now=0.0)
+    controller.submit(chunk(10, dy=0.1), now=0.0)
     run(arm, controller, 0.0, 0.1)
     arm.simulate_disconnect()
     with pytest.raises(ArmConnectionError):
         controller.tick(0.11)
     assert not controller.executor.active and controller.executor.last_sent is None
+
+
+class BlockedArm(SimulatedArm):
+    """A SimulatedArm that can be blocked: it then ignores set-points without reporting an error
+    (held by an obstacle, or a controller that silently drops them)."""
+
+    blocked = False
+
+    def stream_ee_target(self, xyz, rpy) -> None:
+        if not self.blocked:
+            super().stream_ee_target(xyz, rpy)
+
+
+def test_a_late_but_following_arm_streams_on_and_a_blocked_one_is_stopped():
+    limits = SafetyLimits()
+    latency = limits.tracking_latency / 2  # well beyond what a naive 5 mm check of the newest set-point allows
+    arm = BlockedArm(realtime=False, latency_s=latency)
+    arm.connect()
+    planner = TargetPlanner(limits)
+    controller = StreamController(arm, ChunkExecutor(planner), Watchdog(5.0))
+    step = 0.012  # m per control step
+    speed = step / planner.control_period
+    controller.submit(chunk(16, dy=step / 0.1), now=0.0)  # 0.24 m/s for 0.8 s
+    t, results = run(arm, controller, 0.0, 0.5)
+    behind = np.linalg.norm(arm.state().ee_xyz - controller.executor.last_sent.xyz)
+    assert behind > limits.max_tracking_error and not any(r.safety_stop for _, r in results)
+    arm.blocked = True
+    blocked_at = t
+    t, results = run(arm, controller, t, 1.0)
+    stops = [(when, r.safety_stop) for when, r in results if r.safety_stop]
+    assert len(stops) == 1 and stops[0][1].startswith("tracking_error")
+    # Stopped once the latency cannot explain the gap any more (within a few ticks of it).
+    assert stops[0][0] - blocked_at <= limits.tracking_latency + limits.max_tracking_error / speed + 3 * planner.stream_period
+    assert not controller.executor.active and all(r.setpoint is None for when, r in results if when > stops[0][0])

@@ -1,7 +1,8 @@
 """Safety and timing a robot lab would trust: controller errors latch until an operator clears
 them, frames are checked at connect, the fingertip (not the flange) is kept above the table,
 set-points are jerk/acceleration-limited and restart from the measured pose after a stall, state
-and gripper traffic never hold up a set-point, and ~/home lifts first.
+and gripper traffic never hold up a set-point, an arm that stops following its set-points is
+stopped (a late one is not), and ~/home lifts first.
 
 The Realman tests talk to the moving fake controller on 127.0.0.1 only."""
 
@@ -227,6 +228,29 @@ def test_state_comes_from_the_push_and_a_dropped_push_falls_back_to_queries(fake
         arm.close()
 
 
+def test_a_slow_gripper_reply_never_holds_back_the_state_push(fake):
+    """Reports that waited for a slow gripper query would be stamped late: an arm that tracks well
+    would look as if it lagged (and the tracking check would stop it)."""
+    import threading
+
+    arm = realman(fake)
+    arm.connect()
+    try:
+        wait_for(lambda: arm.push_active, what="the first push")
+        fake.reply_delay["get_gripper_state"] = 0.3
+        time.sleep(arm.gripper_poll_period)  # the next state() polls the gripper
+        reader = threading.Thread(target=arm.state)
+        reader.start()
+        time.sleep(0.05)  # the poll is waiting for its reply now
+        before = arm.pushes_received
+        time.sleep(0.2)
+        assert reader.is_alive()  # still waiting
+        assert arm.pushes_received - before >= 10 and arm.push_active  # a report every 5 ms went on arriving
+        reader.join(2.0)
+    finally:
+        arm.close()
+
+
 def test_a_controller_error_on_the_real_path_latches_and_streaming_cannot_clear_it(fake):
     settings = DriverSettings(trial_gating=False, motion_limits=MotionLimits(), state_period=0.01)
     driver = ArmDriver(realman(fake), TargetPlanner(SafetyLimits()), watchdog_timeout=2.0, settings=settings,
@@ -287,6 +311,51 @@ def test_a_slow_reply_never_holds_up_a_setpoint(fake):
         driver.shutdown()
 
 
+@pytest.mark.parametrize("fault", ["stuck", "lagging"])
+def test_a_late_arm_streams_on_while_a_stuck_or_lagging_one_is_stopped(fake, fault):
+    """The fake controller follows its set-points 40 ms late and pushes its state every 5 ms: at
+    0.24 m/s the measured pose is well over 5 mm behind the newest set-point, yet on the path the
+    set-points took, so normal motion never trips the tracking check. An arm that stops (or slows
+    to 5 cm/s) without reporting an error is stopped within about the allowed latency."""
+    fake.latency = 0.04
+    limits = SafetyLimits()
+    settings = DriverSettings(trial_gating=False, motion_limits=MotionLimits(), state_period=0.01)
+    driver = ArmDriver(realman(fake), TargetPlanner(limits), watchdog_timeout=2.0, settings=settings,
+                       on_event=lambda level, text: None)
+    driver.start()
+    try:
+        assert driver.wait_connected(5.0)
+        behind = []  # distance between the measured pose and the newest set-point the fake received
+        for direction in (1, -1, 1):  # 0.24 m/s out, back, out again
+            driver.submit(**chunk(moves(10, [0.0, 0.012 * direction, 0.0])))
+            while driver.status().motion_active:
+                newest = fake.last("movep_canfd")
+                if newest is not None:
+                    behind.append(np.linalg.norm(driver.latest_state.ee_xyz - np.asarray(newest["pose"][:3]) / 1e6))
+                time.sleep(0.01)
+        status = driver.status()
+        assert status.safety_stops == 0 and status.chunks_accepted == 3, status.last_error
+        assert max(behind) > 2 * limits.max_tracking_error  # a check against the newest set-point would have tripped
+        if fault == "stuck":
+            fake.moving = False  # frozen where it is; the state push goes on
+        else:
+            fake.max_linear_speed = 0.05
+        started = time.monotonic()
+        driver.submit(**chunk(moves(10, [0.0, -0.012, 0.0])))
+        wait_for(lambda: driver.status().safety_stops == 1, timeout=3.0, what="the tracking stop")
+        stopped_after = time.monotonic() - started
+        status = driver.status()
+        assert "tracking_error" in status.last_error and not status.motion_active
+        # Detected once the latency allowance and the 5 mm at 0.24 m/s are used up, plus a few
+        # state and push periods (generous for a loaded machine).
+        assert stopped_after < limits.tracking_latency + limits.max_tracking_error / 0.24 + 0.25, stopped_after
+        sent = len(fake.arrivals("movep_canfd"))
+        time.sleep(0.2)
+        assert len(fake.arrivals("movep_canfd")) == sent  # nothing streamed after the stop
+    finally:
+        driver.shutdown()
+
+
 # -- smooth set-points --------------------------------------------------------------------------------
 
 
@@ -306,9 +375,9 @@ def test_a_200_ms_stall_resumes_with_no_step_above_the_acceleration_limit():
     arm.connect()
     planner = TargetPlanner(SafetyLimits(), control_period=0.05, stream_period=period)
     controller = StreamController(arm, ChunkExecutor(planner), Watchdog(5.0), smoother=SetpointSmoother(period, limits))
-    controller.submit(np.tile([0.0, 0.15, 0.0, 0.0, 0.0, 0.0, 1.0], (25, 1)), now=0.0)  # 0.3 m/s for 1.25 s
+    controller.submit(np.tile([0.0, 0.15, 0.0, 0.0, 0.0, 0.0, 1.0], (12, 1)), now=0.0)  # 0.3 m/s for 0.6 s
     t = 0.0
-    for _ in range(50):  # 0.5 s of streaming
+    for _ in range(30):  # 0.3 s of streaming
         t = round(t + period, 9)
         arm.advance(period)
         controller.tick(t)
