@@ -237,12 +237,14 @@ def load_demo_episodes(
     include_incomplete: bool = False,
     progress: bool = False,
     image_crop: Sequence[float] | None = None,
+    max_episodes: int | None = None,
 ) -> tuple[list[DecodedEpisode], LoadReport]:
     """All usable episodes of one or more demo directories, decoded through the cache.
 
     By default only complete, successful episodes are used (the fine-tuning set); failed or
     interrupted recordings are counted in the report's ``skipped``, and so are bags the episode
     reader refuses (``EpisodeError``, e.g. a lost camera frame), with the reason in ``errors``.
+    ``max_episodes``: only the first that many usable episodes are decoded.
     """
     from gf_teleop.episodes import (  # lazy: only bag users need rosbags
         load_episode,
@@ -262,6 +264,8 @@ def load_demo_episodes(
                 report.skipped["failed"] = report.skipped.get("failed", 0) + 1
             else:
                 work.append((d, entry))
+    if max_episodes is not None:
+        work = work[:max_episodes]
     if not work:
         raise ValueError(f"no usable episodes in {', '.join(map(str, dirs))} ({report})")
     iterator: Iterable[tuple[Path, Any]] = work
