@@ -26,10 +26,15 @@ trial gate or the planner.
 
 Callers (the node's callbacks) hand in chunks with ``submit``: the chunk is validated by
 ``gf_eval.action_space.validate_chunk`` and planned by the safety core (workspace box, floor,
-per-step and per-second limits); a chunk that fails anything is refused whole, never clamped into
-motion. Trial gating (``trial_gating``): chunks must carry the id of the trial announced on
-/gf/trial and are ignored once that trial's episode is done, so a policy that keeps streaming
-between trials cannot move the arm while the operator rearranges the cards.
+per-step and per-second limits, joint checks); a chunk that fails anything is refused whole, never
+clamped into motion. The planning takes milliseconds, so it runs outside the lock the streaming
+tick takes (a submit holds that lock only to snapshot where the chunk starts and to queue the
+result, and between joint solves the planning pauses while a tick is due, ``_yield_to_tick``);
+a plan whose start went stale meanwhile (stop, e-stop, watchdog, safety stop, reconnect,
+the trial ended or re-announced) is refused, never run. Trial gating (``trial_gating``): chunks
+must carry the id of the trial announced on /gf/trial and are ignored once that trial's episode is
+done, so a policy that keeps streaming between trials cannot move the arm while the operator
+rearranges the cards.
 
 ``emergency_stop`` stops the arm and latches: every chunk is refused until ``resume``. ``home``
 first lifts the tool straight up to ``home_safe_z`` (smoothed set-points) when it is lower, then
@@ -59,6 +64,11 @@ from .smoothing import MotionLimits, SetpointSmoother
 from .streaming import GripperWorker, PeriodicLoop, StreamController
 
 log = logging.getLogger(__name__)
+
+# The planning of a chunk pauses from this long before a streaming tick is due until it has run
+# (``ArmDriver._yield_to_tick``): longer than one joint solve, which it checks before.
+TICK_GUARD_S = 0.0015
+TICK_POLL_S = 0.0002
 
 # Refusals that are not the chunk's fault (no trial running, arm busy or down): "ignored", not
 # counted against the trial's malformed/unsafe rejections.
@@ -167,6 +177,9 @@ class ArmDriver:
             gripper_worker=GripperWorker(arm) if self.settings.gripper_in_worker else None,
         )
         self._lock = threading.RLock()  # guards the controller and the fields below
+        self._planning = threading.Lock()  # serialises submits (planning happens outside _lock)
+        self._next_tick_at: float | None = None  # about when the streaming loop ticks next (monotonic s)
+        self._ticks_done = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = False
@@ -300,6 +313,13 @@ class ArmDriver:
     def _tick(self, now: float) -> bool:
         """One streaming period; returns False to leave the loop (link lost)."""
         try:
+            return self._tick_once(now)
+        finally:
+            self._ticks_done += 1
+            self._next_tick_at = now + self.controller.executor.planner.stream_period
+
+    def _tick_once(self, now: float) -> bool:
+        try:
             return self._tick_inner(now)
         except Exception as exc:  # noqa: BLE001 - a bug must stop the arm, not kill the control thread
             self._emit("error", f"internal error in the control loop ({type(exc).__name__}: {exc}); motion stopped")
@@ -311,6 +331,22 @@ class ArmDriver:
             except Exception:  # noqa: BLE001 - already reporting the original error
                 pass
             return not self._stop.is_set()
+
+    def _yield_to_tick(self) -> None:
+        """Called by the planning between joint solves: when the streaming tick is about due, wait
+        until it has run. Python threads share one interpreter lock, which a thread running Python
+        (the planning) hands over only every switch interval; without this the tick would wait for
+        it, once per hand-over, and a chunk being planned would still delay a set-point."""
+        due = self._next_tick_at
+        if due is None:
+            return
+        period = self.controller.executor.planner.stream_period
+        now = time.monotonic()
+        if now < due - TICK_GUARD_S or now > due + period:  # not due yet, or the loop is not ticking
+            return
+        done = self._ticks_done
+        while self._ticks_done == done and time.monotonic() < due + period:
+            time.sleep(TICK_POLL_S)
 
     def _tick_inner(self, now: float) -> bool:
         if not self._connected:
@@ -434,31 +470,40 @@ class ArmDriver:
                action_space: str, data, stamp_ns: int = 0, frame_id: str = "", key_id: str = "", sequence: int = 0,
                signature: bytes = b"") -> Plan:
         """Authenticate (with a verifier), validate, safety-check and queue one chunk; raise
-        ``ChunkRejected`` (nothing queued) otherwise."""
+        ``ChunkRejected`` (nothing queued) otherwise.
+
+        Only the cheap steps hold the lock the streaming tick takes: authentication and the gate,
+        the snapshot the chunk is planned from, and the commit. The planning itself (Cartesian
+        rules, rates, the joint checks of every set-point) runs under ``_planning`` alone, which
+        serialises submits and which the tick never takes. The commit re-checks the gate and
+        refuses a plan whose start went stale meanwhile (see ``_commit``)."""
         now = self.clock()
         try:
-            with self._lock:
-                if self.verifier is not None:
-                    self._authenticate(ChunkFields(
-                        trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
-                        action_dim=action_dim, action_space=action_space, data=data, stamp_ns=stamp_ns,
-                        frame_id=frame_id), key_id, sequence, signature)
-                expected = self._gate(trial_id)
+            with self._planning:
+                with self._lock:
+                    if self.verifier is not None:
+                        self._authenticate(ChunkFields(
+                            trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
+                            action_dim=action_dim, action_space=action_space, data=data, stamp_ns=stamp_ns,
+                            frame_id=frame_id), key_id, sequence, signature)
+                    expected = self._gate(trial_id)
+                    trial = self._trial
                 chunk = validate_chunk(
                     trial_id=trial_id, step_index=step_index, horizon=horizon, execute_steps=execute_steps,
                     action_dim=action_dim, action_space=action_space, data=data,
                     expected_trial_id=expected, next_step=None,  # streaming: step indices are advisory
                 )
                 try:
-                    plan = self.controller.submit(chunk, now)
+                    state = self.arm.state()  # not under the lock: a real arm's read may wait for a gripper reply
+                    with self._lock:
+                        request = self.controller.prepare(now, state)
+                    plan = self.controller.plan(chunk, request, self._yield_to_tick)  # costly: no lock the tick takes
+                    with self._lock:
+                        return self._commit(trial_id, trial, request, plan)
                 except ArmConnectionError as exc:
                     raise ChunkRejected("not_connected", str(exc)) from exc
                 except ArmError as exc:
                     raise ChunkRejected("arm_error", str(exc)) from exc
-                self._status.chunks_accepted += 1
-                if self._trial_running:
-                    self._status.trial_chunks_accepted += 1
-                return plan
         except ChunkRejected as exc:
             with self._lock:
                 if exc.reason in SIGNATURE_REASONS:
@@ -472,6 +517,21 @@ class ArmDriver:
                     if self._trial_running:
                         self._status.trial_chunks_rejected += 1
             raise
+
+    def _commit(self, trial_id: str, trial: tuple[str, int] | None, request, plan: Plan) -> Plan:
+        """Queue a plan made outside the lock (held by the caller), unless the world moved on while it
+        was planned: the gate again (e-stop, controller error, homing, link, trial over or replaced),
+        the same announcement of the trial (``stale_trial`` if it was re-announced: a new attempt),
+        and the executor's own check (``stale_plan``: the queued motion was dropped by a stop, the
+        watchdog, a safety stop or a reconnect, or another chunk was queued)."""
+        self._gate(trial_id)
+        if self.settings.trial_gating and self._trial != trial:
+            raise ChunkRejected("stale_trial", f"trial {trial_id!r} was announced again while the chunk was being planned")
+        plan = self.controller.commit(request, plan, self.clock())
+        self._status.chunks_accepted += 1
+        if self._trial_running:
+            self._status.trial_chunks_accepted += 1
+        return plan
 
     def _authenticate(self, fields: ChunkFields, key_id: str, sequence: int, signature: bytes) -> None:
         try:

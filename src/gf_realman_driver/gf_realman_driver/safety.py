@@ -60,7 +60,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -75,8 +75,8 @@ _EPS = 1e-9
 class SafetyViolation(ChunkRejected):
     """A chunk refused by a safety rule. ``reason`` is one of: workspace, floor, step_translation,
     step_rotation, translation_rate, rotation_rate, unreachable, joint_limit, singularity,
-    joint_velocity, tracking_error, bad_chunk; ``step`` is the offending control step within the
-    chunk (or -1)."""
+    joint_velocity, tracking_error, bad_chunk, stale_plan (``ChunkExecutor.commit``); ``step`` is the
+    offending control step within the chunk (or -1)."""
 
     def __init__(self, reason: str, detail: str, step: int = -1):
         super().__init__(reason, detail)
@@ -320,10 +320,12 @@ class JointChecks:
             raise SafetyViolation(reason, f"start pose: {detail}", 0)
         return result.q
 
-    def check_path(self, xyz, rotations, q_start, period: float, substeps: int = 1) -> np.ndarray:
+    def check_path(self, xyz, rotations, q_start, period: float, substeps: int = 1, *,
+                   pause: Callable[[], None] | None = None) -> np.ndarray:
         """Joint solutions (N, dof) of the set-points (tool-frame poses, ``period`` s apart, the
         first one period after the start at ``q_start``); ``SafetyViolation`` naming the control step
-        (set-point index // ``substeps``) of the first set-point that fails."""
+        (set-point index // ``substeps``) of the first set-point that fails. ``pause`` is called
+        before every set-point's solve (a caller's chance to let another thread run first)."""
         kin = self.kinematics
         p, R = self.flange_poses(xyz, rotations)
         step_limit = kin.max_velocity * self.velocity_factor * period  # rad per set-point
@@ -331,6 +333,8 @@ class JointChecks:
         previous = np.asarray(q_start, dtype=np.float64)
         solved = None
         for i in range(p.shape[0]):
+            if pause is not None:
+                pause()
             # No posture pull: the minimum-norm joint motion from the previous set-point, the least
             # any controller has to move (a pull would add joint speed of its own).
             solved = result = kin.solve_ik(p[i], R[i], previous, limit_margin=self.limit_margin, previous=solved)
@@ -408,10 +412,24 @@ class Plan:
     start_xyz: np.ndarray
     start_rotation: np.ndarray
     joints: np.ndarray | None = None  # (N, dof) joint solution of each set-point (None: joint checks off)
+    # Per control step, for the rate history (``TargetPlanner.commit``): time, path length (m), turn (rad).
+    step_times: np.ndarray | None = None  # (K,)
+    step_translation: np.ndarray | None = None  # (K,)
+    step_rotation: np.ndarray | None = None  # (K,)
 
     @property
     def end_time(self) -> float:
         return float(self.times[-1])
+
+    def shifted(self, dt: float) -> Plan:
+        """The same motion ``dt`` s later (set-point and step times; the poses are unchanged)."""
+        dt = float(dt)
+        return replace(
+            self,
+            times=self.times + dt,
+            start_time=self.start_time + dt,
+            step_times=None if self.step_times is None else self.step_times + dt,
+        )
 
     @property
     def final_xyz(self) -> np.ndarray:
@@ -436,6 +454,12 @@ class TargetPlanner:
     Keeps the translation/rotation of recently planned steps so the per-second limits span
     chunk boundaries. Call ``reset_history()`` after a long pause if you want (old steps also
     age out of the window by themselves).
+
+    ``plan`` checks and records in one call. For planning outside the lock of whoever owns the
+    planner (the joint checks take milliseconds), split it: take a ``history()`` snapshot under the
+    lock, ``draft`` from it without the lock (``draft`` changes nothing), then ``commit`` the draft
+    under the lock, which re-checks the rates against the history as it is by then and only then
+    records the steps. A draft that is never committed leaves no trace.
     """
 
     def __init__(
@@ -466,6 +490,10 @@ class TargetPlanner:
         """Forget earlier steps (the rate windows restart empty)."""
         self._history.clear()
 
+    def history(self) -> tuple[tuple[float, float, float], ...]:
+        """A snapshot of the rate history ((time, translation, rotation) per recorded step) for ``draft``."""
+        return tuple(self._history)
+
     def _actions(self, chunk) -> np.ndarray:
         actions = chunk.actions if isinstance(chunk, ValidChunk) else chunk
         actions = np.asarray(actions, dtype=np.float64)
@@ -485,8 +513,19 @@ class TargetPlanner:
         (rad), which seed the joint checks (None: the IK of the start pose). Raises
         ``SafetyViolation`` without side effects if any step or set-point breaks a limit (the
         earliest offending step of the Cartesian rules, then of the rates, then of the joint
-        checks); on success the steps enter the rate history.
+        checks); on success the steps enter the rate history. (``draft`` then ``commit``.)
         """
+        plan = self.draft(chunk, start_xyz, start_rotation, start_time, start_joints)
+        self.commit(plan)
+        return plan
+
+    def draft(self, chunk, start_xyz, start_rotation, start_time: float, start_joints=None, *,
+              history: tuple[tuple[float, float, float], ...] | None = None,
+              pause: Callable[[], None] | None = None) -> Plan:
+        """``plan`` without recording anything: every check, the rates against ``history`` (a
+        ``history()`` snapshot; default the current history). Changes no state, so it may run
+        outside the lock that guards the planner; ``commit`` records the result. ``pause`` is called
+        before each joint solve (``JointChecks.check_path``), e.g. to let a periodic thread run."""
         actions = self._actions(chunk)
         limits = self.limits
         p0 = np.asarray(start_xyz, dtype=np.float64).copy()
@@ -544,18 +583,16 @@ class TargetPlanner:
             raise SafetyViolation(reason, detail, k)
 
         step_times = start_time + self.control_period * np.arange(1, K + 1)
-        self._check_rates(step_times, trans, angles)
+        self._check_rates(step_times, trans, angles, self.history() if history is None else history)
 
         joints = None
         if self.joint_checks is not None:  # the costly part last: only for chunks that pass the rest
+            if pause is not None:
+                pause()
             q0 = self.joint_checks.start_joints(p0, R0, start_joints)
-            joints = self.joint_checks.check_path(flat, rotations.as_matrix(), q0, self.stream_period, n)
+            joints = self.joint_checks.check_path(flat, rotations.as_matrix(), q0, self.stream_period, n, pause=pause)
 
         rpy = rotations.as_euler("xyz")
-
-        for t, tr, ro in zip(step_times, trans, angles):
-            self._history.append((float(t), float(tr), float(ro)))
-        self._prune(float(step_times[-1]))
         return Plan(
             times=start_time + self.stream_period * np.arange(1, K * n + 1),
             xyz=flat.copy(),
@@ -570,16 +607,30 @@ class TargetPlanner:
             start_xyz=p0,
             start_rotation=R0,
             joints=joints,
+            step_times=step_times,
+            step_translation=trans,
+            step_rotation=angles,
         )
+
+    def commit(self, plan: Plan) -> None:
+        """Enter a drafted plan's steps in the rate history, after checking them against the history
+        as it is now (it may have changed since the draft's snapshot; this part is cheap).
+        ``SafetyViolation`` (translation_rate / rotation_rate; nothing recorded) when they no longer fit."""
+        if plan.step_times is None or plan.step_translation is None or plan.step_rotation is None:
+            raise ValueError("commit needs a plan made by this planner (draft or plan)")
+        self._check_rates(plan.step_times, plan.step_translation, plan.step_rotation, self.history())
+        for t, tr, ro in zip(plan.step_times, plan.step_translation, plan.step_rotation):
+            self._history.append((float(t), float(tr), float(ro)))
+        self._prune(float(plan.step_times[-1]))
 
     def _prune(self, now: float) -> None:
         while self._history and self._history[0][0] <= now - self.limits.rate_window:
             self._history.popleft()
 
-    def _check_rates(self, times: np.ndarray, trans: np.ndarray, rot: np.ndarray) -> None:
-        """Path length / turn angle within (t - window, t] for each new step t, history included."""
+    def _check_rates(self, times: np.ndarray, trans: np.ndarray, rot: np.ndarray, history) -> None:
+        """Path length / turn angle within (t - window, t] for each new step t, ``history`` included."""
         window = self.limits.rate_window
-        past = [h for h in self._history if h[0] > times[0] - window]
+        past = [h for h in history if h[0] > times[0] - window]
         all_t = np.concatenate([[h[0] for h in past], times])
         order = np.argsort(all_t, kind="stable")
         all_t = all_t[order]
@@ -683,6 +734,21 @@ class TrackingMonitor:
             )
 
 
+@dataclass(frozen=True)
+class PlanRequest:
+    """What ``ChunkExecutor.prepare`` says a chunk is planned from: a snapshot of the executor and
+    of the planner's rate history, so that the costly planning can run outside the lock that
+    guards them. ``generation`` and ``queued`` tell ``commit`` whether the executor moved on."""
+
+    start_xyz: np.ndarray
+    start_rotation: np.ndarray
+    start_time: float
+    start_joints: np.ndarray | None
+    history: tuple[tuple[float, float, float], ...]
+    generation: int
+    queued: int
+
+
 class ChunkExecutor:
     """Queues accepted plans and yields the set-point due at each streaming tick.
 
@@ -692,6 +758,13 @@ class ChunkExecutor:
     ``cancel()`` (stop, watchdog, e-stop, reconnect) forgets the last target. ``tracking`` holds
     the set-points sent (``next_setpoint`` records what it hands out unless the caller records what
     it really sent); a chunk is refused while the measured pose is off their path.
+
+    Not thread-safe: the owner guards it with a lock. ``submit`` plans and queues in one call. To
+    keep the joint checks (milliseconds per chunk) out of that lock, the owner splits it:
+    ``prepare`` (under the lock: tracking check and a snapshot of where the chunk starts), ``plan``
+    (without it: reads nothing of the executor but the snapshot), ``commit`` (under the lock: refuses
+    with ``stale_plan`` if the queued motion was cancelled or another chunk was queued since
+    ``prepare``, re-checks the rates, queues). A plan that is not committed leaves no trace.
     """
 
     def __init__(self, planner: TargetPlanner):
@@ -702,6 +775,7 @@ class ChunkExecutor:
         self._last_target: tuple[np.ndarray, np.ndarray] | None = None
         self._last_sent: SetPoint | None = None
         self.generation = 0  # counts cancel() calls, so a follower of the set-points can tell
+        self._queued = 0  # counts committed plans (a plan prepared before another was queued is stale)
 
     @property
     def active(self) -> bool:
@@ -724,6 +798,14 @@ class ChunkExecutor:
 
         ``measured_*``: the arm's latest state (joints in rad seed the joint checks; its time, default
         ``now``, places it against the set-points sent)."""
+        request = self.prepare(measured_xyz, measured_rpy, now, measured_joints=measured_joints,
+                               measured_time=measured_time)
+        return self.commit(request, self.plan(chunk, request), now)
+
+    def prepare(self, measured_xyz, measured_rpy, now: float, *, measured_joints=None,
+                measured_time: float | None = None) -> PlanRequest:
+        """The cheap first part of ``submit``: refuse while the arm is off its set-points' path, and
+        snapshot where a chunk queued now starts (the last target, or the measured pose when idle)."""
         measured_xyz = np.asarray(measured_xyz, dtype=np.float64)
         self.tracking.check(measured_xyz, measured_rpy, float(now) if measured_time is None else float(measured_time))
         if self._last_target is not None:
@@ -731,9 +813,39 @@ class ChunkExecutor:
         else:
             start_xyz, start_rot = measured_xyz, rpy_to_matrix(measured_rpy)
         start_time = max(float(now), self._plans[-1].end_time) if self._plans else float(now)
-        plan = self.planner.plan(chunk, start_xyz, start_rot, start_time, start_joints=measured_joints)
+        joints = None if measured_joints is None else np.array(measured_joints, dtype=np.float64)
+        return PlanRequest(np.array(start_xyz, dtype=np.float64), np.array(start_rot, dtype=np.float64), start_time,
+                           joints, self.planner.history(), self.generation, self._queued)
+
+    def plan(self, chunk, request: PlanRequest, pause: Callable[[], None] | None = None) -> Plan:
+        """The costly part of ``submit`` (every check, joint checks included), from ``request`` only:
+        safe to run outside the lock that guards the executor. Raises ``SafetyViolation``.
+        ``pause``: see ``TargetPlanner.draft``."""
+        return self.planner.draft(chunk, request.start_xyz, request.start_rotation, request.start_time,
+                                  request.start_joints, history=request.history, pause=pause)
+
+    def commit(self, request: PlanRequest, plan: Plan, now: float | None = None) -> Plan:
+        """Queue ``plan`` (from ``plan(chunk, request)``) and return it as queued. Refused
+        (``SafetyViolation`` ``stale_plan``, nothing queued) when the queued motion was cancelled or
+        another chunk was queued since ``prepare``: the plan starts where the arm is no longer
+        going. The rates are checked again against the history as it is now. With ``now`` (the time
+        of the commit), a plan whose start has passed meanwhile is moved to start at ``now``, so its
+        first set-point is due one period after it is queued, as with ``submit``."""
+        if self.generation != request.generation:
+            raise SafetyViolation("stale_plan", "the queued motion was dropped (stop, e-stop, watchdog, safety stop or "
+                                                "reconnect) while the chunk was being planned; it is not run")
+        if self._queued != request.queued:
+            raise SafetyViolation("stale_plan", "another chunk was queued while this one was being planned from the "
+                                                "same start; it is not run")
+        if plan.start_time != request.start_time or not np.array_equal(plan.start_xyz, request.start_xyz):
+            raise ValueError("commit needs the plan made from this request")
+        if now is not None and float(now) > plan.start_time:
+            # Nothing queued ends later than the request's start (the queue is as it was, or ran out).
+            plan = plan.shifted(float(now) - plan.start_time)
+        self.planner.commit(plan)
         self._plans.append(plan)
         self._last_target = (plan.final_xyz.copy(), plan.final_rotation.copy())
+        self._queued += 1
         return plan
 
     def next_setpoint(self, now: float, *, record: bool = True) -> SetPoint | None:
@@ -859,6 +971,7 @@ __all__ = [
     "GripperCommander",
     "JointChecks",
     "Plan",
+    "PlanRequest",
     "SafetyLimits",
     "SafetyViolation",
     "SetPoint",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arm import ArmBackend, ArmError, ArmState
-from .safety import ChunkExecutor, GripperCommander, Plan, SafetyViolation, SetPoint, Watchdog
+from .safety import ChunkExecutor, GripperCommander, Plan, PlanRequest, SafetyViolation, SetPoint, Watchdog
 from .smoothing import SetpointSmoother
 
 
@@ -255,10 +255,31 @@ class StreamController:
         return self.executor.active or self._reference is not None
 
     def submit(self, chunk, now: float) -> Plan:
-        """Plan ``chunk`` (raises ``SafetyViolation``/``ArmError``; then nothing is queued)."""
-        state = self.arm.state()
-        plan = self.executor.submit(chunk, state.ee_xyz, state.ee_rpy, now, measured_joints=state.joint_positions,
-                                    measured_time=state.timestamp)
+        """Plan ``chunk`` (raises ``SafetyViolation``/``ArmError``; then nothing is queued).
+
+        In one call: ``prepare``, ``plan``, ``commit``. An owner that ticks from another thread
+        calls those three itself, holding its lock for ``prepare`` and ``commit`` only, so the
+        planning (joint checks: milliseconds) never delays a tick."""
+        request = self.prepare(now)
+        return self.commit(request, self.plan(chunk, request), now)
+
+    def prepare(self, now: float, state: ArmState | None = None) -> PlanRequest:
+        """Where a chunk submitted now starts (``ChunkExecutor.prepare``; cheap, under the owner's
+        lock). ``state``: the arm's state, default ``arm.state()`` (a real arm's state read may wait
+        for a gripper reply: read it before taking the lock the tick needs)."""
+        state = self.arm.state() if state is None else state
+        return self.executor.prepare(state.ee_xyz, state.ee_rpy, now, measured_joints=state.joint_positions,
+                                     measured_time=state.timestamp)
+
+    def plan(self, chunk, request: PlanRequest, pause: Callable[[], None] | None = None) -> Plan:
+        """Plan ``chunk`` from ``request`` (``ChunkExecutor.plan``): the costly part, touching nothing
+        the tick uses; run it outside the owner's lock. ``pause`` is called between joint solves."""
+        return self.executor.plan(chunk, request, pause)
+
+    def commit(self, request: PlanRequest, plan: Plan, now: float) -> Plan:
+        """Queue a plan (``ChunkExecutor.commit``; refused as ``stale_plan`` when the executor moved on
+        since ``prepare``) and feed the watchdog; under the owner's lock."""
+        plan = self.executor.commit(request, plan, now)
         self.watchdog.feed(now)
         return plan
 

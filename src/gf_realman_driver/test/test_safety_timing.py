@@ -19,7 +19,7 @@ from gf_eval.action_space import ChunkRejected
 from gf_realman_driver.arm import ArmFrameMismatch
 from gf_realman_driver.driver import ArmDriver, DriverSettings
 from gf_realman_driver.kinematics import RM75_HOME
-from gf_realman_driver.safety import ChunkExecutor, SafetyLimits, SafetyViolation, TargetPlanner, Watchdog
+from gf_realman_driver.safety import ChunkExecutor, JointChecks, SafetyLimits, SafetyViolation, TargetPlanner, Watchdog
 from gf_realman_driver.simulated_arm import SimulatedArm
 from gf_realman_driver.smoothing import MotionLimits, SetpointSmoother, peak_acceleration
 from gf_realman_driver.streaming import StreamController
@@ -449,3 +449,267 @@ def test_bench_against_the_moving_fake_controller_reports_acceleration(fake, cap
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["setpoints_sent"] > 50 and figures["max_accel"] == 5.0
     assert 0.0 < figures["peak_accel"] and "jitter_p99_ms" in figures
+
+
+# -- planning beside the streaming ------------------------------------------------------------------
+
+
+class SlowJointChecks(JointChecks):
+    """The RM75's joint checks made slow (a long chunk on a loaded machine), with a hook that runs
+    while a chunk is being planned."""
+
+    def __init__(self, delay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+        self.during = None  # called (no arguments) inside every check_path
+
+    def check_path(self, *args, **kwargs):
+        if self.during is not None:
+            self.during()
+        time.sleep(self.delay)
+        return super().check_path(*args, **kwargs)
+
+
+class TimedArm(SimulatedArm):
+    """Records when each set-point arrives."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.arrivals: list[float] = []
+
+    def stream_ee_target(self, xyz, rpy) -> None:
+        self.arrivals.append(time.monotonic())
+        super().stream_ee_target(xyz, rpy)
+
+
+def slow_driver(checks: SlowJointChecks, *, trial_gating: bool = False) -> ArmDriver:
+    driver = ArmDriver(TimedArm(realtime=True), TargetPlanner(SafetyLimits(), joint_checks=checks), watchdog_timeout=2.0,
+                       settings=DriverSettings(trial_gating=trial_gating, motion_limits=MotionLimits()),
+                       on_event=lambda level, text: None)
+    driver.start()
+    assert driver.wait_connected(5.0)
+    return driver
+
+
+def test_planning_a_chunk_never_holds_up_a_setpoint():
+    """The joint checks take milliseconds (here 80 ms): the tick must not wait for them. Chunks are
+    planned back to back beside the streaming; the set-points go on arriving while every one of them
+    is planned, and at the streaming period (under a lock shared with the tick, every plan would
+    hold back a set-point for at least the planning time)."""
+    period, delay = 0.01, 0.08
+    checks = SlowJointChecks(delay)
+    driver = slow_driver(checks)
+    arm = driver.arm
+    streamed_meanwhile: list[bool] = []
+
+    def wait_for_setpoints() -> None:  # set-points keep arriving while this plan is made
+        target = len(arm.arrivals) + 3
+        deadline = time.monotonic() + 1.0
+        while len(arm.arrivals) < target and time.monotonic() < deadline:
+            time.sleep(0.002)
+        streamed_meanwhile.append(len(arm.arrivals) >= target)
+
+    try:
+        driver.submit(**chunk(moves(4, [0.0, 0.002, 0.0])))
+        wait_for(lambda: len(arm.arrivals) > 5, what="streaming")
+        checks.during = wait_for_setpoints
+        planning: list[tuple[float, float]] = []
+        for i in range(12):  # 100 ms of motion per chunk, planned in >= 80 ms: the queue never runs dry
+            started = time.monotonic()
+            driver.submit(**chunk(moves(2, [0.0, 0.002 * (-1) ** i, 0.0])))
+            planning.append((started, time.monotonic()))
+        checks.during = None
+        assert streamed_meanwhile == [True] * 12
+        arrivals = np.asarray(arm.arrivals)
+        gaps = [b - a for a, b in zip(arrivals[:-1], arrivals[1:])
+                if any(start < b and a < end for start, end in planning)]  # gaps that overlap a planning
+        assert len(gaps) > 50
+        # The tick keeps its period beside the planning. (A loaded machine delays a few ticks by
+        # itself, so the tail is judged by its 95th percentile; any gap as long as a planning would
+        # mean a tick waited for one.)
+        assert np.median(gaps) <= 1.5 * period, np.median(gaps)
+        assert np.percentile(gaps, 95) <= 2 * period, np.percentile(gaps, 95)
+        assert max(gaps) < delay, max(gaps)
+        assert driver.status().chunks_accepted == 13
+    finally:
+        driver.shutdown()
+
+
+def test_racing_submits_are_planned_one_after_the_other():
+    """Two chunks submitted at once (the core does not rely on the node's single callback thread):
+    both are accepted, the second planned from where the first ends, as if they came in turn."""
+    import threading
+
+    driver = slow_driver(SlowJointChecks(0.05))
+    try:
+        plans, errors = [], []
+
+        def submit(delta) -> None:
+            try:
+                plans.append(driver.submit(**chunk(moves(4, delta))))
+            except ChunkRejected as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=submit, args=(d,)) for d in ([0.003, 0.0, 0.0], [0.0, 0.003, 0.0])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5.0)
+        assert errors == [] and len(plans) == 2
+        first, second = plans
+        assert second.start_time == pytest.approx(first.end_time)
+        np.testing.assert_allclose(second.start_xyz, first.final_xyz)
+        assert len(driver.controller.executor.planner.history()) == 8
+    finally:
+        driver.shutdown()
+
+
+def test_the_planning_gives_way_to_a_due_tick():
+    """Python hands its interpreter lock to a waiting thread only every switch interval (5 ms), so
+    planning (pure Python) beside the streaming would still delay a tick by that much, once per
+    hand-over. The planning therefore pauses before every joint solve while a tick is due, until
+    the tick has run."""
+    import threading
+
+    pauses = []
+    planner = TargetPlanner(SafetyLimits())
+    plan = planner.draft(moves(3, [0.0, 0.002, 0.0]), [0.28, 0.0, 0.15], [math.pi, 0.0, 0.0], 0.0,
+                         pause=lambda: pauses.append(1))
+    assert len(pauses) == 1 + len(plan)  # the start pose, then every set-point
+
+    driver = ArmDriver(SimulatedArm(), planner, settings=DriverSettings(trial_gating=False),
+                       on_event=lambda level, text: None)
+    period = planner.stream_period
+    driver._tick(time.monotonic() - period + 0.02)  # a tick ran; the next one is due in 20 ms
+    started = time.monotonic()
+    driver._yield_to_tick()
+    assert time.monotonic() - started < 0.005  # not due yet: no pause
+    driver._tick(time.monotonic() - period + 0.0005)  # the next tick is due in 0.5 ms
+    waited = []
+    planning = threading.Thread(target=lambda: (driver._yield_to_tick(), waited.append(time.monotonic())))
+    planning.start()
+    time.sleep(0.004)
+    assert planning.is_alive() and not waited  # it waits for the tick, even past its due time
+    ticked = time.monotonic()
+    driver._tick(ticked)
+    planning.join(1.0)
+    assert waited and waited[0] >= ticked
+    driver._tick(time.monotonic() - 3 * period)  # a loop that stopped ticking holds up nothing
+    started = time.monotonic()
+    driver._yield_to_tick()
+    assert time.monotonic() - started < 0.005
+
+
+@pytest.mark.parametrize("meanwhile, reason", [
+    ("emergency_stop", "emergency_stop"),
+    ("emergency_stop_and_resume", "stale_plan"),
+    ("trial_announced_again", "stale_trial"),
+])
+def test_a_plan_overtaken_by_a_stop_or_a_new_trial_is_never_run(meanwhile, reason):
+    """Between the planning (outside the lock) and its commit, the arm is e-stopped (and even
+    resumed), or the trial is announced again (a new attempt): the plan, made from a start that no
+    longer holds, is refused, queues nothing and leaves no steps in the rate history."""
+    import threading
+
+    checks = SlowJointChecks()
+    driver = slow_driver(checks, trial_gating=meanwhile == "trial_announced_again")
+    arm = driver.arm
+    planner = driver.controller.executor.planner
+    try:
+        driver.start_trial("t", stamp_ns=100)
+        driver.submit(**chunk(moves(20, [0.0, 0.003, 0.0])))  # 1 s of motion
+        wait_for(lambda: len(arm.arrivals) > 5, what="streaming")
+        planning, go = threading.Event(), threading.Event()
+
+        def hold() -> None:  # the chunk is being planned: the world moves on meanwhile
+            planning.set()
+            assert go.wait(5.0)
+
+        checks.during = hold
+        refused: list[ChunkRejected] = []
+
+        def submit() -> None:
+            try:
+                driver.submit(**chunk(moves(10, [0.003, 0.0, 0.0])))
+            except ChunkRejected as exc:
+                refused.append(exc)
+
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        assert planning.wait(5.0)
+        history = planner.history()
+        if meanwhile.startswith("emergency_stop"):
+            assert driver.emergency_stop()[0]
+            if meanwhile == "emergency_stop_and_resume":
+                assert driver.resume()[0]
+        else:
+            driver.start_trial("t", stamp_ns=200)  # a new attempt: the old one's motion was stopped
+        go.set()
+        submitter.join(5.0)
+        checks.during = None
+        assert [exc.reason for exc in refused] == [reason], refused
+        assert planner.history() == history  # the refused plan's steps never entered the rate window
+        status = driver.status()
+        assert not status.motion_active and not driver.controller.executor.active
+        if reason == "stale_trial":
+            assert status.chunks_ignored == 1 and status.chunks_rejected == 0
+        else:
+            assert status.rejections == {reason: 1} and status.chunks_rejected == 1
+        assert ("being planned" in str(refused[0])) == (reason != "emergency_stop")
+        received, held = len(arm.arrivals), arm.state().ee_xyz.copy()
+        time.sleep(0.3)
+        assert len(arm.arrivals) == received  # nothing of the stale plan was streamed
+        np.testing.assert_allclose(arm.state().ee_xyz, held, atol=1e-4)
+        if meanwhile == "emergency_stop":
+            driver.resume()
+        driver.submit(**chunk(moves(2, [0.003, 0.0, 0.0])))  # the next chunk starts afresh
+        wait_for(lambda: len(arm.arrivals) > received, what="streaming again")
+    finally:
+        driver.shutdown()
+
+
+def test_the_executor_commits_a_plan_only_from_a_start_that_still_holds():
+    period = 0.01
+    planner = TargetPlanner(SafetyLimits(), stream_period=period)
+    executor = ChunkExecutor(planner)
+    here, down = np.array([0.28, 0.0, 0.15]), np.array([math.pi, 0.0, 0.0])
+    step = moves(4, [0.0, 0.004, 0.0])
+
+    request = executor.prepare(here, down, now=0.0)
+    plan = executor.plan(step, request)
+    assert planner.history() == () and not executor.active  # planned, nothing recorded or queued yet
+    queued = executor.commit(request, plan, now=0.03)  # committed 30 ms later: starts then, not in the past
+    assert queued.times[0] == pytest.approx(0.03 + period) and queued.start_time == pytest.approx(0.03)
+    assert [h[0] for h in planner.history()] == pytest.approx(0.03 + 0.05 * np.arange(1, 5))
+    np.testing.assert_allclose(queued.xyz, plan.xyz)  # the same motion, later
+
+    # Two plans from the same start: the second is refused once the first is queued.
+    first = executor.prepare(here, down, now=0.05)
+    second = executor.prepare(here, down, now=0.05)
+    plan_first, plan_second = executor.plan(step, first), executor.plan(step, second)
+    executor.commit(first, plan_first)
+    with pytest.raises(SafetyViolation) as info:
+        executor.commit(second, plan_second)
+    assert info.value.reason == "stale_plan" and "another chunk was queued" in info.value.detail
+
+    # A cancel (stop, e-stop, watchdog, reconnect) between planning and commit: refused, nothing left behind.
+    request = executor.prepare(here, down, now=0.1)
+    plan = executor.plan(step, request)
+    history = planner.history()
+    executor.cancel()
+    with pytest.raises(SafetyViolation) as info:
+        executor.commit(request, plan, now=0.1)
+    assert info.value.reason == "stale_plan" and "dropped" in info.value.detail
+    assert not executor.active and planner.history() == history
+
+    # The rates are checked again at the commit against the history as it is by then.
+    fresh = TargetPlanner(SafetyLimits(max_translation_per_second=0.30), stream_period=period)
+    there = here + [0.0, -0.1, 0.0]  # 0.2 m in 0.5 s, there and back: fine once, not twice within a second
+    snapshot = fresh.history()
+    a = fresh.draft(moves(10, [0.0, 0.02, 0.0]), there, down, 0.0, history=snapshot)
+    b = fresh.draft(moves(10, [0.0, -0.02, 0.0]), a.final_xyz, down, 0.5, history=snapshot)
+    fresh.commit(a)
+    with pytest.raises(SafetyViolation) as info:
+        fresh.commit(b)
+    assert info.value.reason == "translation_rate"
+    assert len(fresh.history()) == 10
