@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     # Full camera frames: the checkpoint's own processor crops and resizes them, as in the backend.
-    episodes, _ = load_demo_episodes(args.demos, None, max_episodes=args.episodes)
+    episodes, _ = load_demo_episodes(args.demos, None, progress=True, max_episodes=args.episodes)
     results = {}
     for ckpt in args.checkpoints:
         try:

@@ -138,18 +138,30 @@ def tabletop_answer(descriptions_left_to_right: Sequence[str]) -> str:
     return "; ".join(f"{pos}: {desc}" for pos, desc in zip(POSITION_NAMES, descriptions_left_to_right))
 
 
+def _render(env: Any, trial: Any) -> tuple[np.ndarray, Any]:
+    """Reset ``env`` (a GrinningFace-v1 env) to ``trial``: the policy image and the env's own camera."""
+    from gf_eval.camera import PinholeCamera
+
+    env.reset(seed=trial.seed, options={"trial": trial})
+    camera = PinholeCamera(env.unwrapped.camera_intrinsics(), env.unwrapped.camera_extrinsics())
+    return env.unwrapped.policy_image(), camera
+
+
+def _pick_question(questions: Sequence[str], seed: int, index: int, stream: int) -> str:
+    """One of ``questions`` for sample ``index``; ``stream`` keeps each generator's draws its own."""
+    rng = np.random.default_rng([seed, index, stream])
+    return questions[int(rng.integers(len(questions)))]
+
+
 def tabletop_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
     """Render ``trial`` in ``env`` (a GrinningFace-v1 env); image, question, answer, parameters.
 
     Positions come from the env's own camera matrices and the trial's card positions."""
-    from gf_eval.camera import PinholeCamera, positions_left_to_right
+    from gf_eval.camera import positions_left_to_right
 
-    env.reset(seed=trial.seed, options={"trial": trial})
-    image = env.unwrapped.policy_image()
-    camera = PinholeCamera(env.unwrapped.camera_intrinsics(), env.unwrapped.camera_extrinsics())
+    image, camera = _render(env, trial)
     order = positions_left_to_right(trial, camera)
-    rng = np.random.default_rng([seed, index, 1])
-    question = TABLETOP_QUESTIONS[int(rng.integers(len(TABLETOP_QUESTIONS)))]
+    question = _pick_question(TABLETOP_QUESTIONS, seed, index, stream=1)
     answer = tabletop_answer([trial.cards[i].description for i in order])
     return image, question, answer, {"trial": trial.to_dict(), "left_to_right": order}
 
@@ -163,14 +175,11 @@ def location_answer(uv: Sequence[float], width: int, height: int) -> str:
 
 def cube_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
     """Render ``trial`` in ``env``; image, "where is the cube?", its image position, parameters."""
-    from gf_eval.camera import PinholeCamera, cube_pixel
+    from gf_eval.camera import cube_pixel
 
-    env.reset(seed=trial.seed, options={"trial": trial})
-    image = env.unwrapped.policy_image()
-    camera = PinholeCamera(env.unwrapped.camera_intrinsics(), env.unwrapped.camera_extrinsics())
+    image, camera = _render(env, trial)
     uv = cube_pixel(trial, camera)
-    rng = np.random.default_rng([seed, index, 2])
-    question = CUBE_QUESTIONS[int(rng.integers(len(CUBE_QUESTIONS)))]
+    question = _pick_question(CUBE_QUESTIONS, seed, index, stream=2)
     answer = location_answer(uv, image.shape[1], image.shape[0])
     return image, question, answer, {"trial": trial.to_dict(), "cube_uv": [round(float(v), 2) for v in uv]}
 
