@@ -13,6 +13,12 @@ from gf_bringup.domains import claim_domain
 from gf_bringup.runtime import configure_environment
 
 configure_environment()
+# A shell starts background jobs (`nohup make test &`) with SIGINT ignored, and an ignored signal
+# stays ignored across exec: every tool a test starts would then shrug off the Ctrl-C that the
+# tests of Ctrl-C handling send it, and hang. Tests run with Ctrl-C working as in a terminal;
+# a handler (unlike SIG_IGN) is reset to the default in the children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # One ROS domain per test session, so parallel runs on one machine never see each other: its
 # lock (gf_bringup.domains) keeps other test sessions and gf-launch runs off it until we exit.
 if os.environ.get("GF_TEST_DOMAIN_ID"):
