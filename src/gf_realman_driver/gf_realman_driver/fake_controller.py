@@ -113,6 +113,11 @@ class FakeRealmanController:
                     return message
         return None
 
+    def messages(self, command: str) -> list[dict]:
+        """Every message received for ``command``, oldest first."""
+        with self._lock:
+            return [m for m in self.received if m.get("command") == command]
+
     def arrivals(self, command: str) -> list[float]:
         """``time.monotonic()`` of every arrival of ``command``."""
         with self._lock:

@@ -27,7 +27,13 @@ def test_a_flood_of_malformed_chunks_neither_runs_nor_stalls_a_trial_and_the_log
     assert run.returncode == 0, run.stdout[-4000:]
     records = ResultsFile(out).read()
     assert [r.end_reason for r in records] == ["success"] * 4  # the oracle's outcome, no policy_timeout
-    rejected = sum(r.chunks_rejected for r in records)
-    assert sent > 1000 and rejected > 500, (sent, rejected)
+    # How many flooded chunks land inside a trial (rather than between trials, where they are
+    # ignored) depends on the machine's load; what does not: the flood reached every trial after
+    # the first (which may start before the flood is discovered), and the kinds refused whatever
+    # step the flood believes is current were each logged once, by name.
+    assert sent > 1000, sent
+    assert all(r.chunks_rejected > 0 for r in records[1:]), [r.chunks_rejected for r in records]
     bridge_lines = [line for line in run.stdout.splitlines() if line.startswith("[sim_bridge]")]
+    for reason in ("unknown_action_space", "stale_trial", "stale_step"):
+        assert sum(f"rejected action chunk: {reason}:" in line for line in bridge_lines) == 1, reason
     assert len(bridge_lines) < 60, bridge_lines[-20:]  # one line per kind, then summaries: not per chunk
