@@ -53,7 +53,8 @@ def _arm_defaults(values: dict[str, str]) -> dict[str, str]:
     return derived
 
 
-def _dry_run_layout() -> str:
+def dry_run_layout() -> str:
+    """The packaged Touch layout of dry runs (the SimulatedArm's three cards)."""
     from gf_bringup.runtime import package_file
 
     return str(package_file(PACKAGE, DRY_RUN_LAYOUT))
@@ -69,7 +70,7 @@ def _derive_robot(values: dict[str, str]) -> dict[str, str]:
         derived["camera_device"] = str(camera.get("device", "0"))
     policy = values["policy"] or ("touch_oracle" if dry else "vla")
     derived["policy"] = policy
-    layout = values["layout"] or (_dry_run_layout() if dry else DEFAULT_LAYOUT)
+    layout = values["layout"] or (dry_run_layout() if dry else DEFAULT_LAYOUT)
     derived["layout"] = layout
     derived["card_layout"] = "" if dry else layout
     if policy == "touch_oracle":

@@ -285,6 +285,20 @@ def test_a_setpoint_near_a_joint_limit_is_refused():
     TargetPlanner(SafetyLimits(**BEYOND_REACH)).plan(outward, START_XYZ, START_RPY, 0.0)
 
 
+def test_a_setpoint_beyond_the_reach_is_refused_as_unreachable_when_no_other_check_names_it():
+    # On the real RM75 the singularity, joint-limit or joint-speed check always fires first on the
+    # way out; with those switched off what is left is the pose the IK cannot reach at all.
+    kin = rm75_kinematics(lower=[-6.2] * 7, upper=[6.2] * 7)
+    checks = JointChecks(kin, min_singular_value=0.0, velocity_factor=100.0)
+    planner = TargetPlanner(SafetyLimits(**BEYOND_REACH), joint_checks=checks)
+    outward = chunk(50, dx=0.05)  # 5 mm per step, straight out past the stretched arm
+    k = first_refused_step(planner, outward, "unreachable")
+    with pytest.raises(SafetyViolation, match=rf"step {k}: no joint solution \(closest [\d.]+ mm"):
+        planner.plan(outward, START_XYZ, START_RPY, 10.0)
+    plan = planner.plan(outward[:k], START_XYZ, START_RPY, 20.0)  # up to there, every set-point is solved
+    assert np.linalg.norm(kin.forward(plan.joints[-1])[0] - plan.xyz[-1]) < 1e-4
+
+
 def test_a_setpoint_that_needs_a_joint_too_fast_is_refused():
     slow = rm75_kinematics(max_velocity=[0.5] * 7)  # rad/s, well below the RM75's 3.1-3.9
     planner = TargetPlanner(SafetyLimits(), joint_checks=JointChecks(slow))
