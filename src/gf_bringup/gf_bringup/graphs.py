@@ -90,7 +90,7 @@ class Graph:
         from gf_bringup.runtime import NETWORK_MODES
 
         for a in self.args:
-            if a.default in ("true", "false") and not isinstance(_typed(values[a.name]), bool):
+            if a.default in ("true", "false") and not isinstance(parse_arg(values[a.name]), bool):
                 raise ValueError(f"{a.name}: expected true or false, got {values[a.name]!r}")
         if values.get("network", "loopback") not in NETWORK_MODES:
             raise ValueError(f"network: expected one of {', '.join(NETWORK_MODES)}, got {values['network']!r}")
@@ -98,7 +98,7 @@ class Graph:
             self.node_parameters(node, values)
 
     def active_nodes(self, values: dict[str, str]) -> list[NodeSpec]:
-        return [n for n in self.nodes if not n.condition or _typed(values[n.condition]) is True]
+        return [n for n in self.nodes if not n.condition or parse_arg(values[n.condition]) is True]
 
 
 def params_file_key(node_name: str) -> str:
@@ -145,7 +145,7 @@ def _coerce(text: str, hint, where: str) -> object:
 
     if hint is str:
         return text
-    value = _typed(text)
+    value = parse_arg(text)
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint) or (str,)
         items = value if isinstance(value, list) else [value]
@@ -164,7 +164,7 @@ def _coerce_value(value: object, kind: type, where: str, text: str) -> object:
     raise ValueError(f"{where}: expected {expected}, got {text!r}")
 
 
-def _typed(text: str) -> object:
+def parse_arg(text: str) -> object:
     """Parse a substituted value the way ``-p name:=value`` does (YAML), keeping '' as ''."""
     if text == "":
         return ""
@@ -177,7 +177,7 @@ def _derive_sim_eval(values: dict[str, str]) -> dict[str, str]:
     derived = {}
     if values["ground_truth"] == "auto":
         derived["ground_truth"] = "true" if plugin(POLICY_BACKENDS, values["policy"]).needs_privileged else "false"
-    derived["viewer"] = "false" if _typed(values["headless"]) is True else "true"
+    derived["viewer"] = "false" if parse_arg(values["headless"]) is True else "true"
     if values["output_dir"] == "":
         derived["output_dir"] = f"outputs/sim_eval/{values['policy']}"
     return derived

@@ -27,7 +27,7 @@ import yaml
 
 from gf_bringup import names
 from gf_bringup.constants import DEFAULT_SPLIT
-from gf_bringup.graphs import Arg, Graph, NodeSpec, _typed, params_file_key
+from gf_bringup.graphs import Arg, Graph, NodeSpec, params_file_key, parse_arg
 
 PACKAGE = "gf_realman_driver"
 DRY_RUN_LAYOUT = "config/touch_layout_dry_run.yaml"
@@ -61,7 +61,7 @@ def dry_run_layout() -> str:
 
 
 def _derive_robot(values: dict[str, str]) -> dict[str, str]:
-    dry = _typed(values["dry_run"]) is True
+    dry = parse_arg(values["dry_run"]) is True
     derived = _arm_defaults(values)
     camera = packaged_parameters("config/camera.yaml", "camera")
     if values["camera"] == "":

@@ -24,7 +24,7 @@ def _generate(args) -> int:
         out=args.out, episodes=args.episodes, workers=args.workers, split=args.split, base_seed=args.seed,
         first_index=args.first_index, block_size=args.block_size, policy=args.policy, backend_args=args.backend_args,
         image_size=args.image_size, robot=args.robot, split_file=args.split_file, max_attempts=args.max_attempts,
-        policy_timeout_s=args.policy_timeout,
+        policy_timeout_s=args.policy_timeout, ground_truth=args.ground_truth,
     )
     report = generate(config, progress=not args.no_progress, force=args.force)
     rate = report.success_rate
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attempts per trial whose recording is incomplete or that did not end in the simulator")
     g.add_argument("--policy-timeout", type=float, default=60.0,
                    help="seconds without progress before a trial counts as stuck (its graph is restarted)")
+    g.add_argument("--ground-truth", action="store_true",
+                   help="also record /gf/sim_state (lets gf-replay policy run the oracle on the bags)")
     g.add_argument("--force", action="store_true", help="resume even if the directory was made with other settings")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate)

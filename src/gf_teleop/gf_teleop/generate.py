@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gf_bringup.constants import DEFAULT_SPLIT
@@ -36,7 +36,7 @@ from gf_teleop.recording import recover
 
 CONFIG_FILE = "generation.json"
 WORK_DIR = ".work"
-IDENTITY = ("protocol", "base_seed", "split_file", "image_size", "robot", "policy", "backend_args")
+IDENTITY = ("protocol", "base_seed", "split_file", "image_size", "robot", "policy", "backend_args", "ground_truth")
 SPLIT_PROTOCOLS = {"train": "Demo"}  # --split train: the fine-tuning set on Train emojis
 
 
@@ -57,6 +57,7 @@ class GenerationConfig:
     max_attempts: int = 3
     operator: str = "scripted-expert"
     policy_timeout_s: float = 60.0
+    ground_truth: bool = False  # also record /gf/sim_state in every bag
 
     @property
     def protocol(self) -> str:
@@ -134,7 +135,9 @@ def check_config(out: Path, config: GenerationConfig, force: bool = False) -> No
     mine = {**asdict(config), "protocol": config.protocol}
     if path.exists() and not force:
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = {k: (old.get(k), mine.get(k)) for k in IDENTITY if old.get(k) != mine.get(k)}
+        # A setting added after a directory was made holds its default there.
+        defaults = {f.name: f.default for f in fields(GenerationConfig)}
+        diff = {k: (old.get(k, defaults.get(k)), mine.get(k)) for k in IDENTITY if old.get(k, defaults.get(k)) != mine.get(k)}
         if diff:
             raise ValueError(f"{out} holds demos generated with other settings ({diff}); use another --out or --force")
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,7 @@ def _launch_command(config: GenerationConfig, first: int, count: int, eval_dir: 
         "trials": str(count), "first_index": str(first), "seed": str(config.base_seed), "split": config.split_file,
         "image_size": str(config.image_size), "robot": config.robot, "demo_dir": str(Path(config.out).resolve()),
         "output_dir": str(eval_dir.resolve()), "operator": config.operator, "policy_timeout": str(config.policy_timeout_s),
+        "record_ground_truth": str(config.ground_truth).lower(),
     }
     return [exe, "demos", *(f"{k}:={v}" for k, v in args.items())]
 

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gf_bringup.graphs import SIM_EVAL, Arg, Graph, NodeSpec
+from gf_bringup.graphs import SIM_EVAL, Arg, Graph, NodeSpec, parse_arg
+
+from . import episodes as ep
 
 RECORDER = NodeSpec(
     package="gf_teleop", executable="gf-recorder", name="recorder",
     node_class="gf_teleop.recorder_node:RecorderNode", config_class="gf_teleop.recorder_node:RecorderNodeConfig",
     params_file="config/recorder.yaml",
-    parameters={"output_dir": "{demo_dir}", "operator": "{operator}", "mode": "auto", "source": "sim"},
+    parameters={"output_dir": "{demo_dir}", "operator": "{operator}", "mode": "auto", "source": "sim",
+                "topics": "{record_topics}"},
 )
 
 
 OUTPUT_DIR = Arg("output_dir", "", "results directory of the eval node ('' = <demo_dir>/eval); an existing one is resumed")
+RECORD_GROUND_TRUTH = Arg("record_ground_truth", "false",
+                          "also record /gf/sim_state, the simulator's ground truth (replaying the oracle, privileged targets)")
 
 
 def _args(defaults: dict[str, str], drop: tuple[str, ...] = ()) -> tuple[Arg, ...]:
@@ -37,6 +42,11 @@ def _derive(values: dict[str, str]) -> dict[str, str]:
     if values["output_dir"] == "":
         # Eval results (scores, report) next to the demos they belong to.
         derived["output_dir"] = f"{values['demo_dir'].rstrip('/')}/eval"
+    topics = list(ep.DEFAULT_TOPICS)
+    if parse_arg(values["record_ground_truth"]) is True:
+        derived["ground_truth"] = "true"  # the bridge must publish what the recorder is to record
+        topics.append(ep.SIM_STATE)
+    derived["record_topics"] = "[" + ", ".join(topics) + "]"
     return derived
 
 
@@ -47,6 +57,7 @@ DEMOS = Graph(
         *_args({"protocols": "[Demo]", "trials": "10"}),
         Arg("demo_dir", "demos", "demo directory of the recorder (bags + manifest.jsonl)"),
         Arg("operator", "scripted-expert", "recorded as the operator of every episode"),
+        RECORD_GROUND_TRUTH,
     ),
     nodes=(*SIM_EVAL.nodes, RECORDER),
     derive=_derive,
@@ -60,6 +71,7 @@ TELEOP_SIM = Graph(
                 "policy_timeout": "300.0", "max_steps": "600"}, drop=("backend_args",)),
         Arg("demo_dir", "demos/teleop", "demo directory of the recorder (bags + manifest.jsonl)"),
         Arg("operator", "operator", "recorded as the operator of every episode"),
+        RECORD_GROUND_TRUTH,
     ),
     nodes=tuple(n for n in (*SIM_EVAL.nodes, RECORDER) if n.package != "gf_policy"),
     derive=_derive,

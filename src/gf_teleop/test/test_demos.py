@@ -183,3 +183,28 @@ def test_a_stuck_graph_is_restarted_instead_of_timing_out_trial_after_trial(gene
     stuck = [e for e in ep.read_manifest(target) if e.outcome.get("reason") == "policy_timeout"]
     assert len(stuck) == 2 and all(e.trial_spec.index == 1 for e in stuck)
     assert elapsed < 240
+
+
+def test_demos_recorded_with_ground_truth_replay_the_oracle_that_made_them(generated, tmp_path, helpers):
+    """Without /gf/sim_state a bag cannot feed the oracle (it needs the simulator's truth), and says
+    so; `--ground-truth` records it, and the oracle fed its own episode answers its recorded actions."""
+    out, _ = generated
+    plain = out / ep.read_manifest(out)[0].bag
+    proc = _run([helpers.exe("gf-replay"), "policy", str(plain), "--policy", "oracle", "--no-progress"], timeout=120)
+    assert proc.returncode != 0 and "has no /gf/sim_state" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    truth = tmp_path / "truth"
+    proc = _run([helpers.exe("gf-demos"), "generate", "--split", "train", "--episodes", "1", "--workers", "1",
+                 "--out", str(truth), "--image-size", "64", "--ground-truth", "--no-progress"], timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entry = ep.read_manifest(truth)[0]
+    bag = truth / entry.bag
+    assert next(ep.read_messages(bag, (ep.SIM_STATE,)), None) is not None
+    proc = _run([helpers.exe("gf-replay"), "policy", str(bag), "--policy", "oracle", "--out", str(tmp_path / "r"),
+                 "--no-progress"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r" / f"{entry.episode_id}-oracle.json").read_text())
+    assert report["steps"] == entry.length and max(report["mae"]) < 1e-3, report["mae"]
+    # A directory made without the ground truth is not resumed with it (its bags would be mixed).
+    proc = _run([helpers.exe("gf-demos"), "generate", "--split", "train", "--episodes", "4", "--out", str(out),
+                 "--image-size", "64", "--ground-truth", "--no-progress"], timeout=120)
+    assert proc.returncode != 0 and "'ground_truth': (False, True)" in proc.stdout + proc.stderr
