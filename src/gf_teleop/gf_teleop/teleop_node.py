@@ -11,6 +11,8 @@ Modes:
 No input means zero motion (the arm holds its pose; the gripper keeps its state). Recorder keys
 (start / stop as success or failure / discard) call the recorder's ``~/control`` service.
 The keyboard needs the node's terminal: run ``gf-teleop`` in its own terminal (over SSH is fine).
+What the camera sees is shown in a window, or rewritten as a PNG when there is no display
+(``preview``; gf_teleop.preview).
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ import time
 from dataclasses import dataclass
 
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 
 from gf_bringup import names
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
+from gf_bringup.images import msg_to_image
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    declare_config,
+    latched_qos,
+    reliable_qos,
+    run_node,
+    sensor_qos,
+    status_qos,
+)
 from gf_bringup.signing import load_signer, sign_message
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_interfaces.msg import ActionChunk, EpisodeStatus, Trial
@@ -37,6 +50,7 @@ from gf_teleop.devices import (
     TeleopState,
     open_device,
 )
+from gf_teleop.preview import FramePreview, default_preview_file
 
 RECORDER_COMMANDS = {RECORD_START: "start", RECORD_SUCCESS: "success", RECORD_FAILURE: "failure", RECORD_DISCARD: "discard"}
 
@@ -57,6 +71,9 @@ class TeleopNodeConfig:
     key_file: str = config_field("", "sign every action chunk with this key file (gf-keys create; '' = unsigned), "
                                      "for a driver that requires signed chunks")
     status_line: bool = config_field(True, "print a live status line to the terminal")
+    preview: str = config_field("auto", "camera preview: auto (a window with a display, else a PNG file), window, file, off")
+    preview_file: str = config_field("", "PNG the file preview rewrites ('' = gf-teleop-preview-<uid>.png in the temp directory)")
+    preview_hz: float = config_field(4.0, "camera preview refreshes per second")
 
 
 class TeleopNode(Node):
@@ -89,7 +106,11 @@ class TeleopNode(Node):
 
         self.recorder_client = self.create_client(Command, f"{self.cfg.recorder.rstrip('/')}/control")
         self.create_timer(1.0 / self.cfg.rate_hz, self._tick)
-        self._say(f"teleop ready: {self.device.name}, {self.cfg.mode} mode at {self.cfg.rate_hz:g} Hz\n{self.device.help_text}")
+        self.preview = FramePreview(self.cfg.preview, self.cfg.preview_file or default_preview_file(), self.cfg.preview_hz)
+        if self.preview.mode != "off":
+            self.create_subscription(Image, names.IMAGE, self._on_image, sensor_qos())
+        self._say(f"teleop ready: {self.device.name}, {self.cfg.mode} mode at {self.cfg.rate_hz:g} Hz\n{self.device.help_text}"
+                  + (f"\n{self.preview.note}" if self.preview.note else ""))
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -111,6 +132,11 @@ class TeleopNode(Node):
         # answer that too, or the lock-step sim would wait for us forever.
         if self.acted != (msg.trial_id, int(msg.step), int(msg.chunks_rejected)):
             self.pending = msg
+
+    def _on_image(self, msg: Image) -> None:
+        now = time.monotonic()
+        if self.preview.due(now):
+            self.preview.update(msg_to_image(msg), now)
 
     # --- the control loop -----------------------------------------------------------------------
 
@@ -191,6 +217,7 @@ class TeleopNode(Node):
 
     def close(self) -> None:
         self.device.close()
+        self.preview.close()
 
 
 def main(args=None) -> int:
