@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -126,6 +127,36 @@ def test_a_dead_node_is_never_scored_and_the_rerun_equals_an_undisturbed_run(tmp
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-4000:]
     assert outcomes(out) == undisturbed
+
+
+def test_kills_at_random_points_lose_and_duplicate_nothing(tmp_path, fresh_domain, undisturbed):
+    """The policy, the bridge and the eval node SIGKILLed at seeded random moments of one run (start-
+    up, mid-trial, between trials), the same command re-run after each: the results equal an
+    undisturbed run's, trial for trial (0 lost, 0 duplicated, the oracle's own outcomes)."""
+    rng = random.Random(20261205)
+    out = tmp_path / "random_kills"
+    cmd = [str(BIN / "gf-launch"), "sim_eval", "policy:=oracle", "trials:=3", "protocols:=[Val]", f"output_dir:={out}"]
+    kills = []
+    for victim in rng.sample(["policy", "sim_bridge", "eval"], 3):
+        done = len(ResultsFile(out).read()) if out.exists() else 0
+        after, delay = rng.randint(done, 2), rng.uniform(0.0, 1.5)  # this many results in, then up to a trial more
+        starter = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        node = []
+        while starter.poll() is None and not node:  # start-up: kill it as soon as it exists
+            node = subprocess.run(["pgrep", "-P", str(starter.pid), "-f", f"__node:={victim}"],
+                                  capture_output=True, text=True).stdout.split()
+        while starter.poll() is None and len(ResultsFile(out).read() if out.exists() else []) < after:
+            time.sleep(0.02)
+        time.sleep(delay)
+        if node and starter.poll() is None:
+            os.kill(int(node[0]), signal.SIGKILL)
+        output, _ = starter.communicate(timeout=300)
+        kills.append((victim, after, round(delay, 2), len(ResultsFile(out).read()), starter.returncode))
+        assert starter.returncode in (0, 128 + signal.SIGKILL), (kills, output[-3000:])
+        assert outcomes(out) == undisturbed[:len(outcomes(out))], kills  # what was kept is what the oracle does
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert outcomes(out) == undisturbed, kills
 
 
 def test_a_policy_that_cannot_start_ends_the_run_with_a_reason(tmp_path, fresh_domain):
