@@ -70,6 +70,7 @@ from gf_eval.action_space import EE_DELTA_POSE, ActionSpace, ChunkRejected, Vali
 from .kinematics import RM75_HOME, ArmKinematics, IKResult, rm75_kinematics, rpy_to_matrix
 
 _EPS = 1e-9
+MEASURED_POSE_TOLERANCE = 0.001  # m: a measured pose this close outside the box is planned from inside it
 
 
 class SafetyViolation(ChunkRejected):
@@ -153,6 +154,18 @@ class SafetyLimits:
     def fingertip(self, xyz, rpy) -> np.ndarray:
         """The fingertip position for a tool pose (xyz m, roll/pitch/yaw rad)."""
         return np.asarray(xyz, dtype=np.float64) + rpy_to_matrix(rpy) @ np.asarray(self.tcp_offset, dtype=np.float64)
+
+    def pulled_inside(self, xyz, rpy, tolerance: float = MEASURED_POSE_TOLERANCE) -> np.ndarray:
+        """``xyz`` (a measured tool pose) moved by the least that puts its fingertip inside the box
+        and above the floor, when that is at most ``tolerance`` on every axis; unchanged otherwise.
+        An arm resting against a wall reads a hair outside it (encoder noise, the IK of its joints):
+        planned from that, even a chunk that holds still would be refused, and the arm stuck there."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        tip = self.fingertip(xyz, rpy)
+        lo = np.array(self.workspace_min, dtype=np.float64)
+        lo[2] = max(lo[2], self.floor_z)
+        shift = np.clip(tip, lo, np.asarray(self.workspace_max, dtype=np.float64)) - tip
+        return xyz + shift if np.all(np.abs(shift) <= tolerance) else xyz
 
     def check_pose(self, xyz, rpy, step: int = -1) -> None:
         """``check_position`` for the fingertip of a tool pose."""
@@ -811,7 +824,7 @@ class ChunkExecutor:
         if self._last_target is not None:
             start_xyz, start_rot = self._last_target
         else:
-            start_xyz, start_rot = measured_xyz, rpy_to_matrix(measured_rpy)
+            start_xyz, start_rot = self.planner.limits.pulled_inside(measured_xyz, measured_rpy), rpy_to_matrix(measured_rpy)
         start_time = max(float(now), self._plans[-1].end_time) if self._plans else float(now)
         joints = None if measured_joints is None else np.array(measured_joints, dtype=np.float64)
         return PlanRequest(np.array(start_xyz, dtype=np.float64), np.array(start_rot, dtype=np.float64), start_time,

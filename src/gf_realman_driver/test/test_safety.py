@@ -285,6 +285,25 @@ def test_a_setpoint_near_a_joint_limit_is_refused():
     TargetPlanner(SafetyLimits(**BEYOND_REACH)).plan(outward, START_XYZ, START_RPY, 0.0)
 
 
+def test_an_arm_resting_a_hair_outside_a_wall_can_hold_and_back_off_but_not_push_on():
+    """Jogged against the +y wall, the measured pose reads a fraction of a millimetre outside it.
+    Planned from there, even a chunk that holds still was refused, the watchdog stopped the arm and
+    the operator was stuck at the wall; now a start within 1 mm is planned from the wall itself."""
+    limits = SafetyLimits()
+    executor = ChunkExecutor(TargetPlanner(limits))
+    at_wall = np.array([0.28, limits.workspace_max[1] + 0.0003, 0.15])
+    held = executor.submit(chunk(4), at_wall, START_RPY, now=0.0)
+    assert held.xyz[:, 1] == pytest.approx(limits.workspace_max[1])  # held at the wall, not beyond it
+    executor.cancel()
+    executor.submit(chunk(4, dy=-0.1), at_wall, START_RPY, now=10.0)  # backing off
+    executor.cancel()
+    with pytest.raises(SafetyViolation, match="outside the workspace"):
+        executor.submit(chunk(4, dy=0.05), at_wall, START_RPY, now=20.0)  # pushing on
+    executor.cancel()
+    with pytest.raises(SafetyViolation, match="outside the workspace"):  # really outside: not moved in
+        executor.submit(chunk(4), at_wall + [0.0, 0.005, 0.0], START_RPY, now=30.0)
+
+
 def test_a_setpoint_beyond_the_reach_is_refused_as_unreachable_when_no_other_check_names_it():
     # On the real RM75 the singularity, joint-limit or joint-speed check always fires first on the
     # way out; with those switched off what is left is the pose the IK cannot reach at all.
