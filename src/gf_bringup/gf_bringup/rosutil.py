@@ -103,23 +103,27 @@ def status_qos():
     return latched_qos(depth=50)
 
 
-def lean_publisher(node, msg_type, topic: str, qos):
-    """``node.create_publisher`` without rclpy's default QoS-event handlers, for the lock-step
-    critical path. Each handler is a waitable that rclpy's executor walks in Python on every
-    wake-up, so a node with several publishers pays for them on every message it receives. An
-    incompatible QoS is still reported, by the handlers of the other end (its own node)."""
-    from rclpy.event_handler import PublisherEventCallbacks
+def create_publisher(node, msg_type, topic: str, qos, *, lean: bool = False, **kwargs):
+    """The one way our nodes create a publisher. ``lean``: without rclpy's default QoS-event
+    handlers, for the lock-step critical path. Each handler is a waitable that rclpy's executor
+    walks in Python on every wake-up, so a node with several endpoints pays for them on every
+    message it receives. An incompatible QoS is then reported only by the other end's handlers,
+    so lean endpoints are kept to the nodes of the lock-step loop (bridge, policy, eval)."""
+    if lean:
+        from rclpy.event_handler import PublisherEventCallbacks
 
-    return node.create_publisher(msg_type, topic, qos, event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+        kwargs["event_callbacks"] = PublisherEventCallbacks(use_default_callbacks=False)
+    return node.create_publisher(msg_type, topic, qos, **kwargs)
 
 
-def lean_subscription(node, msg_type, topic: str, callback, qos):
-    """``node.create_subscription`` without rclpy's default QoS-event handlers (see ``lean_publisher``)."""
-    from rclpy.event_handler import SubscriptionEventCallbacks
+def create_subscription(node, msg_type, topic: str, callback, qos, *, lean: bool = False, **kwargs):
+    """The one way our nodes create a subscription (``lean``: see ``create_publisher``; other
+    keywords go to rclpy, e.g. ``raw=True``)."""
+    if lean:
+        from rclpy.event_handler import SubscriptionEventCallbacks
 
-    return node.create_subscription(
-        msg_type, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False)
-    )
+        kwargs["event_callbacks"] = SubscriptionEventCallbacks(use_default_callbacks=False)
+    return node.create_subscription(msg_type, topic, callback, qos, **kwargs)
 
 
 class SummarisedWarnings:

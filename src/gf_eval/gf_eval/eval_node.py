@@ -23,9 +23,10 @@ from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.rosutil import (
     config_field,
     config_help,
+    create_publisher,
+    create_subscription,
     declare_config,
     latched_qos,
-    lean_subscription,
     reliable_qos,
     run_node,
     status_qos,
@@ -67,10 +68,10 @@ class EvalNode(EvaluationLoop, Node):
             demo_manifest=self.cfg.demo_manifest, checkpoint=self.cfg.checkpoint, robot=self.cfg.robot,
             template=self.cfg.template,
         ), package_versions(), force=self.cfg.force)
-        self.pub_trial = self.create_publisher(Trial, names.TRIAL, latched_qos(1))
-        self.pub_result = self.create_publisher(TrialResult, names.TRIAL_RESULT, reliable_qos())
+        self.pub_trial = create_publisher(self, Trial, names.TRIAL, latched_qos(1))
+        self.pub_result = create_publisher(self, TrialResult, names.TRIAL_RESULT, reliable_qos())
         self.reset_client = self.create_client(ResetTrial, names.RESET_TRIAL)
-        lean_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
+        create_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos(), lean=True)
         self._status_lock = threading.Condition()
         self._current: str | None = None
         self._status: EpisodeStatus | None = None

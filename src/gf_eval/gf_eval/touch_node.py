@@ -40,7 +40,17 @@ from std_msgs.msg import String
 
 from gf_bringup import names
 from gf_bringup.constants import CONTROL_RATE_HZ, DEFAULT_SPLIT
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, status_qos
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    create_publisher,
+    create_subscription,
+    declare_config,
+    latched_qos,
+    reliable_qos,
+    run_node,
+    status_qos,
+)
 from gf_eval.evaluation import package_versions
 from gf_eval.evaluation_loop import EvaluationLoop
 from gf_eval.results import TrialRecord
@@ -135,13 +145,13 @@ class TouchEvalNode(EvaluationLoop, Node):
         self.client_home = self.create_client(Command, f"{driver}/home")
         self.client_estop = self.create_client(Command, f"{driver}/emergency_stop")
         self.client_resume = self.create_client(Command, f"{driver}/resume")
-        self.pub_trial = self.create_publisher(Trial, names.TRIAL, latched_qos(1))
-        self.pub_status = self.create_publisher(EpisodeStatus, names.EPISODE_STATUS, status_qos())
-        self.pub_result = self.create_publisher(TrialResult, names.TRIAL_RESULT, reliable_qos())
-        self.pub_prompt = self.create_publisher(String, "~/prompt", latched_qos(1))
-        self.create_subscription(EeState, names.EE_STATE, self._on_ee, reliable_qos())
-        self.create_subscription(String, "~/operator", lambda m: self._command(m.data, "topic"), reliable_qos())
-        self.create_subscription(String, f"{driver}/status", self._on_driver_status, latched_qos(1))
+        self.pub_trial = create_publisher(self, Trial, names.TRIAL, latched_qos(1))
+        self.pub_status = create_publisher(self, EpisodeStatus, names.EPISODE_STATUS, status_qos())
+        self.pub_result = create_publisher(self, TrialResult, names.TRIAL_RESULT, reliable_qos())
+        self.pub_prompt = create_publisher(self, String, "~/prompt", latched_qos(1))
+        create_subscription(self, EeState, names.EE_STATE, self._on_ee, reliable_qos())
+        create_subscription(self, String, "~/operator", lambda m: self._command(m.data, "topic"), reliable_qos())
+        create_subscription(self, String, f"{driver}/status", self._on_driver_status, latched_qos(1))
         self._cond = threading.Condition()
         self._commands: queue.Queue[str] = queue.Queue()
         self._monitor: TouchMonitor | None = None
@@ -431,8 +441,8 @@ class OperatorConsoleNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("touch_operator", **node_kwargs)
         target = self.declare_parameter("eval_node", "/touch_eval").value.rstrip("/")
-        self.pub = self.create_publisher(String, f"{target}/operator", reliable_qos())
-        self.create_subscription(String, f"{target}/prompt", lambda m: print(m.data, flush=True), latched_qos(1))
+        self.pub = create_publisher(self, String, f"{target}/operator", reliable_qos())
+        create_subscription(self, String, f"{target}/prompt", lambda m: print(m.data, flush=True), latched_qos(1))
         if not sys.stdin.isatty():
             raise RuntimeError("gf-touch-operator needs a terminal (it reads single key presses)")
         self._keys = TerminalKeys(sys.stdin.fileno())

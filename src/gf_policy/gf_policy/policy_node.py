@@ -33,10 +33,10 @@ from gf_bringup.images import msg_to_image
 from gf_bringup.rosutil import (
     config_field,
     config_help,
+    create_publisher,
+    create_subscription,
     declare_config,
     latched_qos,
-    lean_publisher,
-    lean_subscription,
     reliable_qos,
     run_node,
     sensor_qos,
@@ -46,7 +46,7 @@ from gf_bringup.rosutil import (
 from gf_bringup.signing import load_signer, sign_message
 from gf_eval.ros_msgs import trial_from_msg
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState, Trial
-from gf_policy.backend import PolicyObservation, backend_class, load_backend
+from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation, backend_class, load_backend
 
 KEEP_STAMPS = 8  # observations kept per topic while waiting for the rest of an instant
 
@@ -77,45 +77,130 @@ def sim_state_to_dict(msg: SimState) -> dict:
     }
 
 
+class LockStepRule:
+    """``trigger: status``: one chunk per asked step, from the observation stamped like the status.
+
+    Every input may complete the observation a pending status waits for, so every input wakes it.
+    """
+
+    wakes_on_input = True
+
+    def __init__(self, cfg: PolicyNodeConfig):
+        self.cfg = cfg
+        self.pending: EpisodeStatus | None = None
+        self.answered: dict[tuple[str, int], float] = {}  # (trial, step) -> when its chunk went out (inf: in flight)
+
+    def start(self, node: PolicyNode) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.pending, self.answered = None, {}
+
+    def on_status(self, msg: EpisodeStatus) -> None:
+        self.pending = msg
+
+    def decide(self, node: PolicyNode) -> PolicyObservation | None:
+        """The observation to act on now, or None (the node's lock held)."""
+        status = self.pending
+        if status is None or node.trial is None or status.trial_id != node.trial.trial_id:
+            return None
+        key = (status.trial_id, status.step)
+        if time.monotonic() - self.answered.get(key, -math.inf) < self.cfg.answer_again_s:
+            return None  # answered (or being answered) recently
+        obs = node.observation_at(stamp_to_ns(status.header.stamp), status.step)
+        if obs is not None:
+            self.answered[key] = math.inf
+            self.pending = None
+        return obs
+
+    def published(self, plan: ActionPlan, steps: int) -> None:
+        pass
+
+    def finished(self, obs: PolicyObservation) -> None:
+        """Inference for ``obs`` is over, published or not (the node's lock held)."""
+        if (obs.trial.trial_id, obs.step) in self.answered:
+            self.answered[(obs.trial.trial_id, obs.step)] = time.monotonic()
+
+
+class StreamRule:
+    """``trigger: stream``: the newest complete observation, at most ``stream_rate_hz`` times a
+    second, one inference at a time, and not before the executed part of the last chunk has run.
+    A timer wakes it; inputs only refresh what it will see."""
+
+    wakes_on_input = False
+
+    def __init__(self, cfg: PolicyNodeConfig):
+        self.cfg = cfg
+        self.busy = False
+        self.next_decision = 0.0  # monotonic time before which it does not act
+
+    def start(self, node: PolicyNode) -> None:
+        node.create_timer(1.0 / self.cfg.stream_rate_hz, node.try_decide)
+
+    def reset(self) -> None:
+        self.next_decision = 0.0
+
+    def on_status(self, msg: EpisodeStatus) -> None:
+        pass
+
+    def decide(self, node: PolicyNode) -> PolicyObservation | None:
+        if self.busy or node.trial is None or node.trial_done or time.monotonic() < self.next_decision:
+            return None
+        obs = node.latest_observation(self.cfg.stream_sync_s)
+        self.busy = obs is not None
+        return obs
+
+    def published(self, plan: ActionPlan, steps: int) -> None:
+        # The executor queues chunks: ask again only once the executed part has run.
+        self.next_decision = time.monotonic() + (plan.execute_steps or steps) / self.cfg.control_rate_hz
+
+    def finished(self, obs: PolicyObservation) -> None:
+        self.busy = False
+
+
+DECISION_RULES = {"status": LockStepRule, "stream": StreamRule}
+
+
 class PolicyNode(Node):
-    def __init__(self, **node_kwargs):
+    """Observations in, action chunks out; when to act is the decision rule's (``trigger``).
+
+    ``backend``: a ready backend to use instead of loading the ``backend`` parameter's (tests, or a
+    program that embeds the node)."""
+
+    def __init__(self, backend: PolicyBackend | None = None, **node_kwargs):
         super().__init__("policy", **node_kwargs)
         self.cfg = declare_config(self, PolicyNodeConfig)
-        kwargs = yaml.safe_load(self.cfg.backend_args) if self.cfg.backend_args.strip() else {}
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"backend_args must be a YAML mapping, got {self.cfg.backend_args!r}")
-        cls = backend_class(self.cfg.backend)
-        self.needs_image, self.needs_privileged = cls.needs_image, cls.needs_privileged
+        if self.cfg.trigger not in DECISION_RULES:
+            raise ValueError(f"trigger must be one of {sorted(DECISION_RULES)}, got {self.cfg.trigger!r}")
+        self.rule = DECISION_RULES[self.cfg.trigger](self.cfg)
         started = time.perf_counter()
-        self.backend = load_backend(self.cfg.backend, **kwargs)
+        if backend is None:
+            kwargs = yaml.safe_load(self.cfg.backend_args) if self.cfg.backend_args.strip() else {}
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"backend_args must be a YAML mapping, got {self.cfg.backend_args!r}")
+            backend_class(self.cfg.backend)  # an unknown name fails here, before anything is loaded
+            backend = load_backend(self.cfg.backend, **kwargs)
+        self.backend = backend
+        self.needs_image, self.needs_privileged = backend.needs_image, backend.needs_privileged
         self.signer = load_signer(self.cfg.key_file)
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._busy = False
         self.trial = None
+        self.trial_done = False
         self._ee: dict[int, EeState] = {}
         self._images: dict[int, Image] = {}
         self._truth: dict[int, SimState] = {}
-        self._pending: EpisodeStatus | None = None
-        self._answered: dict[tuple[str, int], float] = {}  # (trial, step) -> when its chunk went out (inf: in flight)
         self._trial_stamp = -1  # announcement stamp of the current trial (a re-announcement restarts it)
-        self._trial_done = False
-        self._next_stream_decision = 0.0  # monotonic time before which stream mode does not act
         self._chunks_published = 0  # in the current trial
-        self.pub_chunk = lean_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos())
-        lean_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1))
-        lean_subscription(self, EeState, names.EE_STATE, self._store(self._ee), reliable_qos())
+        self.pub_chunk = create_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos(), lean=True)
+        create_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1), lean=True)
+        create_subscription(self, EeState, names.EE_STATE, self._store(self._ee), reliable_qos(), lean=True)
         if self.needs_image:
-            lean_subscription(self, Image, names.IMAGE, self._store(self._images), sensor_qos())
+            create_subscription(self, Image, names.IMAGE, self._store(self._images), sensor_qos(), lean=True)
         if self.needs_privileged:
-            lean_subscription(self, SimState, names.SIM_STATE, self._store(self._truth), reliable_qos())
-        # Created last: rclpy runs the ready callbacks of one wait in creation order, so when an
-        # instant's messages arrive together the status (the trigger) finds the observation complete.
-        lean_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
-        if self.cfg.trigger == "stream":
-            self.create_timer(1.0 / self.cfg.stream_rate_hz, self._stream_tick)
-        elif self.cfg.trigger != "status":
-            raise ValueError(f"trigger must be 'status' or 'stream', got {self.cfg.trigger!r}")
+            create_subscription(self, SimState, names.SIM_STATE, self._store(self._truth), reliable_qos(), lean=True)
+        create_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos(), lean=True)
+        self.rule.start(self)
         self.get_logger().info(
             f"policy backend {self.cfg.backend!r} ready in {time.perf_counter() - started:.1f} s "
             f"(image={self.needs_image}, ground_truth={self.needs_privileged}, trigger={self.cfg.trigger})"
@@ -135,7 +220,8 @@ class PolicyNode(Node):
                 table[stamp] = msg
                 while len(table) > KEEP_STAMPS:  # forget the oldest arrival (a foreign stamp cannot stick)
                     table.pop(next(iter(table)))
-            self._try_decide()
+            if self.rule.wakes_on_input:
+                self.try_decide()
 
         return callback
 
@@ -146,65 +232,38 @@ class PolicyNode(Node):
             if same and stamp == self._trial_stamp:
                 return  # the same announcement again (latched topic)
             # A new trial, or the same trial announced anew (e.g. re-run after the operator voided it).
-            self.trial, self._trial_stamp, self._trial_done = trial, stamp, False
-            self._answered, self._chunks_published = {}, 0
+            self.trial, self._trial_stamp, self.trial_done = trial, stamp, False
+            self._chunks_published = 0
             for table in (self._ee, self._images, self._truth):
                 table.clear()  # observations of the previous trial must not feed this one
-            self._next_stream_decision = 0.0
+            self.rule.reset()
         self._worker.submit(self.backend.reset, trial).result()
         self.get_logger().debug(f"trial {trial.trial_id}: {trial.instruction}")
-        self._try_decide()
+        if self.rule.wakes_on_input:
+            self.try_decide()
 
     def _on_status(self, msg: EpisodeStatus) -> None:
         with self._lock:
             if msg.done:
-                if self.trial is not None and msg.trial_id == self.trial.trial_id and not self._trial_done:
-                    self._trial_done = True  # stop spending compute on a finished trial
+                if self.trial is not None and msg.trial_id == self.trial.trial_id and not self.trial_done:
+                    self.trial_done = True  # stop spending compute on a finished trial
                     self.get_logger().info(f"trial {msg.trial_id} ended: {self._chunks_published} action chunks published")
                 return
-            self._pending = msg
-        self._try_decide()
+            self.rule.on_status(msg)
+        if self.rule.wakes_on_input:
+            self.try_decide()
 
-    # --- decisions ------------------------------------------------------------------------------
+    # --- observations (the node's lock held) ----------------------------------------------------
 
-    def _observation(self, stamp: int, step: int) -> PolicyObservation | None:
-        """Lock-step mode: the complete observation at ``stamp`` or None while parts are missing (lock held)."""
+    def observation_at(self, stamp: int, step: int) -> PolicyObservation | None:
+        """The complete observation stamped ``stamp``, or None while parts are missing."""
         return self._build(self._ee.get(stamp), self._images.get(stamp), self._truth.get(stamp), step, stamp)
 
-    def _build(self, ee, image, truth, step: int, stamp: int) -> PolicyObservation | None:
-        if ee is None or (self.needs_image and image is None) or (self.needs_privileged and truth is None):
-            return None
-        return PolicyObservation(
-            trial=self.trial, step=step, proprio=np.asarray(ee.proprio, dtype=np.float32),
-            image=msg_to_image(image) if image is not None else None,
-            privileged=sim_state_to_dict(truth) if truth is not None else None, stamp_ns=stamp,
-        )
-
-    def _try_decide(self) -> None:
-        if self.cfg.trigger != "status":
-            return
-        with self._lock:
-            status = self._pending
-            if status is None or self.trial is None or status.trial_id != self.trial.trial_id:
-                return
-            key = (status.trial_id, status.step)
-            if time.monotonic() - self._answered.get(key, -math.inf) < self.cfg.answer_again_s:
-                return  # answered (or being answered) recently
-            obs = self._observation(stamp_to_ns(status.header.stamp), status.step)
-            if obs is None:
-                return
-            self._answered[key] = math.inf
-            self._pending = None
-        if self.backend.runs_inline:
-            self._infer_and_publish(obs)
-        else:
-            self._worker.submit(self._infer_and_publish, obs)
-
-    def _latest_observation(self) -> PolicyObservation | None:
-        """Stream mode: the newest image with the EE state nearest to it in time (lock held).
+    def latest_observation(self, sync_s: float) -> PolicyObservation | None:
+        """The newest image with the EE state nearest to it in time.
 
         Camera and arm stamp their messages independently, so the two are paired by time, not by
-        equal stamps; a pair further apart than ``stream_sync_s`` is not used.
+        equal stamps; a pair further apart than ``sync_s`` is not used.
         """
         if not self._ee:
             return None
@@ -215,19 +274,31 @@ class PolicyNode(Node):
             return None
         image_stamp = max(self._images)
         ee_stamp = min(self._ee, key=lambda s: abs(s - image_stamp))
-        if abs(ee_stamp - image_stamp) > self.cfg.stream_sync_s * 1e9:
+        if abs(ee_stamp - image_stamp) > sync_s * 1e9:
             return None
         return self._build(self._ee[ee_stamp], self._images[image_stamp], self._truth.get(ee_stamp), 0, image_stamp)
 
-    def _stream_tick(self) -> None:
+    def _build(self, ee, image, truth, step: int, stamp: int) -> PolicyObservation | None:
+        if ee is None or (self.needs_image and image is None) or (self.needs_privileged and truth is None):
+            return None
+        return PolicyObservation(
+            trial=self.trial, step=step, proprio=np.asarray(ee.proprio, dtype=np.float32),
+            image=msg_to_image(image) if image is not None else None,
+            privileged=sim_state_to_dict(truth) if truth is not None else None, stamp_ns=stamp,
+        )
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def try_decide(self) -> None:
+        """Ask the decision rule whether to act now, and act (inline or in the worker)."""
         with self._lock:
-            if self._busy or self.trial is None or self._trial_done or time.monotonic() < self._next_stream_decision:
-                return
-            obs = self._latest_observation()
-            if obs is None:
-                return
-            self._busy = True
-        self._worker.submit(self._infer_and_publish, obs)
+            obs = self.rule.decide(self)
+        if obs is None:
+            return
+        if self.backend.runs_inline:
+            self._infer_and_publish(obs)
+        else:
+            self._worker.submit(self._infer_and_publish, obs)
 
     def _infer_and_publish(self, obs: PolicyObservation) -> None:
         try:
@@ -248,22 +319,16 @@ class PolicyNode(Node):
             if self.signer is not None:
                 sign_message(self.signer, msg)
             with self._lock:
-                if self._trial_done or self.trial is None or self.trial.trial_id != msg.trial_id:
+                if self.trial_done or self.trial is None or self.trial.trial_id != msg.trial_id:
                     return  # the trial ended (or another began) while this chunk was computed
                 self.pub_chunk.publish(msg)
                 self._chunks_published += 1
-            if self.cfg.trigger == "stream":
-                # The executor queues chunks: ask again only once the executed part has run.
-                executed = plan.execute_steps or actions.shape[0]
-                with self._lock:
-                    self._next_stream_decision = time.monotonic() + executed / self.cfg.control_rate_hz
+                self.rule.published(plan, actions.shape[0])
         except Exception as exc:  # noqa: BLE001 - keep the node alive; the eval times the trial out
             self.get_logger().error(f"policy backend failed on {obs.trial.trial_id} step {obs.step}: {type(exc).__name__}: {exc}")
         finally:
             with self._lock:
-                self._busy = False
-                if (obs.trial.trial_id, obs.step) in self._answered:
-                    self._answered[(obs.trial.trial_id, obs.step)] = time.monotonic()
+                self.rule.finished(obs)
 
 
 def main(args=None) -> int:

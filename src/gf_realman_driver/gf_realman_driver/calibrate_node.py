@@ -20,7 +20,15 @@ import numpy as np
 from rclpy.node import Node
 
 from gf_bringup import names
-from gf_bringup.rosutil import config_field, config_help, declare_config, reliable_qos, run_node
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    create_publisher,
+    create_subscription,
+    declare_config,
+    reliable_qos,
+    run_node,
+)
 from gf_bringup.signing import load_signer, sign_message
 from gf_eval.action_space import EE_DELTA_POSE
 from gf_interfaces.msg import ActionChunk, EeState
@@ -77,8 +85,8 @@ class CalibrateNode(Node):
         self.step = 0
         self.exit_code = 1
         self._last_line = 0.0
-        self.pub = self.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
-        self.create_subscription(EeState, names.EE_STATE, self._on_ee, reliable_qos())
+        self.pub = create_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        create_subscription(self, EeState, names.EE_STATE, self._on_ee, reliable_qos())
         self.create_timer(1.0 / self.cfg.rate_hz, self._tick)
         self._say(f"{CALIBRATION_HELP}\n\n{self.routine.prompt()}")
 

@@ -18,7 +18,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from gf_bringup import names
 from gf_bringup.images import image_to_msg
-from gf_bringup.rosutil import config_field, config_help, declare_config, run_node, sensor_qos
+from gf_bringup.rosutil import config_field, config_help, create_publisher, declare_config, run_node, sensor_qos
 
 from .camera import CameraCalibration, CameraError, FrameSource, fov_calibration, load_calibration, open_source
 from .driver import Backoff
@@ -49,8 +49,8 @@ class CameraNode(Node):
             load_calibration(self.cfg.calibration_file) if self.cfg.calibration_file else None
         )
         self.source: FrameSource = self._open()  # raises CameraError: main() reports it and exits 2
-        self.pub_image = self.create_publisher(Image, names.IMAGE, sensor_qos())
-        self.pub_info = self.create_publisher(CameraInfo, names.CAMERA_INFO, sensor_qos())
+        self.pub_image = create_publisher(self, Image, names.IMAGE, sensor_qos())
+        self.pub_info = create_publisher(self, CameraInfo, names.CAMERA_INFO, sensor_qos())
         self.frames = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture, name="camera-capture", daemon=True)

@@ -50,6 +50,8 @@ from gf_bringup.rosutil import (
     SummarisedWarnings,
     config_field,
     config_help,
+    create_publisher,
+    create_subscription,
     declare_config,
     latched_qos,
     ns_to_stamp,
@@ -286,14 +288,14 @@ class DriverNode(Node):
         self._refusals = SummarisedWarnings(logger, period_s=5.0)
         self.driver = ArmDriver(arm, planner, watchdog_timeout=cfg.watchdog_timeout_s, gripper_force=cfg.gripper_force,
                                 settings=settings, on_event=self._log, verifier=verifier)
-        self.pub_joints = self.create_publisher(JointState, names.JOINT_STATES, reliable_qos())
-        self.pub_ee = self.create_publisher(EeState, names.EE_STATE, reliable_qos())
-        self.pub_status = self.create_publisher(String, "~/status", latched_qos(1))
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, names.DIAGNOSTICS, reliable_qos())
+        self.pub_joints = create_publisher(self, JointState, names.JOINT_STATES, reliable_qos())
+        self.pub_ee = create_publisher(self, EeState, names.EE_STATE, reliable_qos())
+        self.pub_status = create_publisher(self, String, "~/status", latched_qos(1))
+        self.pub_diagnostics = create_publisher(self, DiagnosticArray, names.DIAGNOSTICS, reliable_qos())
         self._hardware_id = "simulated RM75" if cfg.dry_run else f"RM75 at {cfg.arm_ip}:{cfg.arm_port}"
-        self.create_subscription(ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos())
-        self.create_subscription(Trial, names.TRIAL, self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
+        create_subscription(self, ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos())
+        create_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1))
+        create_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         services = ReentrantCallbackGroup()  # e-stop must get through while ~/home blocks
         self.create_service(SERVICE_TYPE, "~/emergency_stop", self._service(self.driver.emergency_stop), callback_group=services)
         self.create_service(SERVICE_TYPE, "~/resume", self._service(self.driver.resume), callback_group=services)

@@ -29,9 +29,9 @@ from gf_bringup.rosutil import (
     SummarisedWarnings,
     config_field,
     config_help,
+    create_publisher,
+    create_subscription,
     declare_config,
-    lean_publisher,
-    lean_subscription,
     ns_to_stamp,
     reliable_qos,
     run_node,
@@ -73,16 +73,16 @@ class SimBridgeNode(Node):
         self.session = SimSession(SimConfig(
             robot=self.cfg.robot, image_size=self.cfg.image_size, split=self.cfg.split, max_steps=self.cfg.max_steps,
         ), render_mode="human" if self.cfg.viewer else None)
-        self.pub_clock = lean_publisher(self, Clock, names.CLOCK, reliable_qos(10))
-        self.pub_image = lean_publisher(self, Image, names.IMAGE, sensor_qos())
-        self.pub_info = lean_publisher(self, CameraInfo, names.CAMERA_INFO, sensor_qos())
-        self.pub_joints = lean_publisher(self, JointState, names.JOINT_STATES, reliable_qos())
-        self.pub_ee = lean_publisher(self, EeState, names.EE_STATE, reliable_qos())
-        self.pub_status = lean_publisher(self, EpisodeStatus, names.EPISODE_STATUS, status_qos())
+        self.pub_clock = create_publisher(self, Clock, names.CLOCK, reliable_qos(10), lean=True)
+        self.pub_image = create_publisher(self, Image, names.IMAGE, sensor_qos(), lean=True)
+        self.pub_info = create_publisher(self, CameraInfo, names.CAMERA_INFO, sensor_qos(), lean=True)
+        self.pub_joints = create_publisher(self, JointState, names.JOINT_STATES, reliable_qos(), lean=True)
+        self.pub_ee = create_publisher(self, EeState, names.EE_STATE, reliable_qos(), lean=True)
+        self.pub_status = create_publisher(self, EpisodeStatus, names.EPISODE_STATUS, status_qos(), lean=True)
         self.pub_truth = (
-            lean_publisher(self, SimState, names.SIM_STATE, reliable_qos()) if self.cfg.ground_truth else None
+            create_publisher(self, SimState, names.SIM_STATE, reliable_qos(), lean=True) if self.cfg.ground_truth else None
         )
-        lean_subscription(self, ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos())
+        create_subscription(self, ActionChunk, names.ACTION_CHUNK, self._on_chunk, reliable_qos(), lean=True)
         self.create_service(ResetTrial, names.RESET_TRIAL, self._on_reset)
         self.rejections = SummarisedWarnings(self.get_logger(), self.cfg.rejection_log_s)
         self.reannouncements = 0

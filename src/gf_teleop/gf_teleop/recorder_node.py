@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from rclpy.node import Node
 
 from gf_bringup import names
-from gf_bringup.rosutil import config_field, config_help, declare_config, latched_qos, reliable_qos, run_node, sensor_qos
+from gf_bringup.rosutil import (
+    config_field,
+    config_help,
+    create_subscription,
+    declare_config,
+    latched_qos,
+    reliable_qos,
+    run_node,
+    sensor_qos,
+)
 from gf_interfaces.srv import Command
 from gf_teleop import episodes as ep
 from gf_teleop.bagtypes import message_class
@@ -96,7 +105,7 @@ class RecorderNode(Node):
         )
         self.received = 0
         for topic in self.cfg.topics:
-            self.create_subscription(message_class(ep.TOPIC_TYPES[topic]), names.subscribed(topic), self._callback(topic),
+            create_subscription(self, message_class(ep.TOPIC_TYPES[topic]), names.subscribed(topic), self._callback(topic),
                                      subscription_qos(topic, self.cfg.sensor_depth), raw=True)
         self.create_service(Command, "~/control", self._on_control)
         self.create_service(Command, "~/get_state", self._on_get_state)

@@ -30,6 +30,8 @@ from gf_bringup.images import msg_to_image
 from gf_bringup.rosutil import (
     config_field,
     config_help,
+    create_publisher,
+    create_subscription,
     declare_config,
     latched_qos,
     reliable_qos,
@@ -99,16 +101,16 @@ class TeleopNode(Node):
         self.last_motion_norm = 0.0
         self.recording = "?"
         self._last_line = 0.0
-        self.pub = self.create_publisher(ActionChunk, names.ACTION_CHUNK, reliable_qos())
-        self.create_subscription(Trial, names.TRIAL, self._on_trial, latched_qos(1))
-        self.create_subscription(EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
+        self.pub = create_publisher(self, ActionChunk, names.ACTION_CHUNK, reliable_qos())
+        create_subscription(self, Trial, names.TRIAL, self._on_trial, latched_qos(1))
+        create_subscription(self, EpisodeStatus, names.EPISODE_STATUS, self._on_status, status_qos())
         from gf_interfaces.srv import Command
 
         self.recorder_client = self.create_client(Command, f"{self.cfg.recorder.rstrip('/')}/control")
         self.create_timer(1.0 / self.cfg.rate_hz, self._tick)
         self.preview = FramePreview(self.cfg.preview, self.cfg.preview_file or default_preview_file(), self.cfg.preview_hz)
         if self.preview.mode != "off":
-            self.create_subscription(Image, names.IMAGE, self._on_image, sensor_qos())
+            create_subscription(self, Image, names.IMAGE, self._on_image, sensor_qos())
         self._say(f"teleop ready: {self.device.name}, {self.cfg.mode} mode at {self.cfg.rate_hz:g} Hz\n{self.device.help_text}"
                   + (f"\n{self.preview.note}" if self.preview.note else ""))
 
