@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -175,18 +178,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating direct/graph rounds")
     parser.add_argument("--samples", type=int, default=60, help="image latency samples")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of the table")
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_DOMAIN_ID", str(__import__("gf_bringup.runtime").runtime.random_domain_id()))
     from gf_sim_bridge.session import limit_torch_threads
 
     limit_torch_threads()  # the reference loop runs its env as the sim bridge does
-    print(f"oracle on Val trials: {args.rounds} rounds of {args.trials}, direct loop then ROS graph; then the image path ...",
-          flush=True)
-    rounds = compare(args.trials, args.rounds)
+    # With --json the progress lines go to stderr: stdout is the JSON object alone.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        print(f"oracle on Val trials: {args.rounds} rounds of {args.trials}, direct loop then ROS graph; "
+              "then the image path ...", flush=True)
+        rounds = compare(args.trials, args.rounds)
+        latencies, in_process = image_latency(args.samples, args.image_size)
     direct_s, graph_s = float(np.median(rounds["direct_s"])), float(np.median(rounds["graph_s"]))
     ratios = [100 * d / g for d, g in zip(rounds["direct_s"], rounds["graph_s"])]
     ratio = float(np.median(ratios))
-    latencies, in_process = image_latency(args.samples, args.image_size)
+    p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
+    if args.json:
+        print(json.dumps({
+            "trials_per_round": args.trials, "rounds": args.rounds,
+            "graph": {"seconds_per_trial": graph_s, "trials_per_hour": 3600 / graph_s,
+                      "success_rate": float(np.mean(rounds["graph_sr"])), "startup_s": float(np.median(rounds["startup_s"]))},
+            "reference_direct_loop": {"seconds_per_trial": direct_s, "trials_per_hour": 3600 / direct_s,
+                                      "success_rate": float(np.mean(rounds["direct_sr"]))},
+            "graph_percent_of_direct": ratio, "round_percents": ratios,
+            "target": {"graph_percent_of_direct": 85, "met": ratio >= 85},
+            "image_path_ms": {"p50": p50, "p99": p99, "reference_in_process": in_process},
+        }))
+        return 0
     print(f"\n{'':36s}{'ROS graph':>12s}{'direct loop (ref)':>20s}   (medians of {args.rounds} alternating rounds)")
     print(f"{'trials per hour':36s}{3600 / graph_s:12.0f}{3600 / direct_s:20.0f}   "
           f"graph = {ratio:.0f}% of the direct loop (rounds {min(ratios):.0f}-{max(ratios):.0f}%; "
@@ -194,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'seconds per trial':36s}{graph_s:12.2f}{direct_s:20.2f}")
     print(f"{'oracle success rate':36s}{100 * np.mean(rounds['graph_sr']):11.0f}%{100 * np.mean(rounds['direct_sr']):19.0f}%")
     print(f"graph start-up (processes, model/scene loading): {np.median(rounds['startup_s']):.1f} s")
-    p50, p99 = np.percentile(latencies, [50, 99])
     print(f"\nimage path ({args.image_size}px): chunk -> step -> render -> /camera/image_raw -> callback: "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; in-process step + render (ref): {in_process:.1f} ms; "
           f"ROS overhead p50 {p50 - in_process:.1f} ms")

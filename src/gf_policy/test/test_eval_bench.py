@@ -1,5 +1,7 @@
 """gf-bench eval: alternating direct/graph rounds on the same trials, medians, and the target verdict."""
 
+import json
+
 import pytest
 
 from gf_policy import eval_bench as bench
@@ -15,11 +17,13 @@ def test_rounds_alternate_and_each_round_runs_new_trials_on_both_sides(monkeypat
 
 
 @pytest.mark.slow
-def test_gf_bench_eval_runs_the_real_graph_and_prints_the_comparison(capsys):
-    assert bench.main(["--trials", "1", "--rounds", "1", "--samples", "3"]) == 0
-    out = capsys.readouterr().out
-    line = next(row for row in out.splitlines() if row.startswith("trials per hour"))
-    graph, direct = (float(v) for v in line.split()[3:5])
-    assert graph > 0 and direct > 0 and "of the direct loop" in line and "target >= 85%" in line
-    assert "oracle success rate" in out and "100%" in out.split("oracle success rate")[1].splitlines()[0]
-    assert "image path (224px)" in out
+def test_gf_bench_eval_runs_the_real_graph_beside_the_direct_loop(capsys):
+    assert bench.main(["--trials", "1", "--rounds", "1", "--samples", "3", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    graph, direct = figures["graph"], figures["reference_direct_loop"]
+    assert graph["seconds_per_trial"] > 0 and direct["seconds_per_trial"] > 0
+    assert figures["graph_percent_of_direct"] == pytest.approx(100 * direct["seconds_per_trial"] / graph["seconds_per_trial"])
+    assert graph["success_rate"] == direct["success_rate"] == 1.0  # the oracle, both ways
+    assert figures["target"] == {"graph_percent_of_direct": 85, "met": figures["graph_percent_of_direct"] >= 85}
+    latency = figures["image_path_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] and latency["reference_in_process"] > 0

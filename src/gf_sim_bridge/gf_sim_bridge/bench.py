@@ -9,6 +9,8 @@ alternate with GrinningFace's so that both see the same machine (this host's spe
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 
 import gymnasium as gym
@@ -104,12 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--episodes", type=int, default=10, help="expert episodes to time")
     parser.add_argument("--robot", default="widowx")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of the table")
     args = parser.parse_args(argv)
-    print(f"measuring GrinningFace-v1 ({args.robot}) and PickCube-v1 on this machine ...", flush=True)
+    print(f"measuring GrinningFace-v1 ({args.robot}) and PickCube-v1 on this machine ...", flush=True,
+          file=sys.stderr if args.json else sys.stdout)
     figures = measure(args.steps, args.image_size, args.episodes, args.robot)
     gf, ref = figures["gf"], figures["ref"]
     physics, rendered = float(np.median(gf["physics"])), float(np.median(gf["rendered"]))
     ref_physics, ref_rendered = float(np.median(ref["physics"])), float(np.median(ref["rendered"]))
+    if args.json:
+        print(json.dumps({
+            "robot": args.robot, "image_size": args.image_size, "rounds": ROUNDS,
+            "grinningface": {"physics_steps_per_s": physics, "rendered_steps_per_s": rendered,
+                             "expert_episodes_per_min": gf["episodes_per_min"], "expert_success": gf["expert_success"],
+                             "steps_per_episode": gf["steps_per_episode"], "first_render_s": gf["first_render"]},
+            "reference_pickcube": {"physics_steps_per_s": ref_physics, "rendered_steps_per_s": ref_rendered},
+            "targets": {"physics_steps_per_s": {"target": 300, "met": physics >= 300},
+                        "rendered_steps_per_s": {"target": 15, "met": rendered >= 15}},
+        }))
+        return 0
     print(f"\n{'':34s}{'GrinningFace-v1':>18s}{'PickCube-v1 (ref)':>20s}{'ratio':>8s}   (median of {ROUNDS} alternating rounds; GF range)")
     print(f"{'control steps/s, physics only':34s}{physics:18.0f}{ref_physics:20.0f}{physics / ref_physics:8.2f}"
           f"   {min(gf['physics']):.0f}-{max(gf['physics']):.0f}")

@@ -1,5 +1,7 @@
 """gf-bench sim measures both tasks in alternating rounds and prints the table with its targets."""
 
+import json
+
 import pytest
 
 from gf_sim_bridge import bench
@@ -7,14 +9,15 @@ from gf_sim_bridge import bench
 pytestmark = pytest.mark.slow
 
 
-def test_gf_bench_sim_prints_both_tasks_side_by_side(capsys):
-    assert bench.main(["--steps", "10", "--episodes", "1"]) == 0
-    out = capsys.readouterr().out
-    physics = next(line for line in out.splitlines() if line.startswith("control steps/s, physics only"))
-    gf, ref, ratio = (float(v) for v in physics.split()[4:7])
-    assert gf > 0 and ref > 0 and ratio == pytest.approx(gf / ref, abs=0.01)
-    assert "camera 224px" in out and "expert: 100% success over 1 episodes" in out
-    assert "targets: >= 300 physics steps/s" in out
+def test_gf_bench_sim_measures_both_tasks_and_states_its_targets(capsys):
+    assert bench.main(["--steps", "10", "--episodes", "1", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    gf, ref = figures["grinningface"], figures["reference_pickcube"]
+    assert gf["physics_steps_per_s"] > 0 and ref["physics_steps_per_s"] > 0
+    assert gf["rendered_steps_per_s"] > 0 and ref["rendered_steps_per_s"] > 0
+    assert gf["expert_success"] == 1.0 and gf["steps_per_episode"] > 10 and figures["image_size"] == 224
+    targets = figures["targets"]
+    assert targets["physics_steps_per_s"] == {"target": 300, "met": gf["physics_steps_per_s"] >= 300}
 
 
 def test_rounds_alternate_between_the_two_tasks():

@@ -15,9 +15,11 @@ One run measures, side by side:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ladder-seconds", type=float, default=3.0, help="duration of each ladder rate")
     parser.add_argument("--writer-frames", type=int, default=300, help="frames for the writer-alone reference")
     parser.add_argument("--keep", default="", help="keep the bags in this directory")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of the report")
     args = parser.parse_args(argv)
 
     from gf_bringup.runtime import random_domain_id
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     mb = args.width * args.height * 3 / 1e6
     print(f"gf-bench record: {args.width}x{args.height} rgb8 ({mb:.2f} MB/frame), ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
-          f"profile {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '?')}", flush=True)
+          f"profile {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '?')}", flush=True, file=sys.stderr if args.json else sys.stdout)
     ref = writer_alone(args.writer_frames, args.width, args.height, work / "writer")
     exe = console_script("gf-recorder")
     demo_dir = work / "recorder"
@@ -212,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
+    lossless = [p["published"][ep.IMAGE] / p["seconds"] for p in phases.values()
+                if all(p["published"][t] == p["recorded"][t] for t in TOPICS)]
+    steady = phases["steady"]
+    drops = sum(steady["published"][t] - steady["recorded"][t] for t in TOPICS)
+    if args.json:
+        print(json.dumps({"width": args.width, "height": args.height, "rate_hz": args.rate, "state_rate_hz": args.state_rate,
+                          "reference_writer_alone": ref, "phases": phases, "steady_drops": drops,
+                          "highest_lossless_fps": max(lossless) if lossless else 0.0}))
+        return 0 if drops == 0 else 1
     print(f"\nreference  rosbags MCAP writer alone: {ref['fps']:.0f} frames/s ({ref['MBps']:.0f} MB/s, {ref['frames']} frames)")
     print(f"recorder over DDS ({args.state_rate:g} Hz /joint_states + /gf/ee_state alongside):")
     for name, p in phases.items():
@@ -221,10 +233,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{pub[ep.IMAGE] - rec[ep.IMAGE]}, joint_states {pub[ep.JOINT_STATES] - rec[ep.JOINT_STATES]}, "
               f"ee_state {pub[ep.EE_STATE] - rec[ep.EE_STATE]}; latency p50 {p['latency_ms']['p50']:.1f} ms, "
               f"p99 {p['latency_ms']['p99']:.1f} ms; recorder CPU {p['recorder_cpu_percent']:.0f}%")
-    lossless = [p["published"][ep.IMAGE] / p["seconds"] for p in phases.values()
-                if all(p["published"][t] == p["recorded"][t] for t in TOPICS)]
-    steady = phases["steady"]
-    drops = sum(steady["published"][t] - steady["recorded"][t] for t in TOPICS)
     print(f"\nverdict: {'keeps up' if drops == 0 else f'DROPS {drops} messages'} at {args.rate:g} Hz {args.width}x{args.height}; "
           f"highest lossless camera rate measured {max(lossless) if lossless else 0:.0f} frames/s "
           f"vs {ref['fps']:.0f} frames/s for the rosbags writer alone")
