@@ -23,7 +23,8 @@ from gf_policy.vla.configuration import make_paligemma_dict
 from gf_policy.vla.local_files import local_dir
 from gf_policy.vla.normalization import load_norm_stats, save_norm_stats
 from gf_training.config import TrainConfig
-from gf_training.data import DecodedEpisode, compute_norm_stats, load_demo_episodes, synthetic_episodes
+from gf_training.data import compute_norm_stats, synthetic_episodes
+from gf_training.episodes import DecodedEpisode, load_demo_episodes
 from gf_training.runtime import DistInfo
 
 

@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
 
         episodes = synthetic_episodes(num_episodes=args.synthetic, length=24, image_size=config.image_size, seed=args.seed)
     else:
-        from gf_training.data import load_demo_episodes
+        from gf_training.episodes import load_demo_episodes
 
         episodes, report = load_demo_episodes(args.demo_dirs, config.image_size, cache_dir=args.cache_dir,
                                               progress=not args.no_progress)

@@ -584,10 +584,10 @@ def import_lerobot(root: str | Path, demo_dir: str | Path, mapping: Any | None =
 
 def load_lerobot_episodes(roots: Sequence[str | Path], mapping: Any | None, image_size: int | None,
                           progress: bool = False, image_crop: Sequence[float] | None = None) -> list:
-    """Training episodes (``gf_training.data.DecodedEpisode``, images resized to the model's
+    """Training episodes (``gf_training.episodes.DecodedEpisode``, images resized to the model's
     input) of LeRobot datasets, in our embodiment: the same windows, normalisation and collation
     as demo directories then apply."""
-    from gf_training.data import decode
+    from gf_training.episodes import decode
 
     episodes = []
     for root in roots:

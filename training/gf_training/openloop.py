@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from gf_policy.vla.inference import VLAInference
-    from gf_training.data import load_demo_episodes
+    from gf_training.episodes import load_demo_episodes
 
     torch.set_num_threads(args.threads)
     # Full camera frames: the checkpoint's own processor crops and resizes them, as in the backend.

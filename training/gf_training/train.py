@@ -69,7 +69,8 @@ from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: r
     list_checkpoints,
 )
 from gf_training.config import TrainConfig, dump_config, load_config
-from gf_training.data import ChunkDataset, DecodedEpisode, ResumableSampler, VLACollator
+from gf_training.data import ChunkDataset, ResumableSampler, VLACollator
+from gf_training.episodes import DecodedEpisode
 from gf_training.metrics import METRICS_FILE, MetricsLoggingMixin  # noqa: F401 - METRICS_FILE: re-exported
 from gf_training.runtime import (
     LOADER_STREAM,

@@ -23,17 +23,13 @@ from gf_policy.vla import (
 from gf_training.data import (
     AugmentConfig,
     ChunkDataset,
-    DecodedEpisode,
-    EpisodeCache,
     ResumableSampler,
     VLACollator,
     augment_images,
-    bag_fingerprint,
     compute_norm_stats,
-    load_demo_episodes,
-    resize_images,
     synthetic_episodes,
 )
+from gf_training.episodes import DecodedEpisode, EpisodeCache, bag_fingerprint, load_demo_episodes, resize_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gf_training.data import DecodedEpisode
+from gf_training.episodes import DecodedEpisode
 from gf_training.openloop import check
 
 
