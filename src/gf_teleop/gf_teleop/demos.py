@@ -87,7 +87,7 @@ def _check(args) -> int:
     from gf_teleop.bagcheck import check_bag
 
     bad = 0
-    entries = ep.read_manifest(args.dir)
+    entries = ep.recorded_entries(args.dir)
     for entry in tqdm(entries, desc="checking", unit="ep", file=sys.stderr, disable=args.no_progress):
         problems = check_bag(Path(args.dir) / entry.bag)
         if not problems:

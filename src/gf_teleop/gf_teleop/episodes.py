@@ -134,6 +134,16 @@ def manifest_path(demo_dir: str | Path) -> Path:
     return Path(demo_dir) / MANIFEST
 
 
+def recorded_entries(demo_dir: str | Path) -> list[EpisodeEntry]:
+    """``read_manifest`` for readers of a demo directory: ``FileNotFoundError`` when it has no
+    manifest (naming the subdirectories that have one), rather than zero episodes."""
+    if not manifest_path(demo_dir).exists():
+        nested = sorted(str(p.parent) for p in Path(demo_dir).glob(f"*/{MANIFEST}")) if Path(demo_dir).is_dir() else []
+        hint = f"; demo directories inside it: {', '.join(nested)}" if nested else ""
+        raise FileNotFoundError(f"{demo_dir} is not a demo directory (no {MANIFEST}){hint}")
+    return read_manifest(demo_dir)
+
+
 def read_manifest(demo_dir: str | Path) -> list[EpisodeEntry]:
     """The episodes of a demo directory in manifest order (last line wins per episode id).
 

@@ -58,7 +58,7 @@ def collect(demo_dir: Path, progress: bool = True, with_images: bool = True):
     """Statistics plus per-episode trajectories (proprio) and first frames."""
     from tqdm import tqdm
 
-    entries = ep.read_manifest(demo_dir)
+    entries = ep.recorded_entries(demo_dir)
     stats = DemoStats(episodes=len(entries))
     trajectories, frames = [], []
     actions = []
@@ -172,7 +172,8 @@ def format_stats(stats: DemoStats) -> str:
     lengths = np.asarray(stats.lengths) if stats.lengths else np.zeros(1)
     lines = [
         f"episodes      {stats.episodes} ({stats.complete} complete, {stats.episodes - stats.complete} incomplete)",
-        f"success       {stats.successful}/{stats.complete} complete episodes ({100 * stats.success_rate:.1f}%)",
+        f"success       {stats.successful}/{stats.complete} complete episodes"
+        + (f" ({100 * stats.success_rate:.1f}%)" if stats.complete else ""),
         f"lengths       min {lengths.min()}  mean {lengths.mean():.1f}  median {np.median(lengths):.0f}  max {lengths.max()} steps",
         "end reasons   " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.reasons.items())),
         "operators     " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.operators.items())),
