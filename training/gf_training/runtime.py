@@ -109,7 +109,7 @@ def wrap_model(model: nn.Module, info: DistInfo, dcfg: DistributedSection, devic
     # FSDP2 (per-parameter sharding: frozen and trainable parameters may mix, as LoRA and the
     # frozen-VLM schemes need). Only modules whose forward() runs can be FSDP units: SigLIP
     # layers shard individually; the joint Gemma layers are driven piecewise by
-    # PI0StyleVLA._layer, so they live in the root unit (gathered once per forward).
+    # PI0StyleVLA._layer (gf_policy.vla.joint), so they live in the root unit (gathered once per forward).
     mesh = init_device_mesh(device.type, (info.world_size,))
     for module in model.modules():
         if isinstance(module, SiglipEncoderLayer):

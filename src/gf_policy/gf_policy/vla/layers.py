@@ -2,7 +2,7 @@
 
 The block mask of pi0's token layout, the flow-matching time embedding, rotary embeddings, the
 attention kernel every joint layer runs, and the action expert's parameter container.
-``PI0StyleVLA`` (``modeling``) drives them layer by layer.
+``PI0StyleVLA`` drives them layer by layer (``joint``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,17 @@
 """The pi0-style VLA: PaliGemma + a Gemma-style action expert trained by flow matching.
 
-Token layout and attention (pi0):
-
-    [ image tokens | <bos> text "\\n" (pad) ]  [ proprio ]  [ action_1 ... action_H ]
-      prefix (VLM weights)                      suffix (action-expert weights)
-
-Every layer ``i`` computes Q/K/V for the prefix with VLM layer ``i`` and for the suffix with
-expert layer ``i``; one attention runs over the concatenation under a block mask: the prefix
-attends bidirectionally to itself, the proprio token to the prefix and itself, the action
-tokens to everything. Because the prefix never attends to the suffix, the prefix keys/values
-are the same for every denoising step, so sampling computes them once (the KV cache) and then
-runs only the suffix through the expert for each Euler step.
+The VLM reads the prefix [image tokens | text], the action expert the suffix [proprio |
+noisy actions]; the two share attention layer by layer under pi0's block mask (``joint``: the
+token layout, the joint layers, the KV cache of the prefix for sampling).
 
 Numerics follow transformers' ``PI0ForConditionalGeneration`` (checked by a test on tiny
 configs): text embeddings scaled by sqrt(width) (Gemma), image and suffix embeddings not
 scaled, RoPE positions = cumulative count of valid tokens, the expert's final RMSNorm before the
 action head.
 
-This module is pi0 itself, built from the pieces in ``layers``. The training targets beyond it
-(``VLAConfig``; all off by default) live in modules of their own, mixed into ``PI0StyleVLA``:
+This module is pi0 itself, built from the pieces in ``layers`` and ``joint``; construction and
+checkpoints are in ``persistence``. The training targets beyond it (``VLAConfig``; all off by
+default) live in modules of their own, mixed into ``PI0StyleVLA``:
 
 * ``targets``  -- what they share: their parameters (registered on the model, so checkpoint keys
   stay put), the VLM block of the layout ``[prefix | VLM block | expert suffix]`` (see
@@ -37,49 +30,38 @@ every path is pi0's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-from transformers.initialization import no_init_weights
-from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+from transformers import PaliGemmaForConditionalGeneration
 
-from .configuration import CONFIG_NAME, VLAConfig
-from .discrete import DiscreteActionsMixin, insulated_attention
+from .configuration import VLAConfig
+from .discrete import DiscreteActionsMixin
+from .joint import JointLayersMixin
 from .latent import LatentActionsMixin
-from .layers import (
-    ActionExpert,
-    KVCache,
-    apply_rope,
-    attention,
-    make_block_attention_mask,
-    sinusoidal_time_embedding,
-    unwrap,
-)
+from .layers import ActionExpert, KVCache, make_block_attention_mask, unwrap
 from .lm import LanguageModelMixin
-from .local_files import local_dir as require_local_dir
-from .normalization import NORM_STATS_NAME, NormStats, load_norm_stats, save_norm_stats
+from .normalization import NormStats
+from .persistence import WEIGHTS_NAME, PretrainedMixin
 from .targets import TechniqueTargetsMixin
 from .techniques import make_layout_mask
 
-WEIGHTS_NAME = "model.safetensors"
+__all__ = ["BATCH_KEYS", "WEIGHTS_NAME", "PI0StyleVLA", "make_block_attention_mask"]
 
 # Keys of a training/inference batch (see ``PI0StyleVLA.compute_loss``).
 BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "proprio", "actions", "action_is_pad")
 
 
-class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixin, LanguageModelMixin, nn.Module):
+class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixin, LanguageModelMixin,
+                  JointLayersMixin, PretrainedMixin, nn.Module):
     """PaliGemma VLM + action expert sharing attention layer by layer; flow-matching action head.
 
     ``self.paligemma`` stays a ``PaliGemmaForConditionalGeneration`` (its LM head remains usable
     for co-training); it and ``self.expert`` may be wrapped by peft (see ``gf_training.schemes``).
-    The mixins add the techniques' methods; every parameter stays registered on this module, so
-    the checkpoint's key names do not depend on where the code lives.
+    The mixins add the techniques' methods, the joint layers (``joint``) and construction /
+    checkpoints (``persistence``); every parameter stays registered on this module, so the
+    checkpoint's key names do not depend on where the code lives.
     """
 
     def __init__(self, config: VLAConfig, paligemma: PaliGemmaForConditionalGeneration | None = None):
@@ -108,57 +90,6 @@ class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixi
         self._check_vlm_matches_config()
         if config.gradient_checkpointing:
             self.gradient_checkpointing_enable()
-
-    # ------------------------------------------------------------------ construction helpers
-    def _init_new_weights(self) -> None:
-        std = self.config.initializer_range
-        new_modules = [self.expert, self.state_proj, self.action_in_proj, self.action_time_mlp_in,
-                       self.action_time_mlp_out, self.action_out_proj]
-        for extra in self.technique_modules():
-            if isinstance(extra, nn.Parameter):
-                nn.init.normal_(extra, std=std)
-            else:
-                new_modules.append(extra)
-        for root in new_modules:
-            for module in root.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, std=std)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, GemmaRMSNorm):
-                    nn.init.zeros_(module.weight)  # Gemma norms scale by (1 + weight)
-
-    def _check_vlm_matches_config(self) -> None:
-        text = self.vlm.config.text_config
-        cfg_text = self.config.text_config
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
-            if getattr(text, key) != cfg_text[key]:
-                raise ValueError(f"PaliGemma text_config.{key}={getattr(text, key)} differs from VLAConfig ({cfg_text[key]})")
-
-    @classmethod
-    def from_config(cls, config: VLAConfig) -> PI0StyleVLA:
-        """A randomly initialised model."""
-        return cls(config)
-
-    @classmethod
-    def from_paligemma(
-        cls, local_dir: str | Path, cfg_overrides: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None
-    ) -> PI0StyleVLA:
-        """Real PaliGemma weights from a local Hugging Face directory (config.json + safetensors),
-        a freshly initialised action expert. ``cfg_overrides`` sets other ``VLAConfig`` fields."""
-        pg_config = PaliGemmaConfig.from_pretrained(str(require_local_dir(local_dir, "PaliGemma model")))
-        config = VLAConfig(vlm=pg_config.to_dict(), **dict(cfg_overrides or {}))
-        paligemma = PaliGemmaForConditionalGeneration.from_pretrained(str(local_dir), dtype=dtype or torch.float32)
-        model = cls(config, paligemma=paligemma)
-        return model.to(dtype) if dtype is not None else model
-
-    @classmethod
-    def import_pi0(cls, source: Any, config: VLAConfig | None = None, **cfg_overrides: Any) -> PI0StyleVLA:
-        """A pi0 checkpoint (transformers ``PI0ForConditionalGeneration`` or LeRobot layout).
-        See ``gf_policy.vla.pi0_import.import_pi0``."""
-        from .pi0_import import import_pi0
-
-        return import_pi0(source, config=config, **cfg_overrides)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -238,120 +169,10 @@ class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixi
         parts.append(self._fuse_time(self.action_in_proj(noisy_actions.to(self.dtype)), time))
         return torch.cat(parts, dim=1)
 
-    def _fuse_time(self, tokens: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        time_emb = sinusoidal_time_embedding(time, cfg.expert_hidden_size, cfg.time_min_period, cfg.time_max_period)
-        time_emb = time_emb.to(tokens.dtype)[:, None, :].expand_as(tokens)
-        return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([tokens, time_emb], dim=2))))
-
-    # ------------------------------------------------------------------ transformer
-    def _layer(
-        self,
-        index: int,
-        prefix: torch.Tensor | None,
-        suffix: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-        keep_prefix_out: bool = False,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """One joint layer; returns new prefix/suffix states and this layer's keys/values."""
-        streams = [
-            (prefix, self.vlm.model.language_model.layers[index]),
-            (suffix, self.action_expert.layers[index]),
-        ]
-        qs, ks, vs, lengths = [], [], [], []
-        start = 0
-        for hidden, layer in streams:
-            if hidden is None:
-                lengths.append(0)
-                continue
-            batch, length, _ = hidden.shape
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            shape = (batch, length, -1, attn.head_dim)
-            c, s = cos[:, start : start + length], sin[:, start : start + length]
-            qs.append(apply_rope(attn.q_proj(x).view(shape).transpose(1, 2), c, s))
-            ks.append(apply_rope(attn.k_proj(x).view(shape).transpose(1, 2), c, s))
-            vs.append(attn.v_proj(x).view(shape).transpose(1, 2))
-            lengths.append(length)
-            start += length
-        k_new, v_new = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
-        k, v = k_new, v_new
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        impl = self.config.attn_implementation
-        if (self.config.knowledge_insulation and len(qs) == 2 and past is None and torch.is_grad_enabled()
-                and self.attention_recorder is None):
-            out = insulated_attention(qs, ks, vs, mask, impl)  # discrete.py: stop-gradient into the VLM
-        else:
-            out = attention(torch.cat(qs, dim=2), k, v, mask, impl, record=self.attention_recorder)
-
-        # The prefix output of the last layer feeds nothing unless the VLM's LM head reads it
-        # (``keep_prefix_out``): otherwise skip its attention output projection and MLP.
-        last = index == len(self.action_expert.layers) - 1 and not keep_prefix_out
-        results: list[torch.Tensor | None] = []
-        start = 0
-        for stream, ((hidden, layer), length) in enumerate(zip(streams, lengths)):
-            if hidden is None or (last and stream == 0):
-                results.append(None)
-                start += length
-                continue
-            hidden = hidden + layer.self_attn.o_proj(out[:, start : start + length])
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-            results.append(hidden)
-            start += length
-        return results[0], results[1], k_new, v_new
-
-    def _run_layers(
-        self,
-        prefix: torch.Tensor | None,
-        suffix: torch.Tensor | None,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        cache: KVCache | None = None,
-        build_cache: bool = False,
-        keep_prefix_out: bool = False,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, KVCache | None]:
-        """All layers over the given streams; ``positions`` (B, Lq) covers prefix then suffix.
-
-        Returns the final suffix states (before the expert's final norm), the final prefix states
-        (before the VLM's final norm) only with ``keep_prefix_out`` (else ``None``: pi0 never
-        needs them), and the per-layer K/V of this call's tokens if ``build_cache``.
-        """
-        any_stream = prefix if prefix is not None else suffix
-        cos, sin = self.vlm.model.language_model.rotary_emb(any_stream, positions)
-        use_ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        new_cache: KVCache | None = [] if build_cache else None
-        for index in range(len(self.action_expert.layers)):
-            past = cache[index] if cache is not None else None
-            if use_ckpt:
-                prefix, suffix, k, v = checkpoint(
-                    self._layer, index, prefix, suffix, cos, sin, mask, past, keep_prefix_out, use_reentrant=False
-                )
-            else:
-                prefix, suffix, k, v = self._layer(index, prefix, suffix, cos, sin, mask, past, keep_prefix_out)
-            if new_cache is not None:
-                new_cache.append((k, v))
-        return prefix, suffix, new_cache
-
+    # ------------------------------------------------------------------ flow
     def _velocity(self, suffix_out: torch.Tensor) -> torch.Tensor:
         horizon = self.config.action_horizon
         return self.action_out_proj(self.action_expert.norm(suffix_out[:, -horizon:]))
-
-    @staticmethod
-    def _suffix_positions(prefix_pad_mask: torch.Tensor, suffix_len: int) -> torch.Tensor:
-        n_valid = prefix_pad_mask.long().sum(dim=1, keepdim=True)
-        return n_valid + torch.arange(suffix_len, device=prefix_pad_mask.device)[None, :]
-
-    def _expert_blocks(self, n_latents: int) -> list[int]:
-        """Block ids of the expert suffix [proprio | (latents) | actions] (``make_layout_mask``):
-        pi0's [1, 2, ..., 2]; latent actions see proprio and each other, the actions see all."""
-        horizon = self.config.action_horizon
-        if n_latents:
-            return [1] + [2] * n_latents + [3] * horizon
-        return [1] + [2] * horizon
 
     def predict_velocity(
         self,
@@ -538,36 +359,3 @@ class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixi
             if z is not None:
                 z = z + dt * self._latent_velocity(suffix_out)
         return x[..., : cfg.action_dim]
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | Path, processor: Any | None = None) -> None:
-        """Write ``config.json``, ``model.safetensors``, ``norm_stats.json`` (if set) and the
-        processor's tokenizer files (if given). peft-wrapped models must be merged first."""
-        if self.paligemma is not self.vlm or self.expert is not self.action_expert:
-            raise ValueError("the model holds peft adapters: merge them (merge_and_unload) or save the adapters")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.to_json_file(directory / CONFIG_NAME)
-        save_model(self, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        if self.norm_stats:
-            save_norm_stats(self.norm_stats, directory / NORM_STATS_NAME)
-        if processor is not None:
-            processor.save_pretrained(directory)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-    ) -> PI0StyleVLA:
-        """Load a checkpoint written by ``save_pretrained`` (weights, config, norm stats)."""
-        directory = require_local_dir(directory, "checkpoint")
-        config = VLAConfig.from_json_file(directory / CONFIG_NAME)
-        with no_init_weights():  # every weight is overwritten by the checkpoint: skip random init
-            model = cls(config)
-        model.vlm.tie_weights()
-        missing, unexpected = load_model(model, str(directory / WEIGHTS_NAME), strict=True)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint mismatch: missing {missing}, unexpected {unexpected}")
-        if (directory / NORM_STATS_NAME).exists():
-            model.norm_stats = load_norm_stats(directory / NORM_STATS_NAME)
-        model = model.to(device)
-        return model.to(dtype) if dtype is not None else model
