@@ -46,7 +46,7 @@ from gf_bringup.rosutil import (
 from gf_bringup.signing import load_signer, sign_message
 from gf_eval.ros_msgs import trial_from_msg
 from gf_interfaces.msg import ActionChunk, EeState, EpisodeStatus, SimState, Trial
-from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation, backend_class, load_backend
+from gf_policy.backend import ActionPlan, PolicyBackend, PolicyObservation, load_backend
 
 KEEP_STAMPS = 8  # observations kept per topic while waiting for the rest of an instant
 
@@ -178,7 +178,6 @@ class PolicyNode(Node):
             kwargs = yaml.safe_load(self.cfg.backend_args) if self.cfg.backend_args.strip() else {}
             if not isinstance(kwargs, dict):
                 raise ValueError(f"backend_args must be a YAML mapping, got {self.cfg.backend_args!r}")
-            backend_class(self.cfg.backend)  # an unknown name fails here, before anything is loaded
             backend = load_backend(self.cfg.backend, **kwargs)
         self.backend = backend
         self.needs_image, self.needs_privileged = backend.needs_image, backend.needs_privileged
