@@ -75,7 +75,7 @@ def export_inference_checkpoint(
 
 class CheckpointingMixin:
     """The ``Trainer``'s saving and resuming (uses its cfg, info, run_dir, step, wrapped model,
-    optimiser, scheduler, scheme-applied config, norm stats and processor)."""
+    optimiser, scheduler, scheme-applied config, norm stats, processor and scene probe)."""
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_N`` (collective: every rank must call it). Returns the directory."""
@@ -97,6 +97,8 @@ class CheckpointingMixin:
                                             self.processor, partial)
             torch.save({"step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                         "world_size": info.world_size, "config": self.cfg.to_dict()}, partial / TRAIN_STATE)
+            if self.scene_probe is not None:  # training-only head (gf_training.scene_probe)
+                self.scene_probe.save(partial)
             (partial / TRAINER_STATE).write_text(json.dumps({
                 "step": self.step, "run": self.cfg.name, "scheme": dataclasses.asdict(self.cfg.scheme),
                 "model": self.cfg.model.init, "world_size": info.world_size}, indent=2) + "\n")
@@ -143,6 +145,8 @@ class CheckpointingMixin:
         set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True, strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scene_probe is not None:
+            self.scene_probe.load(path)
         self.step = int(state["step"])
         rng_file = path / f"rng_rank{self.info.rank}.pt"
         if rng_file.exists() and state.get("world_size") == self.info.world_size:

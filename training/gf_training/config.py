@@ -11,7 +11,7 @@ Sections (see ``configs/base.yaml`` for every key with its default and meaning):
 ``model`` (initialisation and VLAConfig overrides, incl. the training targets: discrete and
 latent actions, knowledge insulation), ``scheme`` (``gf_training.schemes``), ``data``,
 ``cotrain`` (vision-language co-training), ``latent`` (the latent action model that labels the
-data), ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
+data), ``scene_probe`` (an auxiliary cube-position target, ``gf_training.scene_probe``), ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
 ``seed``.
 """
 
@@ -27,6 +27,7 @@ import yaml
 
 from gf_policy.vla.normalization import NORMALIZATION_KINDS
 from gf_training.data import AugmentConfig
+from gf_training.scene_probe import SceneProbeSection
 from gf_training.schemes import SchemeConfig
 
 # The shipped configs, installed with the package (gf_training/configs).
@@ -203,6 +204,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     cotrain: CotrainSection = field(default_factory=CotrainSection)
     latent: LatentSection = field(default_factory=LatentSection)
+    scene_probe: SceneProbeSection = field(default_factory=SceneProbeSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
@@ -240,6 +242,7 @@ _SECTIONS = {
     (TrainConfig, "data"): DataSection,
     (TrainConfig, "cotrain"): CotrainSection,
     (TrainConfig, "latent"): LatentSection,
+    (TrainConfig, "scene_probe"): SceneProbeSection,
     (TrainConfig, "optim"): OptimSection,
     (TrainConfig, "train"): TrainSection,
     (TrainConfig, "distributed"): DistributedSection,

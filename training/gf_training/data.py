@@ -37,6 +37,7 @@ from gf_policy.vla.normalization import stats_from_data
 from gf_training.episodes import DecodedEpisode, EpisodeLike, check_episode, load_demo_episodes
 
 GRIPPER_INDEX = EE_DELTA_POSE.names.index("gripper")
+SCENE_TARGET = "scene_target"  # sample/batch key of the auxiliary scene target (gf_training.scene_probe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +77,8 @@ class ChunkDataset(Dataset):
     cube, and the benchmark scores the state at the episode's last step, where a cube on a card
     counts only if the arm is still (``gf_eval.scoring``).
     With ``latent_codes`` (one (T, n) int array per episode, ``gf_training.latent``) samples also
-    carry ``latent_codes`` (n,), the latent-action targets of step t.
+    carry ``latent_codes`` (n,), the latent-action targets of step t. With ``scene_targets`` (one row
+    per episode, ``gf_training.scene_probe``) samples carry ``scene_target``, their episode's row.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class ChunkDataset(Dataset):
         norm_stats: dict[str, NormStats] | None = None,
         latent_codes: Sequence[np.ndarray] | None = None,
         hold_after_end: bool = False,
+        scene_targets: Sequence[np.ndarray] | None = None,
     ):
         if action_horizon < 1:
             raise ValueError("action_horizon must be >= 1")
@@ -100,6 +103,10 @@ class ChunkDataset(Dataset):
                     len(c) != len(ep.actions) for c, ep in zip(latent_codes, self.episodes)):
                 raise ValueError("latent_codes must hold one (T, n) array per episode, T = its length")
         self.latent_codes = None if latent_codes is None else [np.asarray(c, np.int64) for c in latent_codes]
+        if scene_targets is not None and (len(scene_targets) != len(self.episodes) or any(
+                len(s) != len(ep.actions) for s, ep in zip(scene_targets, self.episodes))):
+            raise ValueError("scene_targets must hold one (T, k) array per episode, T = its length")
+        self.scene_targets = None if scene_targets is None else [np.asarray(s, np.float32) for s in scene_targets]
         self.norm_stats = norm_stats if norm_stats is not None else compute_norm_stats(self.episodes)
         lengths = np.array([len(ep.actions) for ep in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -158,6 +165,8 @@ class ChunkDataset(Dataset):
         }
         if self.latent_codes is not None:
             sample["latent_codes"] = self.latent_codes[e][t]
+        if self.scene_targets is not None:
+            sample[SCENE_TARGET] = self.scene_targets[e][t]
         return sample
 
 
@@ -249,6 +258,8 @@ class VLACollator:
         batch["action_is_pad"] = torch.from_numpy(np.stack([s["action_is_pad"] for s in samples]))
         if "latent_codes" in samples[0]:
             batch["latent_codes"] = torch.from_numpy(np.stack([s["latent_codes"] for s in samples]))
+        if SCENE_TARGET in samples[0]:
+            batch[SCENE_TARGET] = torch.from_numpy(np.stack([s[SCENE_TARGET] for s in samples]))
         return batch
 
 
@@ -336,5 +347,8 @@ def synthetic_episodes(
         instruction = f"Pick the cube and place it on {SYNTHETIC_TARGETS[int(names[target])]}"
         # The card colour is what the image shows; the name in the instruction must identify it.
         instruction += f" ({['red', 'green', 'blue'][target]} card)"
-        episodes.append(DecodedEpisode(images, proprio, actions, instruction, episode_id=f"synthetic-{seed}-{e:04d}"))
+        # The red card stands in for the cube of a real trial: a static mark the image shows.
+        trial = {"cube_xy": [float(v) for v in card_xy[0]]}
+        episodes.append(DecodedEpisode(images, proprio, actions, instruction, episode_id=f"synthetic-{seed}-{e:04d}",
+                                       trial=trial))
     return episodes

@@ -85,6 +85,8 @@ RECIPES = {
         Recipe("proprio_dropout", "the baseline's model with the proprio of half its training samples hidden"),
         Recipe("cube_cotrain", "the baseline's model co-trained on 'where is the cube?' scenes (its image "
                                "position as text)", vl_data=(("cube", 1000),)),
+        Recipe("scene_probe", "the baseline's model with an auxiliary head reading the cube's start position "
+                              "from its image tokens (training-only)"),
     )
 }
 

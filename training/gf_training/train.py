@@ -20,6 +20,7 @@ Run directory (``output_dir``)::
         adapters/         the LoRA adapters (LoRA schemes)
         train_model.safetensors   the weights in training form (runs with adapters)
         training_state.pt optimiser, scheduler, step; rng_rank{r}.pt: every rank's RNG states
+        scene_probe.pt    the auxiliary head of `scene_probe` (training-only), when it is on
         trainer_state.json step, scheme, model init (a resume with another scheme is refused)
 
 A run started again with the same ``output_dir`` resumes from its latest checkpoint (``train.resume``)
@@ -82,6 +83,7 @@ from gf_training.runtime import (
     stream_seed,
     wrap_model,
 )
+from gf_training.scene_probe import SceneProbe, SceneTargets
 from gf_training.schemes import apply_scheme, trainable_parameter_report
 
 
@@ -191,8 +193,10 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
             self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size, vla_cfg.image_crop)
             texts += self.vl_dataset.texts()
         self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
+        self.scene_targets = SceneTargets.from_episodes(episodes) if cfg.scene_probe.weight > 0 else None
         self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes,
-                                    hold_after_end=cfg.data.hold_after_end)
+                                    hold_after_end=cfg.data.hold_after_end,
+                                    scene_targets=None if self.scene_targets is None else self.scene_targets.per_step)
         # Co-training splits every micro-batch: round(ratio x micro) VL samples, the rest actions.
         self.vl_micro = round(cfg.train.micro_batch_size * cfg.cotrain.ratio) if self.vl_dataset is not None else 0
         self.vla_micro = cfg.train.micro_batch_size - self.vl_micro
@@ -222,6 +226,10 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
             weight_decay=cfg.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scene_probe = None
+        if self.scene_targets is not None:
+            self.scene_probe = SceneProbe(self.model, cfg.scene_probe, self.scene_targets, cfg.optim.lr,
+                                          lambda s: lr_factor(s, cfg), self.device)
         if resume_from is not None:
             self._load_training_state(resume_from)
         else:
@@ -289,16 +297,24 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
                 sync = self.wrapped.no_sync()
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                         if self.autocast_dtype is not None else contextlib.nullcontext())
+            if self.scene_probe is not None:
+                self.scene_probe.clear()
             with sync:
                 with autocast:
                     if vl_batch is None:
-                        loss = self.forward(batch) / self.accum
+                        loss = self.forward(batch)
                     else:
                         fraction = self.vl_micro / (self.vl_micro + self.vla_micro)
-                        loss = self.forward(batch, vl_batch, fraction, self.cfg.cotrain.loss_weight) / self.accum
+                        loss = self.forward(batch, vl_batch, fraction, self.cfg.cotrain.loss_weight)
+                losses = dict(self.model.last_losses)
+                if self.scene_probe is not None:
+                    scene = self.scene_probe.mse(batch)
+                    loss = loss + self.cfg.scene_probe.weight * scene
+                    losses["scene"] = scene.detach()
+                loss = loss / self.accum
                 loss.backward()
             total += float(loss.detach())
-            for name, value in self.model.last_losses.items():
+            for name, value in losses.items():
                 parts[f"loss_{name}"] = parts.get(f"loss_{name}", 0.0) + float(value) / self.accum
         clip = self.cfg.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else float("inf"))
@@ -308,6 +324,8 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scene_probe is not None:
+            self.scene_probe.step()
         self.step += 1
         return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **parts}
 
