@@ -1,0 +1,95 @@
+"""The mini recipes and where a run of one lives: ``Recipe``, ``RECIPES`` and ``Plan`` (its
+directories and ``gf-train`` arguments).
+
+Separate from the stages and the report, which both read a ``Plan`` but do not change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gf_training.config import load_config
+
+MINI_CONFIG_DIR = "mini"
+DEMO_DIR = Path("demos/mini/train")
+VL_ROOT = Path("vl/mini")
+RUN_ROOT = Path("runs/mini")
+STAGE_LOG = "mini_stages.json"
+REPORT_DIR = "report"
+EVAL_DIR = "eval"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of the mini recipes: a training config under ``configs/mini/`` and the sizes of
+    the stages around it."""
+
+    name: str
+    description: str
+    demo_episodes: int = 500
+    # Vision-language data the config co-trains on: (gf-vl-data generator, scenes), written to
+    # vl/mini/<generator> and passed to training as cotrain.vl_dirs.
+    vl_data: tuple[tuple[str, int], ...] = ()
+    sweep_trials: int = 20
+    eval_trials: int = 100
+
+    @property
+    def train_config(self) -> str:
+        return f"{MINI_CONFIG_DIR}/{self.name}.yaml"
+
+
+RECIPES = {
+    r.name: r for r in (
+        Recipe("baseline", "PI0StyleVLA (~1.1 M parameters, 96 px) from scratch on 500 Train demos of the "
+                           "default scene"),
+        Recipe("crop", "the baseline's model seeing a crop of the frame around the table (128 px, 16 px "
+                       "patches), from scratch on the same demos"),
+        Recipe("no_proprio", "the baseline's model without proprio: every step is read from the image"),
+        Recipe("proprio_dropout", "the baseline's model with the proprio of half its training samples hidden"),
+        Recipe("cube_cotrain", "the baseline's model co-trained on 'where is the cube?' scenes (its image "
+                               "position as text)", vl_data=(("cube", 1000),)),
+        Recipe("scene_probe", "the baseline's model with an auxiliary head reading the cube's start position "
+                              "from its image tokens (training-only)"),
+    )
+}
+
+
+@dataclass
+class Plan:
+    """Where one run of a recipe reads and writes, with the sizes it was asked for."""
+
+    recipe: Recipe
+    root: Path
+    demo_episodes: int
+    sweep_trials: int
+    eval_trials: int
+    train_overrides: list[str] = field(default_factory=list)
+    run_name: str | None = None  # default: the recipe's name
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.root / DEMO_DIR
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / RUN_ROOT / (self.run_name or self.recipe.name)
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run_dir / EVAL_DIR
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / REPORT_DIR
+
+    def vl_dir(self, generator: str) -> Path:
+        return self.root / VL_ROOT / generator
+
+    def train_args(self) -> list[str]:
+        vl = [f"cotrain.vl_dirs=[{','.join(str(self.vl_dir(g)) for g, _ in self.recipe.vl_data)}]"]
+        return [self.recipe.train_config, f"output_dir={self.run_dir}", f"data.demo_dirs=[{self.demo_dir}]",
+                *(vl if self.recipe.vl_data else []), *self.train_overrides]
+
+    def train_steps(self) -> int:
+        return load_config(self.recipe.train_config, self.train_args()[1:]).train.steps

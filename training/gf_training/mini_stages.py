@@ -1,0 +1,170 @@
+"""The stages of a mini recipe (``stages``): the command each runs, how to tell it is finished
+(demos in the manifest, the final checkpoint, complete sweep and evaluation results) and its
+time estimate.
+
+Separate from ``gf_training.mini``, which runs them: the checks only read files, so they stay
+testable and usable (``--dry-run``) without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gf_bringup.runtime import console_script
+from gf_training.config import load_config
+from gf_training.mini_plan import Plan
+
+EVAL_PROTOCOLS = ("ID", "Train", "Val", "Hard")
+SWEEP_PROTOCOLS = ("Val",)  # gf-sweep's selection rule: best Val overall SR
+# The policy node runs torch on one thread: the simulator needs the other core, and two
+# intra-op threads competing with it for one core are slower than one.
+POLICY_BACKEND_ARGS = {"num_threads": 1}
+STAGES = ("demos", "vl", "train", "sweep", "eval", "report")
+
+# Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
+# demo episodes with gf-demos' 2 workers, optimiser steps of the mini model, evaluated trials
+# (a failed trial runs the full 200 steps, a successful one about 50).
+ESTIMATED_RATES = {"demo_s_per_episode": 1.6, "vl_s_per_scene": 0.5, "train_steps_per_s": 3.0,
+                   "eval_s_per_trial": 9.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# what is finished
+# ---------------------------------------------------------------------------------------------
+
+
+def usable_demos(demo_dir: Path) -> int:
+    """Complete, successful episodes in a demo directory's manifest (what training uses)."""
+    manifest = demo_dir / "manifest.jsonl"
+    if not manifest.exists():
+        return 0
+    count = 0
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            count += bool(entry.get("complete") and entry.get("success"))
+    return count
+
+
+def vl_samples(directory: Path) -> int:
+    """Samples in a gf-vl-data directory's manifest (0 if there is none yet)."""
+    from gf_training.vl_data import MANIFEST
+
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return 0
+    return sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def final_checkpoint(plan: Plan) -> Path:
+    from gf_training.train import CHECKPOINT_DIR, checkpoint_name
+
+    return plan.run_dir / CHECKPOINT_DIR / checkpoint_name(plan.train_steps())
+
+
+def trained(plan: Plan) -> bool:
+    from gf_training.train import INFERENCE_WEIGHTS
+
+    return (final_checkpoint(plan) / INFERENCE_WEIGHTS).exists()
+
+
+def sweep_file(plan: Plan) -> Path:
+    from gf_training.sweep import SWEEP_DIR
+
+    return plan.run_dir / SWEEP_DIR / "sweep.json"
+
+
+def swept(plan: Plan) -> bool:
+    """The sweep covered every checkpoint with enough trials."""
+    from gf_training.sweep import find_checkpoints
+
+    path = sweep_file(plan)
+    if not path.exists():
+        return False
+    data = json.loads(path.read_text(encoding="utf-8"))
+    done = {c["step"]: c["protocols"] for c in data.get("checkpoints", [])}
+    wanted = [s for s, _ in find_checkpoints(plan.run_dir)]
+    return bool(wanted) and all(
+        s in done and all(done[s].get(p, {}).get("trials", 0) >= plan.sweep_trials for p in SWEEP_PROTOCOLS)
+        for s in wanted)
+
+
+def chosen_checkpoint(plan: Plan) -> Path | None:
+    """The checkpoint the evaluation uses: the sweep's best, the final one without a sweep."""
+    if plan.sweep_trials <= 0:
+        return final_checkpoint(plan)
+    path = sweep_file(plan)
+    if not path.exists():
+        return None
+    best = json.loads(path.read_text(encoding="utf-8")).get("best")
+    return Path(best["checkpoint"]) if best else None
+
+
+def evaluated(plan: Plan) -> bool:
+    from gf_eval.results import ResultsFile
+    from gf_training.sweep import is_complete
+
+    records = [r.to_dict() for r in ResultsFile(plan.eval_dir).read()]
+    return is_complete(records, plan.eval_trials, EVAL_PROTOCOLS)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    done: Callable[[], bool]
+    command: Callable[[], list[str] | None]  # None: runs in this process (the report)
+    estimate_s: Callable[[], float]
+
+
+def eval_command(plan: Plan, checkpoint: Path | str) -> list[str]:
+    """``checkpoint``: a directory (made absolute: the nodes need not share this working
+    directory) or a placeholder text for a dry run."""
+    if isinstance(checkpoint, Path):
+        checkpoint = checkpoint.resolve()
+    args = {"checkpoint": str(checkpoint), **POLICY_BACKEND_ARGS}
+    backend = yaml.safe_dump(args, default_flow_style=True, width=10**6).strip()
+    return [console_script("gf-launch"), "sim_eval", "policy:=vla", f"backend_args:={backend}", f"checkpoint:={checkpoint}",
+            f"protocols:=[{','.join(EVAL_PROTOCOLS)}]", f"trials:={plan.eval_trials}", f"output_dir:={plan.eval_dir}"]
+
+
+def stages(plan: Plan) -> list[Stage]:
+    rates = ESTIMATED_RATES
+    checkpoints = len(load_config(plan.recipe.train_config, plan.train_args()[1:]).train.save_steps) or 1
+
+    def eval_cmd() -> list[str]:
+        chosen = chosen_checkpoint(plan)
+        return eval_command(plan, chosen if chosen is not None else "<best checkpoint of the sweep>")
+
+    def vl_stage(generator: str, scenes: int) -> Stage:
+        directory = plan.vl_dir(generator)
+        return Stage("vl", lambda: vl_samples(directory) >= scenes,
+                     lambda: [console_script("gf-vl-data"), generator, "--scenes", str(scenes), "--out", str(directory)],
+                     lambda: max(scenes - vl_samples(directory), 0) * rates["vl_s_per_scene"])
+
+    return [
+        Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
+              lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
+                       "--out", str(plan.demo_dir)],
+              lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"]),
+        *(vl_stage(g, n) for g, n in plan.recipe.vl_data),
+        Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],
+              lambda: plan.train_steps() / rates["train_steps_per_s"]),
+        Stage("sweep", lambda: plan.sweep_trials <= 0 or swept(plan),
+              lambda: [console_script("gf-sweep"), str(plan.run_dir), "--trials", str(plan.sweep_trials),
+                       "--protocols", ",".join(SWEEP_PROTOCOLS),
+                       *(f"--backend-arg={k}={v}" for k, v in POLICY_BACKEND_ARGS.items())],
+              lambda: checkpoints * plan.sweep_trials * len(SWEEP_PROTOCOLS) * rates["eval_s_per_trial"]),
+        Stage("eval", lambda: evaluated(plan), eval_cmd,
+              lambda: plan.eval_trials * len(EVAL_PROTOCOLS) * rates["eval_s_per_trial"]),
+        Stage("report", lambda: False, lambda: None, lambda: 5.0),
+    ]
