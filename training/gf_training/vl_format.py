@@ -1,0 +1,169 @@
+"""The on-disk format of a VL directory written by ``gf-vl-data`` and reading it back:
+``info.json``, ``manifest.jsonl`` (one ``VLRecord`` a line) and ``images/``; ``read_vl_dir``,
+``VLDataset`` (the samples of one or more directories) and ``VLCollator`` (samples -> the batch
+``PI0StyleVLA.compute_lm_loss`` takes).
+
+Separate from the generators, which write it, and from training, which only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from gf_bringup.images import fit_image
+
+VL_FORMAT = "gf-vl-v1"
+MANIFEST = "manifest.jsonl"
+INFO = "info.json"
+IMAGES = "images"
+
+
+@dataclass
+class VLRecord:
+    """One sample of a VL directory."""
+
+    id: str
+    image: str
+    question: str
+    answer: str
+    emoji_ids: list[str]
+    meta: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(vars(self), ensure_ascii=False, sort_keys=True)
+
+
+def _existing(out: Path) -> dict[str, VLRecord]:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    records = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if (out / row["image"]).exists():
+                records[row["id"]] = VLRecord(**row)
+    return records
+
+
+def _prepare(out: Path, info: dict[str, Any]) -> dict[str, VLRecord]:
+    """Create ``out`` or check it holds the same generation (then its samples are kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / IMAGES).mkdir(exist_ok=True)
+    info_path = out / INFO
+    if info_path.exists():
+        old = json.loads(info_path.read_text(encoding="utf-8"))
+        if {k: v for k, v in old.items() if k != "count"} != {k: v for k, v in info.items() if k != "count"}:
+            raise ValueError(f"{out} holds data generated with other settings ({info_path}); use another --out")
+    info_path.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return _existing(out)
+
+
+def _write(out: Path, records: dict[str, VLRecord], info: dict[str, Any]) -> None:
+    ordered = [records[k] for k in sorted(records)]
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text("".join(r.to_json() + "\n" for r in ordered), encoding="utf-8")
+    tmp.replace(out / MANIFEST)
+    info["count"] = len(ordered)
+    (out / INFO).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _save_png(image: Image.Image | np.ndarray, path: Path) -> None:
+    from gf_eval.catalog import png_bytes
+
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(png_bytes(img))
+    tmp.replace(path)
+
+
+def read_vl_dir(directory: str | Path) -> tuple[dict[str, Any], list[VLRecord]]:
+    """``(info, records)`` of a directory written by ``gf-vl-data``."""
+    directory = Path(directory)
+    if not (directory / INFO).exists() or not (directory / MANIFEST).exists():
+        raise FileNotFoundError(f"{directory} is not a gf-vl-data directory (needs {INFO} and {MANIFEST})")
+    info = json.loads((directory / INFO).read_text(encoding="utf-8"))
+    if info.get("format") != VL_FORMAT:
+        raise ValueError(f"{directory}: format {info.get('format')!r}, expected {VL_FORMAT}")
+    records = [VLRecord(**json.loads(line)) for line in (directory / MANIFEST).read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    return info, records
+
+
+class VLDataset(Dataset):
+    """The samples of one or more VL directories: ``image`` (S, S, 3) uint8, ``question``, ``answer``."""
+
+    def __init__(self, directories: Sequence[str | Path], image_size: int | None = None,
+                 image_crop: Sequence[float] | None = None):
+        self.items: list[tuple[Path, VLRecord]] = []
+        for d in directories:
+            _, records = read_vl_dir(d)
+            self.items.extend((Path(d), r) for r in records)
+        if not self.items:
+            raise ValueError(f"no vision-language samples in {', '.join(map(str, directories))}")
+        self.image_size = image_size
+        self.image_crop = image_crop
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def texts(self) -> list[str]:
+        """Every question and answer (to train an offline tokenizer on)."""
+        return [t for _, r in self.items for t in (r.question, r.answer)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        directory, record = self.items[index]
+        image = np.asarray(Image.open(directory / record.image).convert("RGB"))
+        image = fit_image(image, self.image_size, self.image_crop)
+        return {"image": image, "question": record.question, "answer": record.answer}
+
+
+class VLCollator:
+    """VL samples -> ``vl_pixel_values``, ``vl_input_ids``, ``vl_attention_mask``, ``vl_target_mask``.
+
+    Sequence: ``[image tokens] <bos> question "\\n" answer <eos>``, right-padded to
+    ``tokens_per_image + max_text_tokens``; an answer that does not fit is cut (and loses EOS)."""
+
+    def __init__(self, processor: Any, max_text_tokens: int = 64):
+        self.processor = processor
+        self.max_text_tokens = max_text_tokens
+
+    def encode(self, question: str, answer: str) -> tuple[list[int], int]:
+        """Token ids of one sample and the index where the answer starts."""
+        from gf_policy.vla.processing import clean_instruction
+
+        cfg, tok = self.processor.config, self.processor.tokenizer
+        prompt = [cfg.image_token_id] * (cfg.num_images * cfg.tokens_per_image) + [tok.bos_token_id]
+        prompt += tok.encode(clean_instruction(question) + "\n", add_special_tokens=False)
+        answer_ids = tok.encode(answer.strip(), add_special_tokens=False)
+        if tok.eos_token_id is not None:
+            answer_ids = answer_ids + [tok.eos_token_id]
+        return prompt + answer_ids, len(prompt)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        cfg = self.processor.config
+        length = cfg.num_images * cfg.tokens_per_image + self.max_text_tokens
+        ids = torch.full((len(samples), length), self.processor.pad_token_id, dtype=torch.long)
+        attention = torch.zeros(len(samples), length, dtype=torch.bool)
+        target = torch.zeros(len(samples), length, dtype=torch.bool)
+        for row, sample in enumerate(samples):
+            tokens, start = self.encode(sample["question"], sample["answer"])
+            if start >= length:
+                raise ValueError(f"the question alone needs {start} tokens, more than {length}: raise max_text_tokens")
+            tokens = tokens[:length]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention[row, : len(tokens)] = True
+            target[row, start : len(tokens)] = True
+        return {
+            "vl_pixel_values": self.processor.preprocess_images([s["image"] for s in samples]),
+            "vl_input_ids": ids, "vl_attention_mask": attention, "vl_target_mask": target,
+        }

@@ -1,0 +1,108 @@
+"""What one VL sample shows, asks and answers: the glyph, tabletop and cube sample builders, their
+question paraphrases and answer formats (``tabletop_answer``, ``location_answer``).
+
+Each builder is a pure function of the emoji or trial, the seed and the sample index; writing
+the samples to disk is ``gf_training.vl_generate``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gf_eval.splits import SplitEntry
+
+GLYPH_QUESTIONS = (
+    "What's in the image?",
+    "What is shown in this image?",
+    "Which emoji is this?",
+    "Describe the emoji in the picture.",
+)
+TABLETOP_QUESTIONS = (
+    "Name all emojis on the table from left to right.",
+    "Which emojis are on the cards on the table, from left to right?",
+    "What is printed on the three cards, from left to right?",
+)
+CUBE_QUESTIONS = (
+    "Where is the cube?",
+    "Locate the cube.",
+    "Point at the cube.",
+)
+
+
+def glyph_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[Image.Image, str, dict[str, Any]]:
+    """Image, question and parameters of glyph sample ``index`` showing ``entry``."""
+    from gf_eval.catalog import render_glyph
+
+    rng = np.random.default_rng([seed, index])
+    background = tuple(int(c) for c in rng.integers(200, 256, size=3))
+    scale = float(rng.uniform(0.35, 0.85))
+    angle = float(rng.uniform(-15.0, 15.0))
+    glyph = render_glyph(entry.char)
+    side = max(1, round(size * scale))
+    factor = side / max(glyph.size)
+    glyph = glyph.resize((max(1, round(glyph.width * factor)), max(1, round(glyph.height * factor))), Image.LANCZOS)
+    glyph = glyph.rotate(angle, resample=Image.BICUBIC, expand=True)
+    canvas = Image.new("RGB", (size, size), background)
+    x = int(rng.integers(0, max(1, size - glyph.width + 1)))
+    y = int(rng.integers(0, max(1, size - glyph.height + 1)))
+    canvas.paste(glyph, (x, y), mask=glyph)
+    question = GLYPH_QUESTIONS[int(rng.integers(len(GLYPH_QUESTIONS)))]
+    meta = {"background": background, "scale": round(scale, 4), "angle": round(angle, 3), "xy": [x, y]}
+    return canvas, question, meta
+
+
+def tabletop_answer(descriptions_left_to_right: Sequence[str]) -> str:
+    """``"left: a; middle: b; right: c"``."""
+    from gf_eval.camera import POSITION_NAMES
+
+    return "; ".join(f"{pos}: {desc}" for pos, desc in zip(POSITION_NAMES, descriptions_left_to_right))
+
+
+def _render(env: Any, trial: Any) -> tuple[np.ndarray, Any]:
+    """Reset ``env`` (a GrinningFace-v1 env) to ``trial``: the policy image and the env's own camera."""
+    from gf_eval.camera import PinholeCamera
+
+    env.reset(seed=trial.seed, options={"trial": trial})
+    camera = PinholeCamera(env.unwrapped.camera_intrinsics(), env.unwrapped.camera_extrinsics())
+    return env.unwrapped.policy_image(), camera
+
+
+def _pick_question(questions: Sequence[str], seed: int, index: int, stream: int) -> str:
+    """One of ``questions`` for sample ``index``; ``stream`` keeps each generator's draws its own."""
+    rng = np.random.default_rng([seed, index, stream])
+    return questions[int(rng.integers(len(questions)))]
+
+
+def tabletop_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    """Render ``trial`` in ``env`` (a GrinningFace-v1 env); image, question, answer, parameters.
+
+    Positions come from the env's own camera matrices and the trial's card positions."""
+    from gf_eval.camera import positions_left_to_right
+
+    image, camera = _render(env, trial)
+    order = positions_left_to_right(trial, camera)
+    question = _pick_question(TABLETOP_QUESTIONS, seed, index, stream=1)
+    answer = tabletop_answer([trial.cards[i].description for i in order])
+    return image, question, answer, {"trial": trial.to_dict(), "left_to_right": order}
+
+
+def location_answer(uv: Sequence[float], width: int, height: int) -> str:
+    """``"x 57 y 41"``: an image point in whole percent of the width and height (0-99)."""
+    x = min(max(int(100 * float(uv[0]) / width), 0), 99)
+    y = min(max(int(100 * float(uv[1]) / height), 0), 99)
+    return f"x {x} y {y}"
+
+
+def cube_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    """Render ``trial`` in ``env``; image, "where is the cube?", its image position, parameters."""
+    from gf_eval.camera import cube_pixel
+
+    image, camera = _render(env, trial)
+    uv = cube_pixel(trial, camera)
+    question = _pick_question(CUBE_QUESTIONS, seed, index, stream=2)
+    answer = location_answer(uv, image.shape[1], image.shape[0])
+    return image, question, answer, {"trial": trial.to_dict(), "cube_uv": [round(float(v), 2) for v in uv]}
