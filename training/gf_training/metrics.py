@@ -5,11 +5,33 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class LossWindow:
+    """The losses of the optimiser steps since the last logging step."""
+
+    loss: float = 0.0
+    steps: int = 0
+    parts: dict[str, float] = field(default_factory=dict)  # loss_flow, loss_lm, loss_scene, ...
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.loss, self.steps = self.loss + stats["loss"], self.steps + 1
+        for key, value in stats.items():
+            if key.startswith("loss_"):
+                self.parts[key] = self.parts.get(key, 0.0) + value
+
+    def part_means(self) -> dict[str, float]:
+        """``train/<part>`` means, when the loss has more parts than plain pi0's flow loss."""
+        if len(self.parts) <= 1 and "loss_flow" in self.parts:
+            return {}
+        return {f"train/{k}": v / self.steps for k, v in self.parts.items()}
 
 
 class MetricsLoggingMixin:

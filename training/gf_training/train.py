@@ -31,7 +31,8 @@ renamed, so an interrupted save never leaves a checkpoint that looks complete.
 
 This module holds the ``Trainer`` (set-up, optimiser steps, the loop) and the command; the rest
 of a run lives beside it: ``runtime`` (processes, devices, random streams, DDP/FSDP wrapping),
-``build`` (initial model, episodes, statistics, latent labels, tokenizer), ``checkpoints``
+``build`` (initial model, episodes, statistics, latent labels, tokenizer), ``trainer_data`` (the
+datasets and loaders of a run), ``checkpoints``
 (saving and resuming) and ``metrics`` (metrics.jsonl, TensorBoard, wandb). Names that moved
 there are still importable from here.
 """
@@ -43,23 +44,17 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from gf_policy.vla import PI0StyleVLA
 from gf_training.build import (  # noqa: F401 - expand_backbone_sizes, with_latent_sizes: re-exported
     build_model,
-    build_processor,
     expand_backbone_sizes,
-    latent_labels,
-    load_episodes,
-    run_norm_stats,
     with_latent_sizes,
 )
 from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: re-exported
@@ -70,21 +65,19 @@ from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: r
     list_checkpoints,
 )
 from gf_training.config import TrainConfig, dump_config, load_config
-from gf_training.data import ChunkDataset, ResumableSampler, VLACollator
 from gf_training.episodes import DecodedEpisode
-from gf_training.metrics import METRICS_FILE, MetricsLoggingMixin  # noqa: F401 - METRICS_FILE: re-exported
+from gf_training.metrics import METRICS_FILE, LossWindow, MetricsLoggingMixin  # noqa: F401 - METRICS_FILE: re-exported
 from gf_training.runtime import (
-    LOADER_STREAM,
     NOISE_STREAM,
-    VL_LOADER_STREAM,
     init_distributed,
     resolve_device,
     seed_everything,
     stream_seed,
     wrap_model,
 )
-from gf_training.scene_probe import SceneProbe, SceneTargets
+from gf_training.scene_probe import SceneProbe
 from gf_training.schemes import apply_scheme, trainable_parameter_report
+from gf_training.trainer_data import TrainingDataMixin
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -111,7 +104,7 @@ class TrainResult:
     steps_per_second: float = float("nan")
 
 
-class Trainer(CheckpointingMixin, MetricsLoggingMixin):
+class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
     """Builds everything from a ``TrainConfig`` and runs optimiser steps.
 
     ``episodes`` bypasses the data section (tests, benchmarks). ``setup()`` is separate from
@@ -177,33 +170,6 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
             (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         info.barrier()
 
-    def _setup_data(self, model: PI0StyleVLA) -> None:
-        """Episodes, normalisation statistics, tokenizer/processor and the datasets."""
-        cfg, info, vla_cfg = self.cfg, self.info, model.config
-        episodes = self._episodes if self._episodes is not None else load_episodes(cfg, vla_cfg.image_size, info, vla_cfg.image_crop)
-        self.episodes = episodes
-        self.norm_stats = run_norm_stats(cfg, self.run_dir, episodes, info, model.norm_stats)
-        model.norm_stats = self.norm_stats
-        latent_codes = latent_labels(cfg, self.run_dir, model, episodes, info) if vla_cfg.latent_active else None
-        texts = [e.instruction for e in episodes]
-        self.vl_dataset = None
-        if cfg.cotrain.ratio > 0:
-            from gf_training.vl_data import VLDataset
-
-            self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size, vla_cfg.image_crop)
-            texts += self.vl_dataset.texts()
-        self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
-        self.scene_targets = SceneTargets.from_episodes(episodes) if cfg.scene_probe.weight > 0 else None
-        self.dataset = ChunkDataset(episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes,
-                                    hold_after_end=cfg.data.hold_after_end,
-                                    scene_targets=None if self.scene_targets is None else self.scene_targets.per_step)
-        # Co-training splits every micro-batch: round(ratio x micro) VL samples, the rest actions.
-        self.vl_micro = round(cfg.train.micro_batch_size * cfg.cotrain.ratio) if self.vl_dataset is not None else 0
-        self.vla_micro = cfg.train.micro_batch_size - self.vl_micro
-        if self.vl_dataset is not None and not 1 <= self.vl_micro < cfg.train.micro_batch_size:
-            raise ValueError(f"cotrain.ratio={cfg.cotrain.ratio} gives {self.vl_micro} VL samples per micro-batch of "
-                             f"{cfg.train.micro_batch_size}: need at least one of each kind")
-
     def _setup_model(self, model: PI0StyleVLA) -> None:
         """The fine-tuning scheme, resumed weights, the wrapped model, optimiser and scheduler."""
         cfg, info, vla_cfg = self.cfg, self.info, model.config
@@ -236,48 +202,6 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
             # Different noise/time draws and augmentations on each rank from here on.
             seed_everything(stream_seed(cfg.seed, NOISE_STREAM, info.rank))
         self.forward = torch.compile(self.wrapped) if self.use_compile else self.wrapped
-
-    def _setup_loaders(self) -> None:
-        """The action-data loader and, when co-training, the vision-language one; both continue
-        where a resumed run stopped."""
-        cfg, info = self.cfg, self.info
-        on_cuda = self.device.type == "cuda"
-        consumed = self.step * self.accum * self.vla_micro
-        sampler = ResumableSampler(len(self.dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
-                                   start=consumed)
-        self.loader = DataLoader(
-            self.dataset, batch_size=self.vla_micro, sampler=sampler,
-            collate_fn=VLACollator(self.processor, cfg.data.augment), num_workers=cfg.data.num_workers,
-            pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
-            # Its own generator: creating the iterator draws a worker base seed, which must not
-            # shift the global RNG stream a resumed run restores.
-            generator=torch.Generator().manual_seed(stream_seed(cfg.seed, LOADER_STREAM, info.rank, self.step)),
-        )
-        self._batches: Iterator[dict[str, torch.Tensor]] = iter(self.loader)
-        self._vl_batches: Iterator[dict[str, torch.Tensor]] | None = None
-        if self.vl_dataset is not None:
-            from gf_training.vl_data import VLCollator
-
-            vl_sampler = ResumableSampler(len(self.vl_dataset), seed=cfg.seed + 1, rank=info.rank,
-                                          world_size=info.world_size, start=self.step * self.accum * self.vl_micro)
-            self.vl_loader = DataLoader(
-                self.vl_dataset, batch_size=self.vl_micro, sampler=vl_sampler,
-                collate_fn=VLCollator(self.processor, cfg.cotrain.max_text_tokens), num_workers=cfg.data.num_workers,
-                pin_memory=on_cuda, persistent_workers=cfg.data.num_workers > 0,
-                generator=torch.Generator().manual_seed(stream_seed(cfg.seed, VL_LOADER_STREAM, info.rank, self.step)),
-            )
-            self._vl_batches = iter(self.vl_loader)
-
-    # ------------------------------------------------------------------ steps
-    def _next_batch(self) -> dict[str, torch.Tensor]:
-        batch = next(self._batches)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _next_vl_batch(self) -> dict[str, torch.Tensor] | None:
-        if self._vl_batches is None:
-            return None
-        batch = next(self._vl_batches)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``accum`` micro-batches); returns loss, lr and gradient norm, and
@@ -345,28 +269,24 @@ class Trainer(CheckpointingMixin, MetricsLoggingMixin):
             bar = tqdm(total=cfg.train.steps, initial=self.step, desc=cfg.name, unit="step", file=sys.stderr,
                        dynamic_ncols=True)
         started, start_step = time.perf_counter(), self.step
-        window_loss, window_n = 0.0, 0
-        window_parts: dict[str, float] = {}
+        window = LossWindow()
         try:
             while self.step < cfg.train.steps:
                 stats = self.train_step()
                 result.losses.append(stats["loss"])
-                window_loss, window_n = window_loss + stats["loss"], window_n + 1
                 for key, value in stats.items():
                     if key.startswith("loss_"):
-                        window_parts[key] = window_parts.get(key, 0.0) + value
                         result.parts.setdefault(key, []).append(value)
+                window.add(stats)
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                    mean = self._mean_over_ranks(window_loss / window_n)
+                    mean = self._mean_over_ranks(window.loss / window.steps)
                     elapsed = time.perf_counter() - started
-                    values = {"train/loss": mean, "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
-                              "train/steps_per_s": (self.step - start_step) / max(elapsed, 1e-9)}
-                    if len(window_parts) > 1 or "loss_flow" not in window_parts:  # more than plain pi0
-                        values.update({f"train/{k}": v / window_n for k, v in window_parts.items()})
-                    self._log(values)
+                    self._log({"train/loss": mean, "train/lr": stats["lr"], "train/grad_norm": stats["grad_norm"],
+                               "train/steps_per_s": (self.step - start_step) / max(elapsed, 1e-9),
+                               **window.part_means()})
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{stats['lr']:.2e}")
-                    window_loss, window_n, window_parts = 0.0, 0, {}
+                    window = LossWindow()
                 if self.attention_probe is not None and self.step % cfg.logging.attention_every == 0:
                     mass = self.attention_probe.measure(self.model)
                     self._log({f"attention/{k}": v for k, v in mass.items()})
