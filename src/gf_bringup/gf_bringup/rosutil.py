@@ -255,7 +255,8 @@ def run_node(
     try:
         try:
             node = factory()
-        except (ValueError, FileNotFoundError) as exc:  # a configuration mistake: one line, no traceback
+        # A configuration mistake or a service that is not there (a policy server): one line, no traceback.
+        except (ValueError, FileNotFoundError, ConnectionError) as exc:
             if os.environ.get("GF_DEBUG") or not rclpy.ok():
                 raise
             print(f"{Path(argv[0]).name}: {exc}", file=sys.stderr, flush=True)

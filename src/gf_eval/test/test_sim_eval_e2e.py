@@ -159,12 +159,22 @@ def test_kills_at_random_points_lose_and_duplicate_nothing(tmp_path, fresh_domai
     assert outcomes(out) == undisturbed, kills
 
 
-def test_a_policy_that_cannot_start_ends_the_run_with_a_reason(tmp_path, fresh_domain):
+@pytest.mark.parametrize("mistake,reason", [
+    ("missing checkpoint", "checkpoint: no directory"),
+    ("no backend_args", "policy backend 'vla': missing a required argument: 'checkpoint'; give its arguments as backend_args"),
+    ("server down", "cannot reach ws://127.0.0.1:9 after"),
+])
+def test_a_policy_that_cannot_start_ends_the_run_with_a_one_line_reason(tmp_path, fresh_domain, mistake, reason):
+    args = {"missing checkpoint": ["policy:=vla", f"backend_args:={{checkpoint: {tmp_path / 'missing'}}}"],
+            "no backend_args": ["policy:=vla", f"checkpoint:={tmp_path / 'missing'}"],
+            "server down": ["policy:=remote", "backend_args:={url: 'ws://127.0.0.1:9', retries: 0}"]}[mistake]
     out = tmp_path / "no_policy"
-    proc = launch("policy:=vla", f"backend_args:={{checkpoint: {tmp_path / 'missing'}}}", "trials:=2",
-                  "protocols:=[Val]", f"output_dir:={out}", timeout=120)  # not the 180 s graph start-up wait
+    proc = launch(*args, "trials:=2", "protocols:=[Val]", f"output_dir:={out}",
+                  timeout=120)  # not the 180 s graph start-up wait
     assert proc.returncode != 0
     assert "node policy exited with code" in proc.stdout, proc.stdout[-3000:]
+    assert reason in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
     assert ResultsFile(out).read() == []
 
 

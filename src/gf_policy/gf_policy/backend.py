@@ -16,6 +16,7 @@ Inference runs off the ROS executor thread, so a slow model never blocks message
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -89,6 +90,12 @@ def load_backend(name: str, **kwargs) -> PolicyBackend:
     if name not in backends:
         raise ValueError(f"unknown policy backend {name!r}; installed: {sorted(backends)}")
     cls = backends[name].load()
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:  # a missing or unknown argument: say which, and where arguments go
+        accepted = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "kwargs"))
+        raise ValueError(f"policy backend {name!r}: {exc}; give its arguments as backend_args:='{{name: value, ...}}' "
+                         f"(it takes: {accepted or 'none'})") from None
     return cls(**kwargs)
 
 

@@ -36,6 +36,10 @@ class RemotePolicyError(RuntimeError):
     """The server cannot be used: unreachable, incompatible, or it refused a request."""
 
 
+class RemotePolicyUnreachable(RemotePolicyError, ConnectionError):
+    """No connection to the server could be made (a ``ConnectionError``: at start-up, one line)."""
+
+
 class RemotePolicyTimeout(RemotePolicyError, TimeoutError):
     """The server did not answer in time."""
 
@@ -149,7 +153,8 @@ class RemoteBackend(PolicyBackend):
                 return
             except (OSError, ConnectionClosed) as exc:  # refused, reset, DNS, open timeout
                 last = exc
-        raise RemotePolicyError(f"cannot reach {self.url} after {self.retries + 1} attempts: {last}") from last
+        raise RemotePolicyUnreachable(f"cannot reach {self.url} after {self.retries + 1} attempt(s): {last}; "
+                                      "is gf-policy-server running there?") from last
 
     def _drop(self) -> None:
         if self._ws is not None:

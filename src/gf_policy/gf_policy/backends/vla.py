@@ -58,6 +58,9 @@ class VLABackend(PolicyBackend):
                  num_threads: int | None = None):
         """``checkpoint``: a local checkpoint directory; ``execute_steps``: steps to run before
         re-planning (0: the checkpoint's execution horizon); ``seed``: base of the noise seeds."""
+        from gf_policy.vla.local_files import local_dir
+
+        local_dir(checkpoint, "checkpoint")  # before transformers loads: a wrong path fails at once
         from gf_policy.vla import (
             VLAInference,  # torch/transformers only when this backend is used
         )
