@@ -4,6 +4,8 @@ ARGS ?=
 TRIALS ?= 20
 OUT ?= outputs/baselines
 
+# make mini RECIPE=baseline: the mini recipe without the scene probe
+RECIPE ?= scene_probe
 .PHONY: setup eval test test-fast lint lock clean mini
 
 setup:            ## install system packages, .venv, ROS 2 wheels, gf_interfaces, workspace packages
@@ -15,7 +17,7 @@ eval: setup       ## the main job: simulated GrinningFace evaluation of the orac
 	$(VENV)/bin/gf-report compare $(OUT)/oracle $(OUT)/chance --plot $(OUT)/comparison.png
 
 mini: setup       ## a learned policy end to end on a CPU: demos -> training -> sweep -> 4-protocol evaluation -> report
-	$(VENV)/bin/gf-mini run baseline $(ARGS)
+	$(VENV)/bin/gf-mini run $(RECIPE) $(ARGS)
 
 test: setup       ## every test, end-to-end ones included
 	scripts/test.sh $(ARGS)
