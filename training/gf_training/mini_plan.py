@@ -33,6 +33,10 @@ class Recipe:
     vl_data: tuple[tuple[str, int], ...] = ()
     sweep_trials: int = 20
     eval_trials: int = 100
+    # The scripted expert's pace for the demos (gf_sim_bridge.expert.EXPERT_PROFILES): "fast"
+    # (45-52 steps per Train demo) or "upstream" (upstream's pacing, 126 steps or more), each in
+    # its own demo directory.
+    expert_profile: str = "fast"
 
     @property
     def train_config(self) -> str:
@@ -51,6 +55,8 @@ RECIPES = {
                                "position as text)", vl_data=(("cube", 1000),)),
         Recipe("scene_probe", "the baseline's model with an auxiliary head reading the cube's start position "
                               "from its image tokens (training-only)"),
+        Recipe("scene_probe_upstream", "scene_probe trained on demos of the upstream-paced expert (126+ steps "
+                                       "each instead of 45-52)", expert_profile="upstream"),
     )
 }
 
@@ -69,7 +75,8 @@ class Plan:
 
     @property
     def demo_dir(self) -> Path:
-        return self.root / DEMO_DIR
+        profile = self.recipe.expert_profile
+        return self.root / (DEMO_DIR if profile == "fast" else DEMO_DIR.with_name(f"{DEMO_DIR.name}_{profile}"))
 
     @property
     def run_dir(self) -> Path:

@@ -154,7 +154,9 @@ def stages(plan: Plan) -> list[Stage]:
     return [
         Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
               lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
-                       "--out", str(plan.demo_dir)],
+                       "--out", str(plan.demo_dir),
+                       *([] if plan.recipe.expert_profile == "fast"
+                         else ["--backend-args", f"{{profile: {plan.recipe.expert_profile}}}"])],
               lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"]),
         *(vl_stage(g, n) for g, n in plan.recipe.vl_data),
         Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],

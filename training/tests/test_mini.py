@@ -82,6 +82,15 @@ def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, ca
     assert "vl (done, would skip)" in capsys.readouterr().err
 
 
+def test_an_upstream_paced_recipe_records_and_trains_on_its_own_demos(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    assert mini.main(["run", "scene_probe_upstream", "--dry-run", "--root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    demo_dir = tmp_path / "demos" / "mini" / "train_upstream"
+    assert f"--out {demo_dir} --backend-args '{{profile: upstream}}'" in lines[0]
+    assert f"data.demo_dirs=[{demo_dir}]" in lines[1] and "scene_probe_upstream.yaml" in lines[1]
+
+
 def test_finished_stages_are_skipped_and_a_failure_stops_the_recipe(tmp_path, monkeypatch):
     plan = make_plan(tmp_path)
     ok = {"complete": True, "success": True}

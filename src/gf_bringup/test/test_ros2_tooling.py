@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gf_bringup.graphs import load_graphs
 from gf_bringup.runtime import profile_path, random_domain_id, workspace_root
@@ -240,12 +241,17 @@ def test_teleop_graph_starts_and_answers_ros2_node_list(shell):
     assert proc.returncode == 0 and clean_run_problems(output) == [], output[-3000:]
 
 
-def test_demos_launch_records_the_scripted_experts_episodes(shell):
+def test_demos_launch_records_the_scripted_experts_episodes_with_ground_truth(shell):
     demo_dir = shell.workdir / "demos"
-    done = shell.run(f"ros2 launch gf_teleop demos.launch.py demo_dir:={demo_dir} trials:=2", timeout=600)
+    done = shell.run(f"ros2 launch gf_teleop demos.launch.py demo_dir:={demo_dir} trials:=2 record_ground_truth:=true",
+                     timeout=600)
     assert done.returncode == 0 and clean_run_problems(done.stdout + done.stderr) == [], done.stdout[-3000:]
     manifest = [json.loads(line) for line in (demo_dir / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 2 and all(entry["success"] for entry in manifest), manifest
+    for entry in manifest:  # record_ground_truth:=true reached the recorder through ros2 launch
+        info = yaml.safe_load((demo_dir / entry["bag"] / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        counts = {t["topic_metadata"]["name"]: t["message_count"] for t in info["topics_with_message_count"]}
+        assert counts.get("/gf/sim_state", 0) > 10, counts
 
 
 def test_ros2_topic_echo_reads_a_running_graph(shell):
