@@ -15,7 +15,7 @@ from gf_eval.shards import ShardError, merge_results, plan_shards
 from gf_eval.trials import make_trial
 
 ORACLE = ("policy:=oracle",)
-TRIALS = 4
+TRIALS = 6  # two shards of 3: a kill after a shard's first trial leaves two to resume
 
 
 def record(protocol: str, index: int, success: bool = True) -> dict:
@@ -80,17 +80,23 @@ os.environ["RAY_ADDRESS"] = ""
 ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 killed = []
 def kill_mid_shard():
-    victim = plan_shards(out, ["policy:=oracle"], ["Val"], trials, 2)[1]
-    while not shard_records(victim):
-        time.sleep(0.2)
-    graph = next(p for p in psutil.process_iter(["cmdline"]) if f"output_dir:={victim.directory}" in (p.info["cmdline"] or []))
+    # Find the victim's graph first and poll its results closely: the kill must land while the
+    # shard still has trials to run (a kill after its last record leaves nothing to resume).
+    victim = plan_shards(out, ["policy:=oracle"], ["Val"], trials, trials // 2)[1]
+    graph = None
+    while graph is None:
+        graph = next((p for p in psutil.process_iter(["cmdline"])
+                      if f"output_dir:={victim.directory}" in (p.info["cmdline"] or [])), None)
+        time.sleep(0.05)
     worker = graph.parent()
+    while not shard_records(victim):
+        time.sleep(0.02)
     worker.kill()
-    killed.append((worker.pid, str(victim.directory)))
+    killed.append((worker.pid, str(victim.directory), len(shard_records(victim)), victim.trials))
 if kill:
     threading.Thread(target=kill_mid_shard, daemon=True).start()
 lines = []
-merged = evaluate_sharded(out, ["policy:=oracle"], ["Val"], trials, 2, ray_address="", progress=lines.append)
+merged = evaluate_sharded(out, ["policy:=oracle"], ["Val"], trials, trials // 2, ray_address="", progress=lines.append)
 listening = sorted({c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN})
 ray.shutdown()
 print(json.dumps({"merged": merged, "lines": lines, "killed": killed, "listening": listening}))
@@ -123,6 +129,8 @@ def test_two_shards_on_ray_equal_the_serial_run(serial_run, tmp_path):
 def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(serial_run, tmp_path):
     run = run_in_loopback_namespace(tmp_path, kill=True)
     assert run["killed"], "no worker was killed"
+    _, _, recorded_at_kill, shard_trials = run["killed"][0]
+    assert recorded_at_kill < shard_trials, run["killed"]  # the kill came mid-shard
     assert outcomes(run["merged"]) == outcomes(serial_run)
     assert len({r["trial_id"] for r in run["merged"]}) == len(run["merged"]) == TRIALS
     log = (Path(run["killed"][0][1]) / "launch.log").read_text()
