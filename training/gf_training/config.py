@@ -71,8 +71,9 @@ class DataSection:
     include_incomplete: bool = False
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # LeRobotDataset directories (gf_training.lerobot_format), mapped onto our embodiment by
-    # lerobot_mapping (gf_training.embodiments: a built-in name or a mapping file).
+    # LeRobotDataset directories (gf_training.lerobot_format), or RLDS/TFDS dataset version
+    # directories (gf_training.rlds_format: features.json + dataset_info.json, train split), mapped
+    # onto our embodiment by lerobot_mapping (gf_training.embodiments: a built-in name or a file).
     lerobot_dirs: list[str] = field(default_factory=list)
     lerobot_mapping: str | None = None
     normalization: str = "quantile"  # quantile | mean_std (computed from the data) | checkpoint (the model's)

@@ -85,6 +85,14 @@ class EmbodimentMapping:
     instruction_key: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def map_episode(self, state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Our (T, 7) state and actions from a dataset's (T, n) ones, and how many action values
+        were clipped: our executors refuse chunks outside the action space (and the bag reader with
+        them), so a foreign robot's larger steps are clipped to it."""
+        mapped = self.action.apply(actions)
+        clipped = EE_DELTA_POSE.clip(mapped).astype(np.float32)
+        return self.state.apply(state), clipped, int((clipped != mapped).sum())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbodimentMapping:
         def feature(d: dict[str, Any]) -> FeatureMap:

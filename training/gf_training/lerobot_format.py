@@ -34,7 +34,7 @@ the others, so ``from gf_training import lerobot_format`` still reaches everythi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ __all__ = [
     "EPISODES_PATH", "GF_EPISODE_ID", "GF_SUCCESS", "GF_TRIAL", "GOP", "IMAGE_KEY", "IMAGE_STATS_FRAMES", "INFO_PATH",
     "QUANTILES", "ROBOT_TYPE", "STATE_KEY", "STATE_NAMES", "STATS_PATH", "TASKS_PATH", "VIDEO_FILE_SIZE_MB", "VIDEO_PATH",
     "LeRobotDataset", "LeRobotEpisodeRef", "RobotEpisode", "demo_episodes", "export_demos", "feature_stats", "image_stats",
-    "import_lerobot", "load_lerobot_episodes", "read_robot_episodes", "write_lerobot",
+    "import_episodes", "import_lerobot", "load_lerobot_episodes", "read_robot_episodes", "write_lerobot",
 ]
 
 
@@ -106,11 +106,20 @@ def export_demos(demo_dir: str | Path, out: str | Path, *, codec: str = DEFAULT_
 
 def import_lerobot(root: str | Path, demo_dir: str | Path, mapping: Any | None = None, *, image_key: str | None = None,
                    operator: str = "lerobot", progress: bool = False) -> list:
-    """``gf-data import``: a LeRobot dataset -> bags + manifest lines (``gf_teleop``'s writer).
+    """``gf-data import``: a LeRobot dataset -> bags + manifest lines (``import_episodes``)."""
+    return import_episodes(read_robot_episodes(root, mapping, image_key=image_key, progress=progress), demo_dir,
+                           keys=("lerobot_dataset", "lerobot_episode_index"), operator=operator, source="lerobot-import",
+                           success_source="lerobot dataset")
+
+
+def import_episodes(episodes: Iterable[RobotEpisode], demo_dir: str | Path, *, keys: Sequence[str], operator: str,
+                    source: str, success_source: str) -> list:
+    """Robot episodes (LeRobot's, RLDS's) -> bags + manifest lines (``gf_teleop``'s writer).
 
     Episodes that carry a trial (our own exports) get it back; others get a placeholder trial
-    (protocol ``Import``, unknown cards) with the dataset's instruction. Episodes already imported
-    (same dataset and episode index in the manifest) are skipped, so an interrupted import resumes.
+    (protocol ``Import``, unknown cards) with the dataset's instruction. The episode's ``extra``
+    values under ``keys`` (the last one its index in the dataset) identify it: episodes already
+    in the manifest are skipped, so an interrupted import resumes.
     """
     from gf_eval.trials import TrialSpec
     from gf_teleop import episodes as gf_episodes
@@ -118,19 +127,19 @@ def import_lerobot(root: str | Path, demo_dir: str | Path, mapping: Any | None =
 
     demo_dir = Path(demo_dir)
     demo_dir.mkdir(parents=True, exist_ok=True)
-    done = {(e.extra.get("lerobot_dataset"), e.extra.get("lerobot_episode_index")) for e in gf_episodes.read_manifest(demo_dir)}
+    done = {tuple(e.extra.get(k) for k in keys) for e in gf_episodes.read_manifest(demo_dir)}
     written = []
-    for ep in read_robot_episodes(root, mapping, image_key=image_key, progress=progress):
-        if (ep.extra["lerobot_dataset"], ep.extra["lerobot_episode_index"]) in done:
+    for ep in episodes:
+        if tuple(ep.extra[k] for k in keys) in done:
             continue
         if ep.trial:
             trial = TrialSpec.from_dict(ep.trial)
         else:
-            trial = upstream_trial(int(ep.extra["lerobot_episode_index"]), ep.instruction, None, None)
+            trial = upstream_trial(int(ep.extra[keys[-1]]), ep.instruction, None, None)
         written.append(write_array_episode(
             demo_dir, images=ep.images, proprio=ep.state, actions=ep.actions, trial=trial, success=ep.success,
-            operator=operator, source="lerobot-import", episode_id=ep.episode_id,
-            extra={**ep.extra, "instruction": ep.instruction}, outcome={"success_source": "lerobot dataset"},
+            operator=operator, source=source, episode_id=ep.episode_id,
+            extra={**ep.extra, "instruction": ep.instruction}, outcome={"success_source": success_source},
         ))
     return written
 
@@ -138,13 +147,16 @@ def import_lerobot(root: str | Path, demo_dir: str | Path, mapping: Any | None =
 def load_lerobot_episodes(roots: Sequence[str | Path], mapping: Any | None, image_size: int | None,
                           progress: bool = False, image_crop: Sequence[float] | None = None) -> list:
     """Training episodes (``gf_training.episodes.DecodedEpisode``, images resized to the model's
-    input) of LeRobot datasets, in our embodiment: the same windows, normalisation and collation
-    as demo directories then apply."""
+    input) of LeRobot datasets, or RLDS/TFDS ones (``gf_training.rlds_format``: a directory with
+    ``features.json`` and ``dataset_info.json``; its train split), in our embodiment: the same
+    windows, normalisation and collation as demo directories then apply."""
     from gf_training.episodes import decode
+    from gf_training.rlds_format import is_rlds_dir, read_rlds_episodes
 
     episodes = []
     for root in roots:
-        for ep in read_robot_episodes(root, mapping, progress=progress):
+        reader = read_rlds_episodes if is_rlds_dir(root) else read_robot_episodes
+        for ep in reader(root, mapping, progress=progress):
             episodes.append(decode(ep, image_size, episode_id=ep.episode_id, trial=ep.trial, image_crop=image_crop))
     if not episodes:
         raise ValueError(f"no episodes in {', '.join(map(str, roots))}")

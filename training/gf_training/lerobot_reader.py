@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from gf_eval.action_space import EE_DELTA_POSE
 from gf_training.lerobot_layout import (
     CHUNKS_SIZE,
     GF_EPISODE_ID,
@@ -200,14 +199,12 @@ def read_robot_episodes(
         else:
             instruction = ds.instruction(ref, int(rows["task_index"][0]) if "task_index" in rows else None)
         trial = json.loads(ref.extra[GF_TRIAL]) if ref.extra.get(GF_TRIAL) else None
-        mapped = m.action.apply(rows[m.action.source])
-        # Our executors refuse chunks outside the action space (and the bag reader with them), so
-        # a foreign robot's larger steps are clipped to it; the manifest says how many values were.
-        actions = EE_DELTA_POSE.clip(mapped).astype(np.float32)
+        # actions clipped to our action space; the manifest says how many values were
+        state, actions, clipped = m.map_episode(rows[m.state.source], rows[m.action.source])
         yield RobotEpisode(
-            images=ds.frames(ref, key), state=m.state.apply(rows[m.state.source]), actions=actions,
+            images=ds.frames(ref, key), state=state, actions=actions,
             instruction=instruction, episode_id=str(ref.extra.get(GF_EPISODE_ID) or f"{Path(root).name}-{ref.episode_index:06d}"),
             success=bool(ref.extra.get(GF_SUCCESS, True)), trial=trial or None,
             extra={"lerobot_dataset": str(Path(root).resolve()), "lerobot_episode_index": ref.episode_index,
-                   "embodiment": m.name, "clipped_action_values": int((actions != mapped).sum())},
+                   "embodiment": m.name, "clipped_action_values": clipped},
         )

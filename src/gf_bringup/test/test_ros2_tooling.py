@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gf_bringup.graphs import load_graphs
+from gf_bringup.names import SIM_STATE, recorded
 from gf_bringup.runtime import profile_path, random_domain_id, workspace_root
 
 ROOT = workspace_root()
@@ -251,7 +252,7 @@ def test_demos_launch_records_the_scripted_experts_episodes_with_ground_truth(sh
     for entry in manifest:  # record_ground_truth:=true reached the recorder through ros2 launch
         info = yaml.safe_load((demo_dir / entry["bag"] / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
         counts = {t["topic_metadata"]["name"]: t["message_count"] for t in info["topics_with_message_count"]}
-        assert counts.get("/gf/sim_state", 0) > 10, counts
+        assert counts.get(recorded(SIM_STATE), 0) > 10, counts
 
 
 def test_ros2_topic_echo_reads_a_running_graph(shell):
