@@ -118,10 +118,22 @@ class CameraNode(Node):
                 raise
             self.frames += 1
 
+    def _stop_capture(self) -> None:
+        thread = getattr(self, "_thread", None)  # None: the device did not open, rclpy destroys the node
+        if thread is not None:
+            self._stop.set()
+            if thread is not threading.current_thread():
+                thread.join(timeout=3.0)
+
+    def destroy_node(self) -> None:
+        # The capture thread publishes outside the executor: destroying a publisher while it writes
+        # can hang DDS in the entity's deletion (seen on Ctrl-C: launch had to SIGKILL the camera).
+        self._stop_capture()
+        super().destroy_node()
+
     def close(self) -> None:
         """Stop capturing and release the device."""
-        self._stop.set()
-        self._thread.join(timeout=3.0)
+        self._stop_capture()
         self.source.close()
 
 
