@@ -21,6 +21,8 @@ from gf_bringup.runtime import configure_environment
 
 T = TypeVar("T")
 
+STOP_CHECK_S = 0.2  # longest a recorded Ctrl-C waits for the spin loop to see it
+
 
 def config_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with a default and the description its ROS parameter gets."""
@@ -243,13 +245,19 @@ def run_node(
     # spin; rclpy then also calls Python's handler, which must not raise KeyboardInterrupt at
     # whatever line runs then (e.g. inside a simulator's destructor). While the node is still being
     # built (a simulator loads for seconds) the same Ctrl-C must abort the start-up at once.
-    starting = [True]
+    #
+    # rclpy loses a Ctrl-C that lands after the node is built and before the executor waits (the
+    # executor's wake-up for signals does not exist yet): the node then spins on. So this handler
+    # also records every Ctrl-C, and the spin loop looks at the record at least every
+    # STOP_CHECK_S.
+    starting, stop_requested = [True], [False]
 
-    def interrupt_start_up(signum, frame) -> None:  # noqa: ARG001
+    def on_sigint(signum, frame) -> None:  # noqa: ARG001
+        stop_requested[0] = True
         if starting[0]:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt_start_up)
+    signal.signal(signal.SIGINT, on_sigint)
     rclpy.init(args=argv)
     node = None
     try:
@@ -265,7 +273,8 @@ def run_node(
             starting[0] = False
         executor = multi_threaded_executor(threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop_requested[0] and node.context.ok():
+            executor.spin_once(timeout_sec=STOP_CHECK_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:

@@ -107,10 +107,10 @@ def test_a_missing_device_ends_the_node_with_a_clear_error(module_domain, ros_to
 
 
 def test_ctrl_c_while_frames_stream_to_a_subscriber_always_stops_the_node_cleanly(module_domain, ros_tools):
-    # The capture thread publishes outside the executor. Once (in CI, under ros2 launch) a stop hung in
-    # destroy_node with the capture thread still alive until launch killed the camera; it did not recur
-    # here in 50 stops. The node now joins the thread before destroying anything; this keeps stopping
-    # mid-stream at several points of the frame period.
+    # Two hangs were seen here, each about once in 100-200 stops under load, and launch then killed
+    # the camera: a Ctrl-C landing just after start-up that rclpy lost (the node spun on), and
+    # destroy_node running while the capture thread, which publishes outside the executor, was still
+    # alive. Stops at several points of the stream, soon after the first frames.
     listener = Listener()
     try:
         for attempt in range(12):
