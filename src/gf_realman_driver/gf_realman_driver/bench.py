@@ -14,7 +14,10 @@ and the GIL, as the driver's threads will), raw planner set-points. ``--arm fake
 through the vendor SDK against the moving fake controller on 127.0.0.1 (UDP state push every 5 ms,
 state read by the driver's state thread, gripper commands from the worker), with
 jerk/acceleration-limited set-points; the peak commanded acceleration is the largest per-axis
-second difference of the sent positions / period^2, measured against ``--max-accel``.
+second difference of the sent positions / period^2, measured against ``--max-accel``. The fake
+controller runs in a process of its own, as a real controller is another computer: in the bench's
+process its Python threads would compete with the driver's for the interpreter lock
+(``--controller-in-process`` measures that case).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -35,6 +40,46 @@ from .smoothing import MotionLimits, peak_acceleration
 from .streaming import LoopStats
 
 BUDGET_S = 0.010  # movep_canfd high-follow: period must not exceed 10 ms
+
+
+def _serve_fake_controller(latency: float, conn) -> None:
+    from .fake_controller import FakeRealmanController
+
+    fake = FakeRealmanController(moving=True, latency=latency)
+    conn.send(fake.port)
+    try:
+        conn.recv()  # anything, or the parent gone (EOFError): stop
+    except EOFError:
+        pass
+    finally:
+        fake.close()
+
+
+@contextmanager
+def _moving_fake_controller(latency: float, in_process: bool):
+    """The moving fake controller's port on 127.0.0.1, served here or from a process of its own."""
+    if in_process:
+        from .fake_controller import FakeRealmanController
+
+        fake = FakeRealmanController(moving=True, latency=latency)
+        try:
+            yield fake.port
+        finally:
+            fake.close()
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of this process's threads
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve_fake_controller, args=(latency, child), name="fake-controller", daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(30.0):
+            raise RuntimeError("the fake controller process did not start")
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        proc.join(5.0)
+        if proc.is_alive():
+            proc.kill()
 
 
 class _CircleChunks:
@@ -71,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", choices=("sim", "fake"), default="sim",
                         help="sim: SimulatedArm, raw set-points; fake: RealmanArm + moving fake controller, smoothed")
     parser.add_argument("--max-accel", type=float, default=5.0, help="--arm fake: acceleration limit, m/s^2 (default 5, as the driver)")
+    parser.add_argument("--controller-in-process", action="store_true",
+                        help="--arm fake: serve the fake controller from the bench's own process (its threads then "
+                             "compete with the driver's for the interpreter lock, which a real controller never does)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.period_ms <= 0:
@@ -81,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         planner = TargetPlanner(SafetyLimits(), control_period=args.control_period_ms / 1000.0, stream_period=period)
     except ValueError as exc:
         parser.error(str(exc))
-    fake = None
     if args.arm == "fake":
-        from .fake_controller import FakeRealmanController
+        with _moving_fake_controller(args.latency_ms / 1000.0, args.controller_in_process) as port:
+            return _run(args, planner, period, port)
+    return _run(args, planner, period, None)
+
+
+def _run(args: argparse.Namespace, planner: TargetPlanner, period: float, fake_port: int | None) -> int:
+    if fake_port is not None:
         from .realman_arm import RealmanArm
 
-        fake = FakeRealmanController(moving=True, latency=args.latency_ms / 1000.0)
-        arm = RealmanArm("127.0.0.1", fake.port, realtime_push=True)
+        arm = RealmanArm("127.0.0.1", fake_port, realtime_push=True)
         motion = MotionLimits(max_linear_acceleration=args.max_accel, stall_after=3 * period)
     else:
         arm = SimulatedArm(realtime=True, rate_hz=args.sim_rate, latency_s=args.latency_ms / 1000.0)
@@ -136,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.005)
     finally:
         driver.shutdown()
-        if fake is not None:
-            fake.close()
     loop = driver.loop_stats
     restarts = driver.status().smoother_restarts
     if len(sent_at) < 2:
@@ -164,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, sort_keys=True))
         return 0
     f = figures
+    where = "in this process" if args.controller_in_process else "in its own process"
     what = (f"SimulatedArm {args.sim_rate:g} Hz" if args.arm == "sim"
-            else "RealmanArm + moving fake controller, UDP push, smoothed set-points")
+            else f"RealmanArm + moving fake controller {where}, UDP push, smoothed set-points")
     print(
         f"arm streaming loop (ArmDriver): {int(f['ticks'])} set-points in {args.seconds:g} s at a {args.period_ms:g} ms "
         f"period ({what}, latency {args.latency_ms:g} ms, spin {args.spin_us:g} us)"

@@ -108,6 +108,18 @@ def test_bench_prints_its_figures_against_the_budget(capsys):
     assert figures["tracking_error_p50_mm"] < 5.0
 
 
+@pytest.mark.parametrize("where", [[], ["--controller-in-process"]], ids=["own-process", "in-process"])
+def test_bench_against_the_moving_fake_controller_keeps_the_acceleration_limit(capsys, where):
+    import multiprocessing
+
+    assert bench.main(["--arm", "fake", "--seconds", "1.5", "--json", *where]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["setpoints_sent"] > 50 and figures["setpoints_ignored_by_arm"] == 0
+    assert figures["peak_accel"] <= figures["max_accel"] and figures["chunks_refused"] == 0
+    assert figures["tracking_error_p50_mm"] < 5.0
+    assert multiprocessing.active_children() == []  # the controller's process is gone
+
+
 def test_bench_rejects_a_period_that_does_not_divide_the_control_period(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--seconds", "0.1", "--period-ms", "7"])
