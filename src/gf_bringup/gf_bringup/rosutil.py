@@ -246,10 +246,10 @@ def run_node(
     # whatever line runs then (e.g. inside a simulator's destructor). While the node is still being
     # built (a simulator loads for seconds) the same Ctrl-C must abort the start-up at once.
     #
-    # rclpy loses a Ctrl-C that lands after the node is built and before the executor waits (the
-    # executor's wake-up for signals does not exist yet): the node then spins on. So this handler
-    # also records every Ctrl-C, and the spin loop looks at the record at least every
-    # STOP_CHECK_S.
+    # Rarely (about once in 180 stops of a camera under load) rclpy's wake-up for a Ctrl-C never
+    # reaches the executor, which then waits on forever; where rclpy loses it was not pinned down.
+    # So this handler also records every Ctrl-C, and the spin loop looks at the record at least
+    # every STOP_CHECK_S.
     starting, stop_requested = [True], [False]
 
     def on_sigint(signum, frame) -> None:  # noqa: ARG001

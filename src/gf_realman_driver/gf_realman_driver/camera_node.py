@@ -126,8 +126,9 @@ class CameraNode(Node):
                 thread.join(timeout=3.0)
 
     def destroy_node(self) -> None:
-        # The capture thread publishes outside the executor: destroying a publisher while it writes
-        # can hang DDS in the entity's deletion (seen on Ctrl-C: launch had to SIGKILL the camera).
+        # The capture thread publishes outside the executor; once, on Ctrl-C, destroy_node hung
+        # while it was still alive and launch had to SIGKILL the camera. Nothing else may touch
+        # the node's publishers while rclpy tears them down.
         self._stop_capture()
         super().destroy_node()
 
