@@ -76,6 +76,11 @@ create_venv() {
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
+  # Debian 12's venv brings pip 23.0.1, which installs the workspace's editable setup.py packages
+  # without their console scripts (no gf-launch, gf-demos, ...); 23.2 and later write them.
+  "$VENV/bin/python" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (23, 2))' \
+    || "$VENV/bin/python" -m pip --disable-pip-version-check -q install "pip>=23.2" \
+    || fail "could not upgrade pip in $VENV (pip >= 23.2 is needed for the workspace's commands)"
   # colcon must not mistake the ROS wheels' share/*/package.xml inside the venv for workspace packages.
   touch "$VENV/COLCON_IGNORE"
 }
@@ -154,6 +159,8 @@ install_packages() {
     | grep -v "is ignored" || true
   "$VENV/bin/python" -c 'import gf_bringup, gf_eval, gf_sim_bridge, gf_policy, gf_teleop, gf_realman_driver, gf_training' \
     || fail "workspace packages did not install"
+  [[ -x $VENV/bin/gf-launch && -x $VENV/bin/gf-realman-driver ]] \
+    || fail "workspace packages installed without their commands (no $VENV/bin/gf-launch)"
   stamp_set packages "$key"
 }
 
