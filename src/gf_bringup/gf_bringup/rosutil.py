@@ -22,6 +22,7 @@ from gf_bringup.runtime import configure_environment
 T = TypeVar("T")
 
 STOP_CHECK_S = 0.2  # longest a recorded Ctrl-C waits for the spin loop to see it
+RCLPY_STOP_WAIT_S = 2.0  # longest the node then waits for rclpy to shut the context down itself
 
 
 def config_field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
@@ -275,6 +276,11 @@ def run_node(
         executor.add_node(node)
         while not stop_requested[0] and node.context.ok():
             executor.spin_once(timeout_sec=STOP_CHECK_S)
+        # rclpy's signal thread is usually still shutting the context down: stop only once it has,
+        # so the node is torn down as after any Ctrl-C (below), not beside a context going away.
+        deadline = time.monotonic() + RCLPY_STOP_WAIT_S
+        while stop_requested[0] and node.context.ok() and time.monotonic() < deadline:
+            time.sleep(0.01)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
