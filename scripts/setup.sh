@@ -25,7 +25,7 @@ stamp_ok() { [[ -f $STAMPS/$1 && $(cat "$STAMPS/$1") == "$2" ]]; }
 stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 
 # --- 1. system packages -------------------------------------------------------------------
-SYSTEM_PKGS=(fonts-noto-color-emoji libvulkan1 mesa-vulkan-drivers cmake g++ make strace git)
+SYSTEM_PKGS=(fonts-noto-color-emoji libvulkan1 mesa-vulkan-drivers cmake g++ make strace git openssl)
 
 missing_system_pkgs() {
   local p out=()

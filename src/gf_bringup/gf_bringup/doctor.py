@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from gf_bringup.keystore import SecureNetworkError, fastdds_security_support
 from gf_bringup.runtime import configure_environment, random_domain_id
 
 
@@ -154,31 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fastdds_security_support() -> tuple[bool, str]:
-    """(whether the installed Fast DDS was built with DDS-Security, where that was read).
-
-    Read from ``HAVE_SECURITY`` in the ``fastdds/config.hpp`` of each install prefix (the venv,
-    then AMENT_PREFIX_PATH: a distribution install under /opt/ros), the header Fast DDS generates
-    from its build options. The pip wheels define it as 0.
-    """
-    import os
-    import re
-    from pathlib import Path
-
-    prefixes = [sys.prefix, *(p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p)]
-    for prefix in prefixes:
-        header = Path(prefix) / "include" / "fastdds" / "config.hpp"
-        if header.is_file():
-            match = re.search(r"#define\s+HAVE_SECURITY\s+(\d+)", header.read_text(encoding="utf-8", errors="replace"))
-            if match:
-                return match.group(1) != "0", str(header)
-    raise DoctorError("no fastdds/config.hpp found in " + ", ".join(prefixes) + " (is Fast DDS installed?)")
-
-
 def check_dds_security() -> str:
     """Whether SROS2 (DDS-Security) is possible here; signed commands work either way."""
-    supported, where = fastdds_security_support()
+    try:
+        supported, where = fastdds_security_support()
+    except SecureNetworkError as exc:
+        raise DoctorError(str(exc)) from exc
     if supported:
-        return f"Fast DDS has DDS-Security (HAVE_SECURITY 1 in {where}): SROS2 enclaves can be used"
+        return (f"Fast DDS has DDS-Security (HAVE_SECURITY 1 in {where}): SROS2 enclaves can be used "
+                "(network:=robot-secure keystore:=DIR)")
     return (f"Fast DDS without DDS-Security (HAVE_SECURITY 0 in {where}): no SROS2 here; on the robot network "
             "use signed action chunks (key_file:=..., see README 'Real robot')")

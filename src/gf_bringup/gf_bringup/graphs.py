@@ -38,6 +38,7 @@ class NodeSpec:
     parameters: dict[str, str] = field(default_factory=dict)  # name -> template over the args
     required: bool = False  # the graph ends when this node exits
     condition: str = ""  # launch argument that must be true for the node to start
+    enclave: str = ""  # SROS2 enclave (gf_bringup.enclaves role) under network:=robot-secure, "" for none
 
 
 NAMESPACE = Arg("namespace", "", "ROS namespace of every node ('' = none): two graphs in one ROS domain under two namespaces never meet")
@@ -87,13 +88,21 @@ class Graph:
 
     def check_args(self, values: dict[str, str]) -> None:
         """Raise ValueError (one line) for any argument a node's parameter cannot take."""
-        from gf_bringup.runtime import NETWORK_MODES
+        from gf_bringup.runtime import NETWORK_MODES, SECURE_NETWORK
 
         for a in self.args:
             if a.default in ("true", "false") and not isinstance(parse_arg(values[a.name]), bool):
                 raise ValueError(f"{a.name}: expected true or false, got {values[a.name]!r}")
-        if values.get("network", "loopback") not in NETWORK_MODES:
+        network = values.get("network", "loopback")
+        if network not in NETWORK_MODES:
             raise ValueError(f"network: expected one of {', '.join(NETWORK_MODES)}, got {values['network']!r}")
+        if network == SECURE_NETWORK:
+            unenclaved = [n.name for n in self.active_nodes(values) if not n.enclave]
+            if unenclaved:
+                raise ValueError(f"network:={SECURE_NETWORK}: the {self.name} graph's node(s) {', '.join(unenclaved)} "
+                                 "have no enclave (only the robot graphs run secured)")
+            if not values.get("keystore"):
+                raise ValueError(f"network:={SECURE_NETWORK} needs keystore:=DIR (made with `gf-keys keystore DIR --domain N`)")
         for node in self.active_nodes(values):
             self.node_parameters(node, values)
 

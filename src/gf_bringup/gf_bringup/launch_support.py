@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gf_bringup.graphs import Graph
 
 
@@ -11,15 +13,20 @@ def launch_description(graph: Graph):
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
     from launch_ros.actions import Node
 
-    from gf_bringup.runtime import node_environment, package_file
+    from gf_bringup.runtime import SECURE_NETWORK, node_environment, package_file
 
     def create_nodes(context):
         values = graph.resolve_args({a.name: context.launch_configurations[a.name] for a in graph.args})
         graph.check_args(values)  # a wrong argument stops the launch in one line, before any node starts
         # The nodes inherit the launch's environment (a sourced workspace, the user's domain and
         # DDS profile); only the variables the workspace needs and the user left unset are added.
-        added = node_environment(context.environment, network=values.get("network") or None)
+        base = dict(context.environment)
+        if values.get("keystore"):
+            base["ROS_SECURITY_KEYSTORE"] = str(Path(values["keystore"]).expanduser().resolve())
+        added = node_environment(base, network=values.get("network") or None)
+        added.update({k: v for k, v in base.items() if context.environment.get(k) != v})
         actions = [SetEnvironmentVariable(k, v) for k, v in added.items()]
+        secure = values.get("network") == SECURE_NETWORK
         for spec in graph.active_nodes(values):
             parameters = []
             if spec.params_file:
@@ -31,6 +38,7 @@ def launch_description(graph: Graph):
             actions.append(Node(
                 package=spec.package, executable=spec.executable, name=spec.name, namespace=values["namespace"].strip("/"),
                 output="screen", parameters=parameters, on_exit=Shutdown(reason=reason),
+                ros_arguments=["--enclave", spec.enclave] if secure else None,
             ))
         return actions
 

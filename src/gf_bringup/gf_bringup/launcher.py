@@ -25,7 +25,7 @@ import yaml
 
 from gf_bringup.domains import claim_domain
 from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object, params_file_key
-from gf_bringup.runtime import configure_environment, console_script, package_file
+from gf_bringup.runtime import SECURE_NETWORK, configure_environment, console_script, package_file
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -44,6 +44,8 @@ def node_ros_args(graph: Graph, node: NodeSpec, values: dict[str, str], workdir:
     args = ["--ros-args", "-r", f"__node:={node.name}"]
     if values.get("namespace"):
         args += ["-r", f"__ns:=/{values['namespace'].strip('/')}"]
+    if values.get("network") == SECURE_NETWORK:
+        args += ["--enclave", node.enclave]
     if node.params_file:
         args += ["--params-file", str(package_file(node.package, node.params_file))]
     params = graph.node_parameters(node, values)
@@ -207,9 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         values = graph.resolve_args(parse_assignments(args.assignments))
         graph.check_args(values)
+        if args.composed and values.get("network") == SECURE_NETWORK:
+            raise ValueError(f"--composed cannot run network:={SECURE_NETWORK}: one process is one enclave")
     except ValueError as exc:
         parser.error(str(exc))
-    configure_environment(network=values.get("network") or None)
+    if values.get("keystore"):
+        os.environ["ROS_SECURITY_KEYSTORE"] = str(Path(values["keystore"]).expanduser().resolve())
+    try:
+        configure_environment(network=values.get("network") or None)
+    except ValueError as exc:  # robot-secure where it cannot run: one line, before any node starts
+        print(f"gf-launch: cannot start {graph.name}: {exc}", file=sys.stderr, flush=True)
+        return 2
     if not os.environ.get("ROS_DOMAIN_ID"):
         # A random domain nobody on this machine uses: two lock-step graphs must never meet. Its
         # lock is held until this process exits.

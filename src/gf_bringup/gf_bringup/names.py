@@ -26,6 +26,14 @@ CLOCK = "/clock"
 DIAGNOSTICS = "/diagnostics"
 DRIVER = "realman_driver"  # the arm driver's node name: its services are DRIVER + "/home", ...
 
+# SROS2 enclaves of network:=robot-secure, one per role (what each may do: gf_bringup.enclaves).
+ENCLAVE_POLICY = "/gf/policy"
+ENCLAVE_CALIBRATE = "/gf/calibrate"
+ENCLAVE_DRIVER = "/gf/driver"
+ENCLAVE_CAMERA = "/gf/camera"
+ENCLAVE_EVALUATOR = "/gf/evaluator"
+ENCLAVE_OPERATOR = "/gf/operator"
+
 
 def recorded(name: str) -> str:
     """The namespace-free name a topic has in bags (``gf/trial`` -> ``/gf/trial``)."""

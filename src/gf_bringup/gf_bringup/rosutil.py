@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gf_bringup.runtime import configure_environment
+from gf_bringup.runtime import SECURE_NETWORK, configure_environment
 
 T = TypeVar("T")
 
@@ -238,7 +238,15 @@ def run_node(
     if help_text and any(a in ("-h", "--help") for a in argv[1:]) and "--ros-args" not in argv:
         print(help_text)
         return 0
-    configure_environment()
+    try:
+        configure_environment()
+        if os.environ.get("GF_NETWORK") == SECURE_NETWORK:
+            from gf_bringup.keystore import check_node_enclave
+
+            check_node_enclave(os.environ, argv)
+    except ValueError as exc:  # e.g. robot-secure without DDS-Security: one line, before rclpy starts
+        print(f"{Path(argv[0]).name}: {exc}", file=sys.stderr, flush=True)
+        return 2
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 

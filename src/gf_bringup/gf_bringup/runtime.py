@@ -10,6 +10,9 @@ Network modes (one switch, ``GF_NETWORK`` or the launch argument ``network``):
   ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``. Nothing leaves the machine.
 * ``robot``: normal discovery on the robot network, for a camera, driver and policy that run
   on different computers. Shared memory keeps its 16 MiB segment in both modes.
+* ``robot-secure``: ``robot`` with ROS 2 security (SROS2) in Enforce mode, on the domain of the
+  keystore in ROS_SECURITY_KEYSTORE (gf_bringup.keystore); refused where the DDS has no
+  DDS-Security.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import Mapping, MutableMapping
 from importlib import resources
 from pathlib import Path
 
-NETWORK_MODES = ("loopback", "robot")
+NETWORK_MODES = ("loopback", "robot", "robot-secure")
+SECURE_NETWORK = "robot-secure"
 AMENT_INDEX = "share/ament_index/resource_index"
-_PROFILES = {"loopback": "fastdds_loopback.xml", "robot": "fastdds_robot_network.xml"}
+_PROFILES = {"loopback": "fastdds_loopback.xml", "robot": "fastdds_robot_network.xml",
+             SECURE_NETWORK: "fastdds_robot_network.xml"}
 
 
 def profile_path(network: str = "loopback") -> Path:
@@ -52,7 +57,9 @@ def configure_environment(
 ) -> MutableMapping[str, str]:
     """Set the ROS 2 / Fast DDS / ManiSkill variables of this project in ``env`` (os.environ).
 
-    Explicit user settings win, except that loopback mode always keeps discovery on localhost.
+    Explicit user settings win, except that loopback mode always keeps discovery on localhost and
+    robot-secure mode always enforces security on its keystore's domain (``SecureNetworkError``,
+    a ValueError, when it cannot).
     """
     env = os.environ if env is None else env
     mode = network or env.get("GF_NETWORK", "loopback")
@@ -67,6 +74,10 @@ def configure_environment(
             env["ROS_LOCALHOST_ONLY"] = "1"
     else:
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    if mode == SECURE_NETWORK:
+        from gf_bringup.keystore import fastdds_security_support, secure_environment
+
+        secure_environment(env, fastdds_security_support())
     # ament_index lookups (share/<pkg>) must see the ROS packages installed into the virtualenv
     # (the pip wheels, gf_interfaces). Appended, so a sourced workspace keeps its precedence.
     prefixes = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]

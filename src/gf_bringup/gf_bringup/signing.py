@@ -270,7 +270,8 @@ def _describe(path: Path, key: SigningKey) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`gf-keys`: create, rotate and show action-chunk signing keys (the secret is never printed)."""
+    """`gf-keys`: create, rotate and show action-chunk signing keys (the secret is never printed), and
+    create the SROS2 keystore of network:=robot-secure."""
     parser = argparse.ArgumentParser(prog="gf-keys", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="write a new key file (mode 0600)")
@@ -281,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--key-id", default=None)
     s = sub.add_parser("show", help="key id, creation time and fingerprint (not the secret)")
     s.add_argument("path")
+    from gf_bringup.keystore import add_keystore_command, keystore_command
+
+    add_keystore_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "keystore":
+        return keystore_command(args)
     path = Path(args.path)
     try:
         if args.command == "create":

@@ -222,6 +222,20 @@ def test_robot_dry_run_stops_cleanly_on_ctrl_c_and_completes_its_trials_with_the
     assert (out_dir / "report" / "summary.md").is_file()
 
 
+def test_ros2_launch_refuses_robot_secure_in_one_line_where_the_dds_has_no_security(shell):
+    from gf_bringup.keystore import create_keystore, fastdds_security_support
+
+    if fastdds_security_support()[0]:
+        pytest.skip("this DDS has DDS-Security: robot-secure can start (gf_realman_driver's test_robot_enclaves)")
+    keystore = shell.workdir / "keystore"
+    create_keystore(keystore, domain=int(shell.env["ROS_DOMAIN_ID"]))
+    proc = shell.run(f"ros2 launch gf_realman_driver robot.launch.py dry_run:=true network:=robot-secure keystore:={keystore}",
+                     timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "robot-secure needs a DDS with DDS-Security" in output, output[-3000:]
+    assert "process started" not in output, output[-3000:]  # refused before any node started
+
+
 def test_teleop_graph_starts_and_answers_ros2_node_list(shell):
     proc = shell.start(f"ros2 launch gf_teleop teleop_sim.launch.py demo_dir:={shell.workdir / 'teleop_demos'}")
     try:

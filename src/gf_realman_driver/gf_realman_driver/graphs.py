@@ -12,6 +12,8 @@ Arguments left empty take their value from the packaged parameter files (``confi
 ``config/camera.yaml``), so ``gf-launch robot arm_ip:=10.0.0.5`` overrides one value without
 copying the file. ``network:=robot`` selects normal DDS discovery on the robot network (camera,
 driver and policy on different computers); the default keeps everything on this machine.
+``network:=robot-secure keystore:=DIR`` adds SROS2: each node runs in its role's enclave
+(gf_bringup.enclaves), where the DDS has DDS-Security.
 
 Signed commands (gf_bringup.signing): ``key_file:=FILE`` makes the policy (or the calibration
 jogger) sign every chunk and the driver accept that key; ``require_signed`` (``auto``: required on
@@ -86,12 +88,13 @@ def _derive_robot(values: dict[str, str]) -> dict[str, str]:
 DRIVER = NodeSpec(
     package=PACKAGE, executable="gf-realman-driver", name="realman_driver",
     node_class="gf_realman_driver.driver_node:DriverNode", config_class="gf_realman_driver.driver_node:DriverConfig",
-    params_file="config/rm75.yaml",
+    params_file="config/rm75.yaml", enclave=names.ENCLAVE_DRIVER,
     parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "true",
                 "key_file": "{key_file}", "require_signed": "{require_signed}", "card_layout": "{card_layout}"},
 )
 
 SIGNING_ARGS = (
+    Arg("keystore", "", "SROS2 keystore (gf-keys keystore DIR --domain N) for network:=robot-secure"),
     Arg("key_file", "", "signing key file (gf-keys create): the policy signs action chunks with it, the driver accepts it"),
     Arg("require_signed", "auto", "driver accepts only signed chunks: auto (on the robot network), true, or false "
                                   "(explicit opt-out on the robot network)"),
@@ -119,7 +122,8 @@ ROBOT = Graph(
         Arg("max_trial_s", "60.0", "a trial without a gripper close ends after this many seconds"),
         Arg("auto_confirm", "false", "true: no operator (confirm set-ups, accept automatic scores): dry runs only"),
         Arg("console", "auto", "operator keys on the eval node's terminal: auto, stdin, disabled (gf-touch-operator works in any case)"),
-        Arg("network", "loopback", "DDS network: loopback (nothing leaves the machine) or robot (multi-computer set-ups)"),
+        Arg("network", "loopback", "DDS network: loopback (nothing leaves the machine), robot (multi-computer set-ups) "
+                                   "or robot-secure (robot with SROS2 enclaves: needs keystore:=DIR and a DDS with security)"),
         *SIGNING_ARGS,
     ),
     nodes=(
@@ -127,19 +131,19 @@ ROBOT = Graph(
         NodeSpec(
             package=PACKAGE, executable="gf-camera", name="camera",
             node_class="gf_realman_driver.camera_node:CameraNode", config_class="gf_realman_driver.camera_node:CameraConfig",
-            params_file="config/camera.yaml", parameters={"source": "{camera}", "device": "{camera_device}"},
+            params_file="config/camera.yaml", enclave=names.ENCLAVE_CAMERA, parameters={"source": "{camera}", "device": "{camera_device}"},
         ),
         NodeSpec(
             package="gf_policy", executable="gf-policy", name="policy",
             node_class="gf_policy.policy_node:PolicyNode", config_class="gf_policy.policy_node:PolicyNodeConfig",
-            params_file="config/policy.yaml",
+            params_file="config/policy.yaml", enclave=names.ENCLAVE_POLICY,
             parameters={"backend": "{policy}", "backend_args": "{backend_args}", "trigger": "stream", "stream_rate_hz": "{stream_rate}",
                         "key_file": "{key_file}"},
         ),
         NodeSpec(
             package="gf_eval", executable="gf-touch-eval", name="touch_eval",
             node_class="gf_eval.touch_node:TouchEvalNode", config_class="gf_eval.touch_node:TouchEvalConfig",
-            required=True,
+            required=True, enclave=names.ENCLAVE_EVALUATOR,
             parameters={
                 "policy": "{policy}", "checkpoint": "{checkpoint}", "trials": "{trials}", "first_index": "{first_index}",
                 "seed": "{seed}", "split": "{split}", "layout_file": "{layout}", "output_dir": "{output_dir}",
@@ -162,13 +166,13 @@ ROBOT_CALIBRATE = Graph(
         Arg("output", DEFAULT_LAYOUT, "where to write the layout YAML"),
         Arg("card_size", "0.14", "printed card edge (m)"),
         Arg("touch_height", "0.04", "a close counts as a touch up to this far above the recorded card height (m)"),
-        Arg("network", "loopback", "DDS network: loopback or robot"),
+        Arg("network", "loopback", "DDS network: loopback, robot or robot-secure (SROS2 enclaves, keystore:=DIR)"),
         *SIGNING_ARGS,
     ),
     nodes=(
         NodeSpec(
             package=DRIVER.package, executable=DRIVER.executable, name=DRIVER.name, node_class=DRIVER.node_class,
-            config_class=DRIVER.config_class, params_file=DRIVER.params_file,
+            config_class=DRIVER.config_class, params_file=DRIVER.params_file, enclave=DRIVER.enclave,
             parameters={"dry_run": "{dry_run}", "arm_ip": "{arm_ip}", "arm_port": "{arm_port}", "trial_gating": "false",
                         "key_file": "{key_file}", "require_signed": "{require_signed}"},
         ),
@@ -176,7 +180,7 @@ ROBOT_CALIBRATE = Graph(
             package=PACKAGE, executable="gf-calibrate", name="calibrate",
             node_class="gf_realman_driver.calibrate_node:CalibrateNode",
             config_class="gf_realman_driver.calibrate_node:CalibrateConfig",
-            params_file="config/calibrate.yaml", required=True,
+            params_file="config/calibrate.yaml", required=True, enclave=names.ENCLAVE_CALIBRATE,
             parameters={"output": "{output}", "card_size": "{card_size}", "touch_height": "{touch_height}",
                         "key_file": "{key_file}"},
         ),
