@@ -6,14 +6,19 @@
     DIR/manifest.jsonl   one line per sample: id, image (relative path), question, answer, emoji ids
     DIR/images/*.png     the images (deterministic PNG bytes)
 
-Three generators, the first two as in the paper:
+Five generators, the first and third as in the paper:
 
 * ``glyphs``: one emoji glyph on a plain background (random light colour, size, position, small
   rotation); question "What's in the image?" (a few paraphrases), answer: its description.
+* ``cards``: the emoji printed on a card as the benchmark prints them, at a random scale; the
+  question is a glyph question or ``caption en`` (what ``gf-probe`` asks), answer: its description.
 * ``tabletop``: a scene rendered by the simulator (``GrinningFace-v1``) with three random cards
   (and the cube and arm as in a trial); the question asks for all emojis on the table by
   position, the answer names them left to right as the camera sees them:
   ``"left: <desc>; middle: <desc>; right: <desc>"``.
+* ``which``: the same scenes, asking which card shows one of the emojis ("Which card shows a
+  grinning face?"); the answer is ``left``, ``middle`` or ``right`` as the camera sees it: the
+  recognition a policy needs, put as a question.
 * ``cube``: the same scenes, asking where the cube is; the answer is the centre of its top face
   in percent of the image width and height, ``"x 57 y 41"`` (PaliGemma's pre-training teaches
   localisation with ``<loc>`` tokens the same way, at 1024 bins). A model trained from scratch
@@ -22,7 +27,9 @@ Three generators, the first two as in the paper:
 Sample ``i`` is a pure function of ``(seed, i)`` and the parameters, so a run interrupted part
 way continues where it stopped (existing samples are kept) and two machines produce the same
 bytes. By default only the ``Train`` list of the split is used: co-training on ``Val`` emojis
-would leak the held-out protocol.
+would leak the held-out protocol. ``--lists All`` takes every catalogue emoji (the split's lists
+first): the data of a mini VLM that knows every emoji, as a web-scale VLM does, before any robot
+fine-tuning.
 
 ``VLDataset`` reads one or more such directories; ``VLCollator`` turns samples into the batch
 ``PI0StyleVLA.compute_lm_loss`` takes (PaliGemma prefix-LM format: the answer and EOS are
@@ -30,7 +37,8 @@ the targets).
 
 The parts: ``vl_samples`` (the sample builders, questions and answer formats), ``vl_format``
 (the directory format, ``read_vl_dir``, ``VLDataset``, ``VLCollator``) and ``vl_generate``
-(``generate_glyphs``, ``generate_tabletop``, ``generate_cube``); this module holds
+(``generate_glyphs``, ``generate_cards``, ``generate_tabletop``, ``generate_which``,
+``generate_cube``); this module holds
 ``gf-vl-data`` and re-exports the others' names, so ``gf_training.vl_data`` still reaches
 everything.
 """
@@ -45,30 +53,40 @@ from typing import Any
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_training.vl_format import IMAGES, INFO, MANIFEST, VL_FORMAT, VLCollator, VLDataset, VLRecord, read_vl_dir
 from gf_training.vl_generate import (
+    ALL_EMOJIS,
     CUBE_BASE_SEED,
     GENERATORS,
     TABLETOP_BASE_SEED,
+    WHICH_BASE_SEED,
+    catalogue_entries,
+    generate_cards,
     generate_cube,
     generate_glyphs,
     generate_tabletop,
+    generate_which,
     pooled_entries,
 )
 from gf_training.vl_samples import (
+    CARD_QUESTIONS,
     CUBE_QUESTIONS,
     GLYPH_QUESTIONS,
     TABLETOP_QUESTIONS,
+    WHICH_QUESTIONS,
+    card_sample,
     cube_sample,
     glyph_sample,
     location_answer,
     tabletop_answer,
     tabletop_sample,
+    which_sample,
 )
 
 __all__ = [
-    "CUBE_BASE_SEED", "CUBE_QUESTIONS", "GENERATORS", "GLYPH_QUESTIONS", "IMAGES", "INFO", "MANIFEST",
-    "TABLETOP_BASE_SEED", "TABLETOP_QUESTIONS", "VLCollator", "VLDataset", "VLRecord", "VL_FORMAT", "cube_sample",
-    "generate_cube", "generate_glyphs", "generate_tabletop", "glyph_sample", "location_answer", "main",
-    "pooled_entries", "read_vl_dir", "tabletop_answer", "tabletop_sample",
+    "ALL_EMOJIS", "CARD_QUESTIONS", "CUBE_BASE_SEED", "CUBE_QUESTIONS", "GENERATORS", "GLYPH_QUESTIONS", "IMAGES",
+    "INFO", "MANIFEST", "TABLETOP_BASE_SEED", "TABLETOP_QUESTIONS", "VLCollator", "VLDataset", "VLRecord", "VL_FORMAT",
+    "WHICH_BASE_SEED", "WHICH_QUESTIONS", "card_sample", "catalogue_entries", "cube_sample", "generate_cards",
+    "generate_cube", "generate_glyphs", "generate_tabletop", "generate_which", "glyph_sample", "location_answer", "main",
+    "pooled_entries", "read_vl_dir", "tabletop_answer", "tabletop_sample", "which_sample",
 ]
 
 
@@ -79,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     common: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         (("--split",), {"default": DEFAULT_SPLIT, "help": f"split name or JSON file (default {DEFAULT_SPLIT})"}),
         (("--lists",), {"default": "Train", "help": "comma-separated emoji lists of the split (default Train; "
-                                                     "Val would leak the held-out protocol)"}),
+                                                     "Val would leak the held-out protocol), or All: the whole "
+                                                     "catalogue (VLM pre-training)"}),
         (("--out",), {"type": Path, "required": True, "help": "output directory"}),
         (("--size",), {"type": int, "default": 224, "help": "image side in pixels (default 224)"}),
         (("--seed",), {"type": int, "default": 0, "help": "generation seed (default 0)"}),
@@ -87,23 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     ]
     glyphs = sub.add_parser("glyphs", help="emoji glyphs: \"what's in the image?\" -> description")
     glyphs.add_argument("--per-emoji", type=int, default=8, help="images per emoji (default 8)")
+    cards = sub.add_parser("cards", help="printed cards: \"caption en\" / \"what's in the image?\" -> description")
+    cards.add_argument("--per-emoji", type=int, default=4, help="images per emoji (default 4)")
     tabletop = sub.add_parser("tabletop", help="simulator scenes: name the emojis by position")
     tabletop.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
+    which = sub.add_parser("which", help="simulator scenes: which card shows X? -> left, middle or right")
+    which.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
     cube = sub.add_parser("cube", help="simulator scenes: where is the cube? -> its image position")
     cube.add_argument("--scenes", type=int, default=2000, help="number of scenes (default 2000)")
-    for p in (glyphs, tabletop, cube):
+    for p in (glyphs, cards, tabletop, which, cube):
         for flags, kwargs in common:
             p.add_argument(*flags, **kwargs)
     args = parser.parse_args(argv)
     lists = [s.strip() for s in args.lists.split(",") if s.strip()]
     kwargs = dict(split=args.split, lists=lists, size=args.size, seed=args.seed, progress=not args.no_progress)
     try:
-        if args.generator == "glyphs":
-            out = generate_glyphs(args.out, per_emoji=args.per_emoji, **kwargs)
-        elif args.generator == "tabletop":
-            out = generate_tabletop(args.out, scenes=args.scenes, **kwargs)
+        if args.generator in ("glyphs", "cards"):
+            generate = generate_glyphs if args.generator == "glyphs" else generate_cards
+            out = generate(args.out, per_emoji=args.per_emoji, **kwargs)
         else:
-            out = generate_cube(args.out, scenes=args.scenes, **kwargs)
+            generate = {"tabletop": generate_tabletop, "which": generate_which, "cube": generate_cube}[args.generator]
+            out = generate(args.out, scenes=args.scenes, **kwargs)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         parser.error(str(exc))
     info, records = read_vl_dir(out)

@@ -1,6 +1,7 @@
-"""Generating a VL directory: ``generate_glyphs``, ``generate_tabletop`` and ``generate_cube``
-build the samples of ``gf_training.vl_samples`` for the emojis of a split and write them in the
-format of ``gf_training.vl_format``, keeping the samples an interrupted run already wrote.
+"""Generating a VL directory: ``generate_glyphs``, ``generate_cards``, ``generate_tabletop``,
+``generate_which`` and ``generate_cube`` build the samples of ``gf_training.vl_samples`` for the
+emojis of a split (or of the whole catalogue: the ``All`` list) and write them in the format of
+``gf_training.vl_format``, keeping the samples an interrupted run already wrote.
 """
 
 from __future__ import annotations
@@ -15,20 +16,34 @@ import numpy as np
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 from gf_training.vl_format import IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
-from gf_training.vl_samples import cube_sample, glyph_sample, tabletop_sample
+from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, tabletop_sample, which_sample
 
-GENERATORS = ("glyphs", "tabletop", "cube")
+GENERATORS = ("glyphs", "cards", "tabletop", "which", "cube")
 # Keep the generated scenes away from the evaluation trials (base seed 0) of the same emojis,
-# and the two scene generators away from each other.
+# and the scene generators away from each other.
 TABLETOP_BASE_SEED = 1_000_000
 CUBE_BASE_SEED = 2_000_000
+WHICH_BASE_SEED = 3_000_000
+# Not a list of the split: the split's lists, then every other catalogue emoji (described by its
+# name). For pre-training a VLM that knows every emoji, as a web-scale VLM does; never for
+# co-training a policy, where Val and Hard emojis would leak the held-out protocols.
+ALL_EMOJIS = "All"
+
+
+def catalogue_entries(splits: EmojiSplits) -> list[SplitEntry]:
+    """Every emoji of the catalogue: the split's entries first (their descriptions), then the rest."""
+    from gf_eval.catalog import load_catalog
+
+    listed = pooled_entries(splits, list(splits.splits))
+    known = {e.id for e in listed}
+    return listed + [SplitEntry(e.id, e.char, e.name, e.name) for e in load_catalog().emojis if e.id not in known]
 
 
 def pooled_entries(splits: EmojiSplits, lists: Sequence[str]) -> list[SplitEntry]:
-    """The entries of the named lists, in order, without duplicates."""
+    """The entries of the named lists (``All``: the whole catalogue), in order, without duplicates."""
     seen, out = set(), []
     for name in lists:
-        for entry in splits.entries(name):
+        for entry in catalogue_entries(splits) if name == ALL_EMOJIS else splits.entries(name):
             if entry.id not in seen:
                 seen.add(entry.id)
                 out.append(entry)
@@ -50,19 +65,34 @@ def generate_glyphs(
     size: int = 224, seed: int = 0, progress: bool = False,
 ) -> Path:
     """Write ``per_emoji`` glyph images of every emoji of ``lists``; returns the directory."""
+    return _generate_per_emoji("glyphs", glyph_sample, out, split, lists, per_emoji, size, seed, progress)
+
+
+def generate_cards(
+    out: str | Path, split: str = DEFAULT_SPLIT, lists: Sequence[str] = ("Train",), per_emoji: int = 4,
+    size: int = 224, seed: int = 0, progress: bool = False,
+) -> Path:
+    """Write ``per_emoji`` printed-card images of every emoji of ``lists``; returns the directory."""
+    return _generate_per_emoji("cards", card_sample, out, split, lists, per_emoji, size, seed, progress)
+
+
+def _generate_per_emoji(
+    generator: str, sample: Callable[[SplitEntry, int, int, int], tuple[Any, str, dict[str, Any]]], out: str | Path,
+    split: str, lists: Sequence[str], per_emoji: int, size: int, seed: int, progress: bool,
+) -> Path:
     out = Path(out)
     splits = load_splits(split)
     entries = pooled_entries(splits, lists)
-    info = {"format": VL_FORMAT, "generator": "glyphs", "split": splits.name, "split_hash": splits.hash,
+    info = {"format": VL_FORMAT, "generator": generator, "split": splits.name, "split_hash": splits.hash,
             "lists": list(lists), "seed": seed, "params": {"per_emoji": per_emoji, "size": size}}
     records = _prepare(out, info)
     total = len(entries) * per_emoji
-    for index in _progress(range(total), total, "glyphs", progress):
-        sample_id = f"glyphs-{index:06d}"
+    for index in _progress(range(total), total, generator, progress):
+        sample_id = f"{generator}-{index:06d}"
         if sample_id in records:
             continue
         entry = entries[index // per_emoji]
-        image, question, meta = glyph_sample(entry, index, seed, size)
+        image, question, meta = sample(entry, index, seed, size)
         rel = f"{IMAGES}/{index:06d}.png"
         _save_png(image, out / rel)
         records[sample_id] = VLRecord(sample_id, rel, question, entry.description, [entry.id], meta)
@@ -83,6 +113,15 @@ def generate_tabletop(
     made; it needs the simulator's Vulkan renderer)."""
     return _generate_scenes("tabletop", tabletop_sample, TABLETOP_BASE_SEED, out, split, lists, scenes, size, seed,
                             progress, env)
+
+
+def generate_which(
+    out: str | Path, split: str = DEFAULT_SPLIT, lists: Sequence[str] = ("Train",), scenes: int = 1000,
+    size: int = 224, seed: int = 0, progress: bool = False, env: Any | None = None,
+) -> Path:
+    """Render ``scenes`` scenes with random cards of ``lists`` and ask which card shows one of the
+    emojis (left, middle or right); returns the directory. ``env`` as for ``generate_tabletop``."""
+    return _generate_scenes("which", which_sample, WHICH_BASE_SEED, out, split, lists, scenes, size, seed, progress, env)
 
 
 def generate_cube(

@@ -1,5 +1,5 @@
-"""What one VL sample shows, asks and answers: the glyph, tabletop and cube sample builders, their
-question paraphrases and answer formats (``tabletop_answer``, ``location_answer``).
+"""What one VL sample shows, asks and answers: the glyph, card, tabletop, which-card and cube sample
+builders, their question paraphrases and answer formats (``tabletop_answer``, ``location_answer``).
 
 Each builder is a pure function of the emoji or trial, the seed and the sample index; writing
 the samples to disk is ``gf_training.vl_generate``'s.
@@ -25,6 +25,13 @@ TABLETOP_QUESTIONS = (
     "Name all emojis on the table from left to right.",
     "Which emojis are on the cards on the table, from left to right?",
     "What is printed on the three cards, from left to right?",
+)
+# A printed card as gf-probe shows it; "caption en" is the prompt the probe (and PaliGemma) uses.
+CARD_QUESTIONS = ("caption en", *GLYPH_QUESTIONS)
+WHICH_QUESTIONS = (
+    "Which card shows {desc}?",
+    "Where is the card with {desc}?",
+    "On which card is {desc}?",
 )
 CUBE_QUESTIONS = (
     "Where is the cube?",
@@ -53,6 +60,18 @@ def glyph_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[I
     question = GLYPH_QUESTIONS[int(rng.integers(len(GLYPH_QUESTIONS)))]
     meta = {"background": background, "scale": round(scale, 4), "angle": round(angle, 3), "xy": [x, y]}
     return canvas, question, meta
+
+
+def card_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[Image.Image, str, dict[str, Any]]:
+    """Image, question and parameters of card sample ``index``: ``entry`` printed on a card (as the
+    cards of the benchmark are, upright and centred) seen at a random scale."""
+    from gf_eval.catalog import Emoji, render_card
+
+    rng = np.random.default_rng([seed, index, 3])
+    fraction = float(rng.uniform(0.15, 0.9))
+    card = render_card(Emoji(entry.id, entry.char, entry.name, "", ""), size, fraction)
+    question = CARD_QUESTIONS[int(rng.integers(len(CARD_QUESTIONS)))]
+    return card, question, {"emoji_fraction": round(fraction, 4)}
 
 
 def tabletop_answer(descriptions_left_to_right: Sequence[str]) -> str:
@@ -88,6 +107,20 @@ def tabletop_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.nda
     question = _pick_question(TABLETOP_QUESTIONS, seed, index, stream=1)
     answer = tabletop_answer([trial.cards[i].description for i in order])
     return image, question, answer, {"trial": trial.to_dict(), "left_to_right": order}
+
+
+def which_sample(env: Any, trial: Any, index: int, seed: int) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+    """Render ``trial`` in ``env``; "which card shows <one of its emojis>?" -> left, middle or right
+    as the camera sees it (the recognition the benchmark asks of a policy, put as a question)."""
+    from gf_eval.camera import POSITION_NAMES, positions_left_to_right
+
+    image, camera = _render(env, trial)
+    order = positions_left_to_right(trial, camera)
+    rng = np.random.default_rng([seed, index, 4])
+    card = int(rng.integers(len(trial.cards)))
+    question = WHICH_QUESTIONS[int(rng.integers(len(WHICH_QUESTIONS)))].format(desc=trial.cards[card].description)
+    answer = POSITION_NAMES[order.index(card)]
+    return image, question, answer, {"trial": trial.to_dict(), "left_to_right": order, "card": card}
 
 
 def location_answer(uv: Sequence[float], width: int, height: int) -> str:

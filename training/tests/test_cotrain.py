@@ -21,13 +21,17 @@ from gf_policy.vla.testing import make_batch
 from gf_training.config import load_config
 from gf_training.train import train
 from gf_training.vl_data import (
+    ALL_EMOJIS,
     VLCollator,
     VLDataset,
+    catalogue_entries,
     cube_sample,
+    generate_cards,
     generate_glyphs,
     main,
     read_vl_dir,
     tabletop_sample,
+    which_sample,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,6 +69,39 @@ def test_glyph_data_is_reproducible_with_a_manifest(glyph_dir, tmp_path):
     shutil.rmtree(again)
 
 
+def test_the_all_list_is_the_whole_catalogue_with_the_splits_lists_first(tmp_path):
+    from gf_eval.catalog import load_catalog
+    from gf_eval.splits import load_splits
+
+    splits = load_splits("gf-default-v1")
+    everything = catalogue_entries(splits)
+    listed = [e.id for name in ("Train", "Val", "Hard") for e in splits.entries(name)]
+    assert [e.id for e in everything[:len(listed)]] == listed
+    assert sorted(e.id for e in everything) == sorted(e.id for e in load_catalog().emojis)
+    rest = everything[len(listed):]
+    assert all(e.description == e.name for e in rest) and len(rest) == len(load_catalog()) - len(listed)
+    # cards of every catalogue emoji: 1377 samples, each answer the emoji's description
+    out = tmp_path / "cards"
+    assert main(["cards", "--lists", ALL_EMOJIS, "--out", str(out), "--per-emoji", "1", "--size", "48", "--no-progress"]) == 0
+    info, records = read_vl_dir(out)
+    assert info["lists"] == [ALL_EMOJIS] and len(records) == len(everything)
+    assert [r.answer for r in records] == [e.description for e in everything]
+    assert {r.question for r in records} >= {"caption en", "What's in the image?"}
+
+
+def test_cards_show_the_emoji_upright_on_a_white_card_at_a_random_scale(tmp_path):
+    from PIL import Image
+
+    out = generate_cards(tmp_path / "cards", per_emoji=2, size=64, seed=0)
+    info, records = read_vl_dir(out)
+    assert info["generator"] == "cards" and len(records) == 200
+    fractions = [r.meta["emoji_fraction"] for r in records]
+    assert 0.15 <= min(fractions) < 0.3 and 0.75 < max(fractions) <= 0.9
+    small = min(records, key=lambda r: r.meta["emoji_fraction"])
+    image = np.asarray(Image.open(out / small.image).convert("RGB")).astype(int)
+    assert (image[:4] == 255).all() and (image[32] != 255).any()  # white border, the emoji in the middle
+
+
 class FakeTask:
     """What tabletop_sample needs of the simulator: reset, image, camera matrices."""
 
@@ -99,6 +136,21 @@ def test_tabletop_answers_name_the_cards_left_to_right_as_the_camera_sees_them()
     assert meta2["left_to_right"] == [2, 1, 0] and answer2.startswith(f"left: {expected[2]};")
 
 
+def test_which_card_answers_where_the_asked_emoji_is_as_the_camera_sees_it():
+    trial = make_trial("Train", 5)
+    answers = {}
+    for index in range(30):
+        _, question, answer, meta = which_sample(FakeTask(), trial, index, seed=0)
+        card = meta["card"]
+        assert trial.cards[card].description in question
+        answers[card] = answer
+    assert answers == {0: "left", 1: "middle", 2: "right"}  # the camera sees y = 0.90 on the left
+    mirrored = FakeTask()
+    mirrored.camera = look_at_camera((0.55, 0.91, 0.564), (0.25, 0.75, 0.0), 1.2, 64, 64)
+    _, _, answer, meta = which_sample(mirrored, trial, 0, seed=0)
+    assert answer == {0: "right", 1: "middle", 2: "left"}[meta["card"]]
+
+
 @pytest.mark.slow
 def test_tabletop_scenes_rendered_by_the_simulator(tmp_path):
     from gf_training.vl_data import generate_tabletop
@@ -112,6 +164,19 @@ def test_tabletop_scenes_rendered_by_the_simulator(tmp_path):
         assert r.answer == f"left: {names[0]}; middle: {names[1]}; right: {names[2]}"
         image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / r.image))
         assert image.shape == (128, 128, 3) and image.std() > 10
+
+
+@pytest.mark.slow
+def test_which_card_scenes_rendered_by_the_simulator(tmp_path):
+    from gf_training.vl_data import generate_which
+
+    out = generate_which(tmp_path / "which", scenes=2, size=128, seed=0)
+    info, records = read_vl_dir(out)
+    assert info["generator"] == "which" and len(records) == 2
+    for r in records:
+        trial = r.meta["trial"]
+        assert trial["cards"][r.meta["card"]]["description"] in r.question
+        assert r.answer == ("left", "middle", "right")[r.meta["left_to_right"].index(r.meta["card"])]
 
 
 def test_cube_answers_give_its_image_position_in_percent():
