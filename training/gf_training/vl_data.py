@@ -24,6 +24,9 @@ Five generators, the first and third as in the paper:
   localisation with ``<loc>`` tokens the same way, at 1024 bins). A model trained from scratch
   learns where things are from this far sooner than from actions alone.
 
+``gf-vl-data tokenizer --out DIR`` writes a tiny tokenizer trained on every text form above for
+every catalogue emoji (``gf_training.catalogue_tokenizer``), for models that must name any emoji.
+
 Sample ``i`` is a pure function of ``(seed, i)`` and the parameters, so a run interrupted part
 way continues where it stopped (existing samples are kept) and two machines produce the same
 bytes. By default only the ``Train`` list of the split is used: co-training on ``Val`` emojis
@@ -117,7 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     for p in (glyphs, cards, tabletop, which, cube):
         for flags, kwargs in common:
             p.add_argument(*flags, **kwargs)
+    tok = sub.add_parser("tokenizer", help="a tiny tokenizer covering every catalogue emoji's name (model.tokenizer: DIR)")
+    tok.add_argument("--out", type=Path, required=True, help="output directory")
+    tok.add_argument("--split", default=DEFAULT_SPLIT, help="split whose instruction template and descriptions to use")
+    tok.add_argument("--vocab-size", type=int, default=None, help="token ids (default: the mini VLM's 1024 less the "
+                                                                  "ids action bins and latent codes may take)")
     args = parser.parse_args(argv)
+    if args.generator == "tokenizer":
+        return _tokenizer_command(args)
     lists = [s.strip() for s in args.lists.split(",") if s.strip()]
     kwargs = dict(split=args.split, lists=lists, size=args.size, seed=args.seed, progress=not args.no_progress)
     try:
@@ -131,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     info, records = read_vl_dir(out)
     print(f"[gf-vl-data] {out}: {len(records)} {info['generator']} samples (split {info['split']}, lists {info['lists']})")
+    return 0
+
+
+def _tokenizer_command(args: argparse.Namespace) -> int:
+    from gf_training.catalogue_tokenizer import DEFAULT_VOCAB_SIZE, build_catalogue_tokenizer, coverage
+
+    tokenizer = build_catalogue_tokenizer(args.out, args.split, args.vocab_size or DEFAULT_VOCAB_SIZE)
+    print(f"[gf-vl-data] {args.out}: tokenizer of {len(tokenizer)} ids; {coverage(tokenizer, args.split).summary()}")
     return 0
 
 
