@@ -99,15 +99,15 @@ class CotrainSection:
     micro-batch; their loss is next-token cross-entropy on the answer through the VLM's LM head."""
 
     vl_dirs: list[str] = field(default_factory=list)
-    ratio: float = 0.0  # share of each micro-batch that is VL samples (0: off)
+    ratio: float = 0.0  # share of each micro-batch that is VL samples (0: off; 1: VL only, a VLM's pre-training)
     loss_weight: float = 1.0  # weight of a VL sample's loss relative to an action sample's
     max_text_tokens: int = 64  # question + answer tokens after the image tokens
 
     def __post_init__(self) -> None:
         if isinstance(self.vl_dirs, str):
             self.vl_dirs = [self.vl_dirs]
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError("cotrain.ratio must be in [0, 1)")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError("cotrain.ratio must be in [0, 1]")
         if self.ratio > 0 and not self.vl_dirs:
             raise ValueError("cotrain.ratio > 0 needs cotrain.vl_dirs (directories written by gf-vl-data)")
         if self.loss_weight < 0 or self.max_text_tokens < 4:

@@ -137,7 +137,8 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         self.attention_probe = None
         # Rank 0 measures on its own copy of the weights: not possible when FSDP shards them.
         info = self.info
-        if cfg.logging.attention_every > 0 and info.is_main and not (info.enabled and cfg.distributed.strategy == "fsdp"):
+        if (cfg.logging.attention_every > 0 and info.is_main and self.episodes
+                and not (info.enabled and cfg.distributed.strategy == "fsdp")):
             from gf_training.attention import AttentionMassProbe
 
             self.attention_probe = AttentionMassProbe.from_episodes(self.episodes, self.processor,
@@ -180,8 +181,9 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
             self._load_weights(model, resume_from)
         self.model = model.to(self.device)
         if info.is_main:
-            print(f"[gf-train] {cfg.name}: scheme {cfg.scheme.name}, {len(self.dataset)} samples from "
-                  f"{len(self.episodes)} episodes, {info.world_size} process(es) x {cfg.train.micro_batch_size} "
+            data = (f"{len(self.vl_dataset)} vision-language samples only" if self.dataset is None
+                    else f"{len(self.dataset)} samples from {len(self.episodes)} episodes")
+            print(f"[gf-train] {cfg.name}: scheme {cfg.scheme.name}, {data}, {info.world_size} process(es) x {cfg.train.micro_batch_size} "
                   f"x {self.accum} accumulation = batch {cfg.train.batch_size}\n{trainable_parameter_report(model)}",
                   file=sys.stderr)
         self.wrapped = wrap_model(self.model, info, cfg.distributed, self.device)
@@ -228,7 +230,7 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
                     if vl_batch is None:
                         loss = self.forward(batch)
                     else:
-                        fraction = self.vl_micro / (self.vl_micro + self.vla_micro)
+                        fraction = self.vl_micro / (self.vl_micro + self.vla_micro)  # 1: VL only (batch None)
                         loss = self.forward(batch, vl_batch, fraction, self.cfg.cotrain.loss_weight)
                 losses = dict(self.model.last_losses)
                 if self.scene_probe is not None:

@@ -278,19 +278,26 @@ class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixi
         return (err * valid).sum() / valid.sum().clamp_min(1.0)
 
     def forward(
-        self, batch: Mapping[str, torch.Tensor], vl_batch: Mapping[str, torch.Tensor] | None = None,
+        self, batch: Mapping[str, torch.Tensor] | None, vl_batch: Mapping[str, torch.Tensor] | None = None,
         vl_fraction: float = 0.0, vl_loss_weight: float = 1.0,
     ) -> torch.Tensor:
         """Training loss (so that DDP/FSDP wrappers see a forward call).
 
         Co-training: with ``vl_batch`` (see ``compute_lm_loss``) the loss is the per-sample mean
         over a mixed batch, ``(1 - f) * action loss + f * w * LM loss`` with ``f = vl_fraction``
-        (the share of vision-language samples) and ``w = vl_loss_weight``."""
+        (the share of vision-language samples) and ``w = vl_loss_weight``. Without ``batch``
+        (VLM pre-training) it is the LM loss alone."""
+        if batch is None:
+            if vl_batch is None:
+                raise ValueError("forward needs an action batch, a vision-language batch, or both")
+            lm = self.compute_lm_loss(vl_batch)  # lm.py
+            self.last_losses = {"lm": lm.detach()}
+            return vl_loss_weight * lm
         loss = self.compute_loss(batch)
         if vl_batch is None:
             return loss
         losses = dict(self.last_losses)
-        lm = self.compute_lm_loss(vl_batch)  # lm.py
+        lm = self.compute_lm_loss(vl_batch)
         self.last_losses = {**losses, "lm": lm.detach()}
         return (1.0 - vl_fraction) * loss + vl_fraction * vl_loss_weight * lm
 

@@ -1,0 +1,75 @@
+"""A mini VLM's pre-training with gf-train (``cotrain.ratio: 1``: vision-language samples only) and
+its export as a Hugging Face PaliGemma directory that the comparison's rows start from."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gf_policy.vla import PI0StyleVLA
+from gf_training.config import load_config
+from gf_training.train import train
+from gf_training.vl_data import generate_glyphs
+from gf_training.vlm import main as vlm_main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+QUIET = ["logging.progress=false", "logging.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def glyph_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vl") / "glyphs"
+    generate_glyphs(out, per_emoji=1, size=32, seed=0)
+    return out
+
+
+def vl_only(glyph_dir, out, *extra):
+    return load_config("tiny", [f"output_dir={out}", *QUIET, "train.batch_size=8", "train.micro_batch_size=8",
+                                "optim.warmup_steps=4", f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=1",
+                                "cotrain.max_text_tokens=24", *extra])
+
+
+def test_vision_language_only_training_learns_and_resumes_exactly(glyph_dir, tmp_path):
+    result, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=40", "train.save_steps=[]"))
+    assert (trainer.vla_micro, trainer.vl_micro) == (0, 8) and trainer.episodes == []
+    lm = result.parts["loss_lm"]
+    assert set(result.parts) == {"loss_lm"} and np.mean(lm[-5:]) < 0.85 * np.mean(lm[:5]), (lm[:5], lm[-5:])
+    checkpoint = trainer.run_dir / "checkpoints" / "step_000040"
+    assert (checkpoint / "model.safetensors").is_file() and not (trainer.run_dir / "norm_stats.json").exists()
+    # Stopped at step 2 and resumed: the same samples, the same losses.
+    straight, _ = train(vl_only(glyph_dir, tmp_path / "a", "train.steps=4", "train.save_steps=[2]"))
+    first, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=2", "train.save_steps=[2]"))
+    resumed, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=4", "train.save_steps=[2]"))
+    assert first.losses + resumed.losses == straight.losses
+    with pytest.raises(ValueError, match="vision-language samples only.*scene_probe"):
+        train(vl_only(glyph_dir, tmp_path / "c", "train.steps=1", "scene_probe.weight=1.0"))
+
+
+def test_the_exported_vlm_is_a_paligemma_directory_with_the_same_outputs(glyph_dir, tmp_path):
+    _, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=4", "train.save_steps=[]"))
+    checkpoint = trainer.run_dir / "checkpoints" / "step_000004"
+    out = tmp_path / "hf"
+    assert vlm_main(["export", str(checkpoint), "--out", str(out)]) == 0
+    from transformers import AutoTokenizer, PaliGemmaForConditionalGeneration
+
+    trained = PI0StyleVLA.from_pretrained(checkpoint).eval()
+    exported = PaliGemmaForConditionalGeneration.from_pretrained(str(out)).eval()
+    assert len(AutoTokenizer.from_pretrained(str(out))) == len(trainer.processor.tokenizer)
+    torch.manual_seed(0)
+    cfg = trained.config
+    ids = torch.randint(5, 100, (1, cfg.tokens_per_image + 6))
+    ids[0, : cfg.tokens_per_image] = cfg.image_token_id
+    pixels = torch.rand(1, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        a = trained.vlm(input_ids=ids, pixel_values=pixels).logits
+        b = exported(input_ids=ids, pixel_values=pixels).logits
+    assert torch.equal(a, b)
+    # A row starts from it as from the real PaliGemma: its weights, a new action expert.
+    row = PI0StyleVLA.from_paligemma(out, {"action_horizon": cfg.action_horizon})
+    with torch.no_grad():
+        assert torch.equal(row.vlm(input_ids=ids, pixel_values=pixels).logits, a)
