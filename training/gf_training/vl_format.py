@@ -25,6 +25,7 @@ VL_FORMAT = "gf-vl-v1"
 MANIFEST = "manifest.jsonl"
 INFO = "info.json"
 IMAGES = "images"
+CAMERA_VIEWS = ("tabletop", "which", "cube")  # generators whose images are the policy camera's view
 
 
 @dataclass
@@ -100,13 +101,18 @@ def read_vl_dir(directory: str | Path) -> tuple[dict[str, Any], list[VLRecord]]:
 
 
 class VLDataset(Dataset):
-    """The samples of one or more VL directories: ``image`` (S, S, 3) uint8, ``question``, ``answer``."""
+    """The samples of one or more VL directories: ``image`` (S, S, 3) uint8, ``question``, ``answer``.
+
+    ``image_crop`` (the model's crop of the camera frame) applies to camera views only (scenes
+    rendered by the simulator); a glyph or a card is seen whole."""
 
     def __init__(self, directories: Sequence[str | Path], image_size: int | None = None,
                  image_crop: Sequence[float] | None = None):
         self.items: list[tuple[Path, VLRecord]] = []
+        self._camera_view: dict[Path, bool] = {}
         for d in directories:
-            _, records = read_vl_dir(d)
+            info, records = read_vl_dir(d)
+            self._camera_view[Path(d)] = info.get("generator") in CAMERA_VIEWS
             self.items.extend((Path(d), r) for r in records)
         if not self.items:
             raise ValueError(f"no vision-language samples in {', '.join(map(str, directories))}")
@@ -123,7 +129,7 @@ class VLDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         directory, record = self.items[index]
         image = np.asarray(Image.open(directory / record.image).convert("RGB"))
-        image = fit_image(image, self.image_size, self.image_crop)
+        image = fit_image(image, self.image_size, self.image_crop if self._camera_view[directory] else None)
         return {"image": image, "question": record.question, "answer": record.answer}
 
 

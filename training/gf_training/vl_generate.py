@@ -15,10 +15,10 @@ import numpy as np
 
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
-from gf_training.vl_format import IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
+from gf_training.vl_format import CAMERA_VIEWS, IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
 from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, tabletop_sample, which_sample
 
-GENERATORS = ("glyphs", "cards", "tabletop", "which", "cube")
+GENERATORS = ("glyphs", "cards", *CAMERA_VIEWS)
 # Keep the generated scenes away from the evaluation trials (base seed 0) of the same emojis,
 # and the scene generators away from each other.
 TABLETOP_BASE_SEED = 1_000_000

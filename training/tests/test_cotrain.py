@@ -223,6 +223,23 @@ def tiny_processor(tmp_path, texts):
     return VLAProcessor(train_tiny_tokenizer(texts, 512, tmp_path / "tok"), cfg)
 
 
+def test_the_models_crop_applies_to_camera_views_only(glyph_dir, tmp_path):
+    from gf_training.vl_format import _write
+
+    crop = [0.0, 0.0, 0.5, 0.5]
+    glyphs = VLDataset([glyph_dir], image_size=32, image_crop=crop)
+    assert np.array_equal(glyphs[0]["image"], VLDataset([glyph_dir], image_size=32)[0]["image"])  # seen whole
+    scenes = tmp_path / "scenes"  # the same image as if the simulator had rendered it
+    shutil.copytree(glyph_dir, scenes)
+    info, records = read_vl_dir(scenes)
+    _write(scenes, {r.id: r for r in records}, {**info, "generator": "tabletop"})
+    cropped = VLDataset([scenes], image_size=32, image_crop=crop)[0]["image"]
+    full = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(scenes / records[0].image).convert("RGB"))
+    from gf_bringup.images import fit_image
+
+    assert np.array_equal(cropped, fit_image(full, 32, crop)) and not np.array_equal(cropped, glyphs[0]["image"])
+
+
 def test_collator_builds_prefix_lm_batches(glyph_dir, tmp_path):
     ds = VLDataset([glyph_dir], image_size=32)
     processor = tiny_processor(tmp_path, ds.texts())
