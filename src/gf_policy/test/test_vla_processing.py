@@ -52,11 +52,20 @@ def test_prompt_layout(tokenizer_dir):
     assert mask[1].sum() < mask[0].sum()
 
 
-def test_long_instructions_are_truncated(tokenizer_dir):
+def test_long_instructions_are_truncated_with_one_warning(tokenizer_dir):
+    import warnings
+
+    from gf_policy.vla.processing import TruncatedInstructionWarning
+
     cfg = VLAConfig.tiny(max_text_tokens=6)
     proc = VLAProcessor.from_pretrained(tokenizer_dir, cfg)
-    ids, mask = proc.tokenize(" ".join(TEXTS))
+    with pytest.warns(TruncatedInstructionWarning, match="exceed max_text_tokens=6"):
+        ids, mask = proc.tokenize(" ".join(TEXTS))
     assert ids.shape == (1, cfg.tokens_per_image + 6) and mask.all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proc.tokenize(" ".join(TEXTS))  # once per processor, not once per batch
+        VLAProcessor.from_pretrained(tokenizer_dir, VLAConfig.tiny()).tokenize(TEXTS[0])  # fits: no warning
 
 
 def test_images_resized_and_siglip_normalised(tokenizer_dir):

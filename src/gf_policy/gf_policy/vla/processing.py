@@ -13,6 +13,7 @@ PaliGemma tokenizer from a checkpoint directory, or a tiny one trained offline f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +103,8 @@ class VLAProcessor:
     def tokenize(self, instructions: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instructions -> (input_ids, attention_mask), each (B, prefix_length), right-padded.
 
-        Text longer than ``max_text_tokens`` (including BOS and the trailing newline) is truncated.
+        Text longer than ``max_text_tokens`` (including BOS and the trailing newline) is truncated,
+        with a warning: the end of an instruction is the emoji's name, which is then lost.
         """
         if isinstance(instructions, str):
             instructions = [instructions]
@@ -113,6 +115,11 @@ class VLAProcessor:
         mask = torch.zeros((len(instructions), length), dtype=torch.bool)
         for row, text in enumerate(instructions):
             text_ids = self.tokenizer.encode(clean_instruction(text) + "\n", add_special_tokens=False)
+            if 1 + len(text_ids) > cfg.max_text_tokens and not getattr(self, "_warned_truncation", False):
+                self._warned_truncation = True  # once per processor: a run's log, not one line per batch
+                warnings.warn(f"{1 + len(text_ids)} tokens for {text!r} exceed max_text_tokens={cfg.max_text_tokens}: "
+                              "its end is cut off (raise max_text_tokens, or use a tokenizer that knows these words)",
+                              TruncatedInstructionWarning, stacklevel=2)
             tokens = ([cfg.image_token_id] * n_img + [self.tokenizer.bos_token_id] + list(text_ids))[:length]
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             mask[row, : len(tokens)] = True
@@ -125,6 +132,10 @@ class VLAProcessor:
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(f"{pixel_values.shape[0]} image samples but {input_ids.shape[0]} instructions")
         return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class TruncatedInstructionWarning(UserWarning):
+    """An instruction longer than the model's text budget lost its end (usually the emoji's name)."""
 
 
 def train_tiny_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerBase:
