@@ -10,6 +10,11 @@ One command runs the whole loop for a small ``PI0StyleVLA`` trained from scratch
     report    runs/mini/<recipe>/report/: the paper's table (95 % Wilson intervals), success vs.
               training step, the loss curve, the wall time of every stage
 
+The ``vlm`` recipe pre-trains the mini model's VLM instead (issue 18): ``tokenizer`` (gf-vl-data
+tokenizer: every emoji's name), ``vl`` (glyphs, cards and which-card scenes of every catalogue
+emoji), ``train`` (vision-language samples only), ``export`` (gf-vlm export: a PaliGemma
+directory) and ``probe`` (gf-probe on the cards of every list).
+
 Every stage skips finished work (enough demos in the manifest, the final checkpoint, complete
 sweep and evaluation results) and the tools underneath resume interrupted work, so the same
 command continues an interrupted recipe. ``--dry-run`` prints the commands. The stages show
@@ -36,6 +41,7 @@ from gf_training.mini_plan import (
     DEMO_DIR,
     EVAL_DIR,
     MINI_CONFIG_DIR,
+    PROBE_DIR,
     RECIPES,
     REPORT_DIR,
     RUN_ROOT,
@@ -43,6 +49,7 @@ from gf_training.mini_plan import (
     VL_ROOT,
     Plan,
     Recipe,
+    VLData,
 )
 from gf_training.mini_report import _clock, plot_loss, read_metrics, write_report
 from gf_training.mini_stages import (
@@ -66,7 +73,8 @@ from gf_training.mini_stages import (
 
 __all__ = [
     "DEMO_DIR", "ESTIMATED_RATES", "EVAL_DIR", "EVAL_PROTOCOLS", "MINI_CONFIG_DIR", "POLICY_BACKEND_ARGS", "RECIPES",
-    "REPORT_DIR", "RUN_ROOT", "STAGES", "STAGE_LOG", "SWEEP_PROTOCOLS", "VL_ROOT", "Plan", "Recipe", "Stage",
+    "PROBE_DIR", "REPORT_DIR", "RUN_ROOT", "STAGES", "STAGE_LOG", "SWEEP_PROTOCOLS", "VL_ROOT", "Plan", "Recipe", "Stage",
+    "VLData",
     "chosen_checkpoint", "eval_command", "evaluated", "final_checkpoint", "main", "make_plan", "plot_loss",
     "read_metrics", "run", "stages", "sweep_file", "swept", "trained", "usable_demos", "vl_samples", "write_report",
 ]
@@ -113,8 +121,9 @@ def run(plan: Plan, dry_run: bool = False, only: Sequence[str] | None = None,
                 return code
         _record_stage(plan, stage.name, time.perf_counter() - stage_start, skipped=False)
     if not dry_run:
+        results = plan.report_dir if plan.recipe.kind == "vla" else plan.run_dir / PROBE_DIR
         say(f"[gf-mini] {plan.recipe.name}: all stages done in {_clock(time.perf_counter() - started)} "
-            f"(report: {plan.report_dir})")
+            f"(results: {results})")
     return 0
 
 
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = make_plan(args)
     if args.command == "report":
+        if plan.recipe.kind != "vla":
+            parser.error(f"{plan.recipe.name} is a VLM recipe: its results are gf-probe's, in {plan.run_dir / PROBE_DIR}")
         print(write_report(plan)["summary"].read_text(encoding="utf-8"), end="")
         return 0
     only = None

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import yaml
 
+from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.runtime import console_script
 from gf_training.config import load_config
-from gf_training.mini_plan import Plan
+from gf_training.mini_plan import PROBE_DIR, VLM_EXPORT, Plan, VLData
 
 EVAL_PROTOCOLS = ("ID", "Train", "Val", "Hard")
 SWEEP_PROTOCOLS = ("Val",)  # gf-sweep's selection rule: best Val overall SR
 # The policy node runs torch on one thread: the simulator needs the other core, and two
 # intra-op threads competing with it for one core are slower than one.
 POLICY_BACKEND_ARGS = {"num_threads": 1}
-STAGES = ("demos", "vl", "train", "sweep", "eval", "report")
+STAGES = ("tokenizer", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
 
 # Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
 # demo episodes with gf-demos' 2 workers, optimiser steps of the mini model, evaluated trials
@@ -145,12 +146,28 @@ def stages(plan: Plan) -> list[Stage]:
         chosen = chosen_checkpoint(plan)
         return eval_command(plan, chosen if chosen is not None else "<best checkpoint of the sweep>")
 
-    def vl_stage(generator: str, scenes: int) -> Stage:
-        directory = plan.vl_dir(generator)
-        return Stage("vl", lambda: vl_samples(directory) >= scenes,
-                     lambda: [console_script("gf-vl-data"), generator, "--scenes", str(scenes), "--out", str(directory)],
-                     lambda: max(scenes - vl_samples(directory), 0) * rates["vl_s_per_scene"])
+    def vl_stage(data: VLData) -> Stage:
+        directory = plan.vl_dir(data)
+        wanted = data.samples(DEFAULT_SPLIT)  # gf-vl-data's default split, as the command runs it
+        return Stage("vl", lambda: vl_samples(directory) >= wanted,
+                     lambda: [console_script("gf-vl-data"), *data.command_args(), "--out", str(directory)],
+                     lambda: max(wanted - vl_samples(directory), 0) * rates["vl_s_per_scene"] * (not data.per_emoji))
 
+    train = Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],
+                  lambda: plan.train_steps() / rates["train_steps_per_s"])
+    if plan.recipe.kind == "vlm":
+        return [
+            Stage("tokenizer", lambda: (plan.tokenizer_dir / "tokenizer_config.json").exists(),
+                  lambda: [console_script("gf-vl-data"), "tokenizer", "--out", str(plan.tokenizer_dir)], lambda: 5.0),
+            *(vl_stage(d) for d in plan.recipe.vl_data),
+            train,
+            Stage("export", lambda: (plan.run_dir / VLM_EXPORT / "config.json").exists(),
+                  lambda: [console_script("gf-vlm"), "export", str(final_checkpoint(plan)), "--out",
+                           str(plan.run_dir / VLM_EXPORT)], lambda: 10.0),
+            Stage("probe", lambda: (plan.run_dir / PROBE_DIR / "summary.json").exists(),
+                  lambda: [console_script("gf-probe"), str(plan.run_dir / VLM_EXPORT), "--out", str(plan.run_dir / PROBE_DIR),
+                           "--no-progress"], lambda: 120.0),
+        ]
     return [
         Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
               lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
@@ -158,9 +175,8 @@ def stages(plan: Plan) -> list[Stage]:
                        *([] if plan.recipe.expert_profile == "fast"
                          else ["--backend-args", f"{{profile: {plan.recipe.expert_profile}}}"])],
               lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"]),
-        *(vl_stage(g, n) for g, n in plan.recipe.vl_data),
-        Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],
-              lambda: plan.train_steps() / rates["train_steps_per_s"]),
+        *(vl_stage(d) for d in plan.recipe.vl_data),
+        train,
         Stage("sweep", lambda: plan.sweep_trials <= 0 or swept(plan),
               lambda: [console_script("gf-sweep"), str(plan.run_dir), "--trials", str(plan.sweep_trials),
                        "--protocols", ",".join(SWEEP_PROTOCOLS),

@@ -63,7 +63,7 @@ def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path, capsys, monkeypat
     assert mini.main(["run", "baseline", "--dry-run", "--root", str(tmp_path), "--episodes", "7"]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[gf-mini]")]
-    assert [line.split()[2] for line in lines] == [s for s in mini.STAGES if s != "vl"]  # no VL data
+    assert [line.split()[2] for line in lines] == ["demos", "train", "sweep", "eval", "report"]  # no VL data
     assert "--episodes 7" in lines[0] and "gf-train mini/baseline.yaml" in lines[1]
     assert "--protocols Val" in lines[2] and "protocols:=[ID,Train,Val,Hard]" in lines[3]
     assert not any(tmp_path.iterdir())
@@ -80,6 +80,37 @@ def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, ca
     (vl_dir / "manifest.jsonl").write_text("{}\n" * 1000)
     assert mini.main(["run", "cube_cotrain", "--dry-run", "--root", str(tmp_path)]) == 0
     assert "vl (done, would skip)" in capsys.readouterr().err
+
+
+def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    assert [line.split()[2] for line in lines] == ["tokenizer", "vl", "vl", "vl", "train", "export", "probe"]
+    vl = tmp_path / "vl" / "mini"
+    assert f"gf-vl-data glyphs --per-emoji 8 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
+    assert f"gf-vl-data which --scenes 3000 --lists All --out {vl / 'all_which'}" in lines[3]
+    run_dir = tmp_path / "runs" / "mini" / "vlm"
+    assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in lines[4] and "demo_dirs" not in lines[4]
+    assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[4]
+    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[5]
+    assert f"gf-probe {run_dir / 'hf'} --out {run_dir / 'probe'}" in lines[6]
+    # glyphs of every catalogue emoji: done at 8 per emoji, not before
+    (vl / "all_glyphs").mkdir(parents=True)
+    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (8 * 1377 - 1))
+    assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
+    assert "2/7 vl (to run)" in capsys.readouterr().err
+    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (8 * 1377))
+    assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
+    assert "2/7 vl (done, would skip)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mini.main(["report", "vlm", "--root", str(tmp_path)])
+    # the recipe's config builds the VLM it describes: the crop view, a 1024-id vocabulary, VL only
+    cfg = load_config("mini/vlm.yaml")
+    assert cfg.cotrain.ratio == 1.0 and cfg.data.demo_dirs == []
+    vc = build_model(cfg).config
+    assert vc.image_size == 128 and vc.image_crop == [0.15, 0.15, 0.85, 0.78] and vc.text_config["vocab_size"] == 1024
+    assert vc.max_text_tokens == 24 and vc.tokens_per_image == 64
 
 
 def test_an_upstream_paced_recipe_records_and_trains_on_its_own_demos(tmp_path, capsys, monkeypatch):
