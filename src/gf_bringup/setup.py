@@ -34,6 +34,7 @@ setup(
         "gf.doctor": [
             "ros2 = gf_bringup.doctor:check_ros_round_trip",
             "dds_security = gf_bringup.doctor:check_dds_security",
+            "dds_shared_memory = gf_bringup.shm:check_dds_shared_memory",
         ],
     },
 )

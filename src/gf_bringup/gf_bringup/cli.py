@@ -1,4 +1,4 @@
-"""`gf`: the workspace's umbrella command (gf doctor, gf env)."""
+"""`gf`: the workspace's umbrella command (gf doctor, gf env, gf shm-clean)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "doctor": "check ROS 2, DDS, Vulkan, fonts, models and assets on this machine",
         "env": "print the environment variables GrinningFace processes run with",
+        "shm-clean": "remove the Fast DDS shared-memory segments killed processes left in /dev/shm",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: gf COMMAND [ARGS]\n\ncommands:")
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from gf_bringup.doctor import main as doctor_main
 
         return doctor_main(argv[1:])
+    if argv[0] == "shm-clean":
+        from gf_bringup.shm import main as shm_main
+
+        return shm_main(argv[1:])
     from gf_bringup.runtime import configure_environment
 
     env = configure_environment()
