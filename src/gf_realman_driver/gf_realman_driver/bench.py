@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import sys
 import time
 from contextlib import contextmanager
 
@@ -120,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controller-in-process", action="store_true",
                         help="--arm fake: serve the fake controller from the bench's own process (its threads then "
                              "compete with the driver's for the interpreter lock, which a real controller never does)")
-    parser.add_argument("--switch-interval-ms", type=float, default=DriverSettings.switch_interval * 1000,
-                        help="interpreter lock switch interval the driver sets (default: the driver's, "
-                             f"{DriverSettings.switch_interval * 1000:g} ms; 5 = Python's default)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object instead")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.period_ms <= 0:
@@ -151,7 +147,7 @@ def _run(args: argparse.Namespace, planner: TargetPlanner, period: float, fake_p
     events: list[str] = []
     driver = ArmDriver(arm, planner, watchdog_timeout=1.0,
                        settings=DriverSettings(trial_gating=False, state_period=0.01, spin=args.spin_us / 1e6,
-                                               motion_limits=motion, switch_interval=args.switch_interval_ms / 1e3),
+                                               motion_limits=motion),
                        on_event=lambda level, text: events.append(f"{level}: {text}"))
     sent: list[np.ndarray] = []
     sent_at: list[float] = []
@@ -203,7 +199,6 @@ def _run(args: argparse.Namespace, planner: TargetPlanner, period: float, fake_p
     submit_ms = np.asarray(submits) * 1000.0
     figures.update(
         period_ms=args.period_ms,
-        switch_interval_ms=sys.getswitchinterval() * 1000,
         setpoints_sent=float(len(sent)),
         setpoints_ignored_by_arm=float(getattr(arm, "setpoints_ignored", 0)),
         peak_accel=peak_acceleration(sent, period),
@@ -224,8 +219,7 @@ def _run(args: argparse.Namespace, planner: TargetPlanner, period: float, fake_p
             else f"RealmanArm + moving fake controller {where}, UDP push, smoothed set-points")
     print(
         f"arm streaming loop (ArmDriver): {int(f['ticks'])} set-points in {args.seconds:g} s at a {args.period_ms:g} ms "
-        f"period ({what}, latency {args.latency_ms:g} ms, spin {args.spin_us:g} us, "
-        f"switch interval {f['switch_interval_ms']:g} ms)"
+        f"period ({what}, latency {args.latency_ms:g} ms, spin {args.spin_us:g} us)"
     )
     print(f"  period  p50 {f['period_p50_ms']:6.3f} ms   p99 {f['period_p99_ms']:6.3f} ms   max {f['period_max_ms']:6.3f} ms"
           f"   (between set-points sent)")

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 from collections import Counter
@@ -110,10 +109,6 @@ class DriverSettings:
     motion_limits: MotionLimits | None = None  # jerk/acceleration-limited set-points; None: the planner's own
     home_safe_z: float | None = None  # m; ~/home lifts the tool to this height first (None: no lift)
     gripper_in_worker: bool = True  # gripper commands from a worker thread (never wait in the tick)
-    # Longest a thread that computes (chunk planning, state decoding) keeps the interpreter lock
-    # while the set-point thread waits for it; Python's default is 5 ms, half the 10 ms period.
-    # Process-wide (sys.setswitchinterval), set when the driver starts; None leaves it as it is.
-    switch_interval: float | None = 0.0005
 
 
 @dataclass
@@ -208,9 +203,6 @@ class ArmDriver:
 
     def start(self) -> None:
         """Start the control thread (connects in the background)."""
-        interval = self.settings.switch_interval
-        if interval is not None and sys.getswitchinterval() > interval:
-            sys.setswitchinterval(interval)
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="arm-driver", daemon=True)

@@ -98,24 +98,6 @@ def test_backoff_doubles_up_to_the_maximum_and_resets():
         Backoff(2.0, 1.0)
 
 
-def test_a_started_driver_keeps_computing_threads_from_holding_the_interpreter_lock_long(monkeypatch):
-    import sys
-
-    monkeypatch.setattr(sys, "getswitchinterval", lambda: 0.005)  # Python's default
-    chosen = []
-    monkeypatch.setattr(sys, "setswitchinterval", chosen.append)
-    d = make_driver()
-    d.start()
-    d.shutdown()
-    assert chosen == [DriverSettings().switch_interval] and chosen[0] <= 0.001  # far below the 10 ms period
-    chosen.clear()
-    for setting in (None, 0.01):  # left alone: when asked to, and when the process already chose lower
-        d = make_driver(switch_interval=setting)
-        d.start()
-        d.shutdown()
-    assert chosen == []
-
-
 def test_a_chunk_is_streamed_and_moves_the_ee_by_its_delta(driver):
     start = driver.arm.state().ee_xyz
     plan = driver.submit(**chunk(moves(4, [0.01, 0.005, -0.01])))
