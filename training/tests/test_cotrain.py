@@ -40,13 +40,6 @@ torch.set_num_threads(1)
 QUIET = ["logging.progress=false", "logging.tensorboard=false"]
 
 
-@pytest.fixture(scope="module")
-def glyph_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vl") / "glyphs"
-    generate_glyphs(out, per_emoji=1, size=32, seed=0)
-    return out
-
-
 def test_glyph_data_is_reproducible_with_a_manifest(glyph_dir, tmp_path):
     info, records = read_vl_dir(glyph_dir)
     assert info["generator"] == "glyphs" and info["split"] == "gf-default-v1" and info["lists"] == ["Train"]

@@ -12,20 +12,12 @@ import torch
 from gf_policy.vla import PI0StyleVLA
 from gf_training.config import load_config
 from gf_training.train import train
-from gf_training.vl_data import generate_glyphs
 from gf_training.vlm import main as vlm_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 QUIET = ["logging.progress=false", "logging.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def glyph_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vl") / "glyphs"
-    generate_glyphs(out, per_emoji=1, size=32, seed=0)
-    return out
 
 
 def vl_only(glyph_dir, out, *extra):

@@ -48,6 +48,11 @@ def enclave_dir(keystore: Path, enclave: str) -> Path:
     return Path(keystore) / "enclaves" / enclave.strip("/")
 
 
+def keystore_variable(keystore: str) -> dict[str, str]:
+    """The environment a ``keystore:=DIR`` launch argument sets ({} for '')."""
+    return {"ROS_SECURITY_KEYSTORE": str(Path(keystore).expanduser().resolve())} if keystore else {}
+
+
 def keystore_info(keystore: Path) -> dict:
     """What ``gf-keys keystore`` recorded (domain, namespace, enclaves); SecureNetworkError if none."""
     path = Path(keystore).expanduser() / INFO_FILE

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gf_bringup.graphs import Graph
 
 
@@ -13,6 +11,7 @@ def launch_description(graph: Graph):
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
     from launch_ros.actions import Node
 
+    from gf_bringup.keystore import keystore_variable
     from gf_bringup.runtime import SECURE_NETWORK, node_environment, package_file
 
     def create_nodes(context):
@@ -20,11 +19,8 @@ def launch_description(graph: Graph):
         graph.check_args(values)  # a wrong argument stops the launch in one line, before any node starts
         # The nodes inherit the launch's environment (a sourced workspace, the user's domain and
         # DDS profile); only the variables the workspace needs and the user left unset are added.
-        base = dict(context.environment)
-        if values.get("keystore"):
-            base["ROS_SECURITY_KEYSTORE"] = str(Path(values["keystore"]).expanduser().resolve())
-        added = node_environment(base, network=values.get("network") or None)
-        added.update({k: v for k, v in base.items() if context.environment.get(k) != v})
+        keystore = keystore_variable(values.get("keystore", ""))
+        added = {**keystore, **node_environment({**context.environment, **keystore}, network=values.get("network") or None)}
         actions = [SetEnvironmentVariable(k, v) for k, v in added.items()]
         secure = values.get("network") == SECURE_NETWORK
         for spec in graph.active_nodes(values):

@@ -25,6 +25,7 @@ import yaml
 
 from gf_bringup.domains import claim_domain
 from gf_bringup.graphs import Graph, NodeSpec, load_graphs, load_object, params_file_key
+from gf_bringup.keystore import keystore_variable
 from gf_bringup.runtime import SECURE_NETWORK, configure_environment, console_script, package_file
 
 
@@ -213,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--composed cannot run network:={SECURE_NETWORK}: one process is one enclave")
     except ValueError as exc:
         parser.error(str(exc))
-    if values.get("keystore"):
-        os.environ["ROS_SECURITY_KEYSTORE"] = str(Path(values["keystore"]).expanduser().resolve())
+    os.environ.update(keystore_variable(values.get("keystore", "")))
     try:
         configure_environment(network=values.get("network") or None)
     except ValueError as exc:  # robot-secure where it cannot run: one line, before any node starts
