@@ -64,6 +64,9 @@ def check_dds_shared_memory() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``gf shm-clean``."""
+    import argparse
+
+    argparse.ArgumentParser(prog="gf shm-clean", description=__doc__.split("\n\n")[0]).parse_args(argv)
     before = segment_bytes()
     try:
         report = clean()
