@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
 import signal
 import subprocess
@@ -56,3 +58,30 @@ def output_when_ended(proc: subprocess.Popen, timeout: float) -> str:
 def ended():
     """``ended(proc, timeout)``: see ``output_when_ended``."""
     return output_when_ended
+
+
+# pytest-timeout ends a hung test by raising in it once; if the test's clean-up then hangs as
+# well (a thread join, a process that ignores its signal), the run would sit silent until the CI
+# limit. So past a test's timeout plus this grace, every thread's stack goes to the real stderr
+# and the run ends with a failure.
+HANG_GRACE_S = 300.0
+_REAL_STDERR = pytest.StashKey[int]()
+
+
+def pytest_configure(config) -> None:
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        config.stash[_REAL_STDERR] = os.dup(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else
+                    item.config.getoption("timeout", None) or item.config.getini("timeout") or 0)
+    if timeout > 0:
+        faulthandler.dump_traceback_later(timeout + HANG_GRACE_S, exit=True, file=item.config.stash[_REAL_STDERR])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gf_bringup.domains import claim_domain
 from gf_bringup.graphs import load_graphs
 from gf_bringup.names import SIM_STATE, recorded
-from gf_bringup.runtime import profile_path, random_domain_id, workspace_root
+from gf_bringup.runtime import profile_path, workspace_root
 
 ROOT = workspace_root()
 VENV = Path(sys.prefix)
@@ -68,23 +69,66 @@ class Shell:
             "MS_ASSET_DIR": os.environ["MS_ASSET_DIR"],
         }
         self.prefix = f"source {shlex.quote(str(VENV / 'bin' / 'activate'))} && "
+        self.started: list[subprocess.Popen] = []
 
     def script(self, command: str, sourced: bool = True) -> list[str]:
         source = "source install/setup.bash && " if sourced else ""
         return ["bash", "-c", self.prefix + source + command]
 
     def run(self, command: str, timeout: float, sourced: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(self.script(command, sourced), cwd=self.workdir, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        """``command`` to its end; one still running after ``timeout`` s fails the test (see ``ended``)."""
+        proc = subprocess.Popen(self.script(command, sourced), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.started.append(proc)
+        out, err = ended(proc, timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def start(self, command: str) -> subprocess.Popen:
         # Own session: SIGINT to the group is what a terminal's Ctrl-C does to its foreground job.
-        return subprocess.Popen(self.script(command), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(self.script(command), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def kill_leftovers(self) -> None:
+        """Whatever a failed test left running: it must not load the machine for the tests after it."""
+        for proc in self.started:
+            if proc.poll() is None:
+                kill_tree(proc, signal.SIGKILL)
+                proc.communicate()
+
+
+def kill_tree(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to ``proc``'s process group and to every process below it (a node in a group of its own too)."""
+    for pid in descendants(proc.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def ended(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of ``proc``, which must end within ``timeout`` s. One that hangs is sent
+    SIGTERM (each node then prints its threads' stacks), then killed with all it started, and the
+    test fails with its output: a hung graph never outlives its test."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc, signal.SIGTERM)
+        time.sleep(3.0)
+        kill_tree(proc, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args[-1][-200:]!r} did not end within {timeout:.0f} s; its output:\n"
+                    f"{(out or '')[-6000:]}\n{(err or '')[-3000:]}")
+    return out or "", err or ""
 
 
 @pytest.fixture(scope="module")
-def shell(tmp_path_factory) -> Shell:
+def shell(tmp_path_factory):
     """A copy of the checkout built with the README's colcon line."""
     _require_tooling()
     work = tmp_path_factory.mktemp("colcon_ws")
@@ -97,11 +141,16 @@ def shell(tmp_path_factory) -> Shell:
             shutil.copy2(src, work / rel)
     profile = work / "my_fastdds_profile.xml"  # the user's own profile: must reach the nodes unchanged
     shutil.copy(profile_path("loopback"), profile)
-    sh = Shell(work, str(random_domain_id()), profile)
-    build = sh.run(readme_line("python -m colcon build"), timeout=900, sourced=False)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    assert (work / readme_line("source install/").split()[1]).is_file()
-    return sh
+    domain, lock = claim_domain(probe=False)  # no other test session or gf-launch run may take it meanwhile
+    sh = Shell(work, str(domain), profile)
+    try:
+        build = sh.run(readme_line("python -m colcon build"), timeout=900, sourced=False)
+        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+        assert (work / readme_line("source install/").split()[1]).is_file()
+        yield sh
+    finally:
+        sh.kill_leftovers()
+        os.close(lock)
 
 
 def clean_run_problems(output: str) -> list[str]:
@@ -171,7 +220,7 @@ def interrupt_after_first_results(shell: Shell, command: str, results_file: Path
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     os.killpg(proc.pid, signal.SIGINT)
-    output = proc.communicate(timeout=120)[0]
+    output = ended(proc, 120)[0]
     recorded = len(results(results_file))
     assert proc.returncode == 0, output[-3000:]
     assert clean_run_problems(output) == [], output[-3000:]
@@ -208,7 +257,7 @@ def test_robot_dry_run_stops_cleanly_on_ctrl_c_and_completes_its_trials_with_the
             except OSError:
                 pass
         time.sleep(0.1)
-    output = proc.communicate(timeout=600)[0]
+    output = ended(proc, 600)[0]
     assert proc.returncode == 0, output[-3000:]
     assert clean_run_problems(output) == [], output[-3000:]
     assert set(seen) == {"realman_driver", "camera", "policy", "touch_eval"}, (sorted(seen), output[-2000:])
@@ -252,7 +301,7 @@ def test_teleop_graph_starts_and_answers_ros2_node_list(shell):
         assert expected <= listed, listed
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=120)[0]
+        output = ended(proc, 120)[0]
     assert proc.returncode == 0 and clean_run_problems(output) == [], output[-3000:]
 
 
@@ -281,4 +330,4 @@ def test_ros2_topic_echo_reads_a_running_graph(shell):
         assert echo.returncode == 0 and "trial_id:" in echo.stdout, echo.stdout + echo.stderr
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.communicate(timeout=120)
+        ended(proc, 120)

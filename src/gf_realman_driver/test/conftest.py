@@ -20,17 +20,20 @@ import numpy as np
 import pytest
 
 from gf_bringup import names
-from gf_bringup.runtime import random_domain_id
+from gf_bringup.domains import claim_domain
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def module_domain():
-    """A ROS domain for one test module (its processes and its probe), restored afterwards."""
+    """A ROS domain for one test module (its processes and its probe), restored afterwards. It is
+    claimed (gf_bringup.domains), so no other test session or gf-launch run takes it meanwhile."""
     old = os.environ.get("ROS_DOMAIN_ID")
-    os.environ["ROS_DOMAIN_ID"] = str(random_domain_id())
+    domain, lock = claim_domain(probe=False)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
     yield os.environ["ROS_DOMAIN_ID"]
+    os.close(lock)
     if old is None:
         os.environ.pop("ROS_DOMAIN_ID", None)
     else:
@@ -180,7 +183,8 @@ class Probe:
         return bool(future.result().success)
 
     def close(self) -> None:
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=10.0)
+        self.thread.join(10.0)
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
 
