@@ -28,6 +28,7 @@ setup(
         ],
         "gf.bench": [
             "sim = gf_sim_bridge.bench:main",
+            "sim-scaling = gf_sim_bridge.scaling_bench:main",
         ],
         "gf.doctor": [
             "vulkan = gf_sim_bridge.checks:check_vulkan",

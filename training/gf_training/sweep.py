@@ -26,7 +26,7 @@ import yaml
 from gf_bringup.runtime import console_script
 from gf_eval.results import ResultsFile
 from gf_eval.scoring import CHANCE_RECOGNITION, ProtocolSummary, Rate, summarize
-from gf_eval.shards import PLANNED_ARGS, ShardError, add_ray_argument, merge_results, plan_shards, run_shards
+from gf_eval.shards import PLANNED_ARGS, ShardError, add_shard_arguments, merge_results, plan_shards, run_shards
 from gf_training.train import CHECKPOINT_DIR, INFERENCE_WEIGHTS
 
 DEFAULT_PROTOCOLS = ("ID", "Train", "Val")
@@ -323,7 +323,7 @@ def write_outputs(sweep: SweepResult, title: str = "") -> dict[str, Path]:
 
 
 def evaluate_on_ray(run_dir: Path, evaluator: SimEvaluator, out_dir: Path | None, steps: Sequence[int] | None,
-                    shard_trials: int, ray_address: str) -> None:
+                    shard_trials: int, ray_address: str, composed: bool = True) -> None:
     """``--ray``: the shards of every checkpoint not yet complete, all submitted to Ray at once,
     merged into each checkpoint's usual output directory."""
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / SWEEP_DIR
@@ -334,7 +334,7 @@ def evaluate_on_ray(run_dir: Path, evaluator: SimEvaluator, out_dir: Path | None
             continue
         planned = {f"{name}:=" for name in PLANNED_ARGS}
         launch_args = [a for a in evaluator.command(ckpt, odir)[2:] if not any(a.startswith(p) for p in planned)]
-        shards += plan_shards(odir, launch_args, evaluator.protocols, evaluator.trials, shard_trials)
+        shards += plan_shards(odir, launch_args, evaluator.protocols, evaluator.trials, shard_trials, composed=composed)
     records = run_shards(shards, ray_address, evaluator.gf_launch, lambda line: print(line, file=sys.stderr, flush=True),
                          timeout_s=evaluator.timeout_s)
     for odir in dict.fromkeys(s.output_dir for s in shards):
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra vla backend argument, e.g. device=cuda (repeatable)")
     parser.add_argument("--gf-launch", help="the gf-launch executable (default: this environment's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed per checkpoint evaluation")
-    add_ray_argument(parser)
+    add_shard_arguments(parser)
     parser.add_argument("--shard-trials", type=int, default=25, help="with --ray: trials per shard (default 25)")
     args = parser.parse_args(argv)
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         if args.ray is not None:  # evaluate every checkpoint's shards on Ray first; run_sweep then finds them complete
-            evaluate_on_ray(args.run_dir, evaluator, args.out, steps, args.shard_trials, args.ray)
+            evaluate_on_ray(args.run_dir, evaluator, args.out, steps, args.shard_trials, args.ray, not args.processes)
         sweep = run_sweep(args.run_dir, evaluator, args.out, steps, args.trials, protocols,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (SweepError, ShardError) as exc:

@@ -16,6 +16,12 @@ pure functions of their spec, so a trial that ran twice is kept once, and the me
 write a result set with a trial missing. Put ``OUTPUT_DIR`` on storage every worker sees for
 retries to resume; otherwise a retried shard starts over, still merging to the same results.
 
+A shard's graph runs composed (``gf-launch --composed``: sim bridge, policy and evaluator in one
+process): Ray gives a shard one CPU, and a lock-step graph, whose nodes take turns, keeps about
+one core busy either way; in one process it saves the hops between processes and two interpreter
+start-ups (``gf-bench shards`` measures both). ``--processes`` runs the nodes as separate processes,
+as ``gf-launch`` does by default.
+
 Without ``--ray`` the shards run here, one after another. ``gf-sweep RUN_DIR --ray`` uses the same
 shards for every checkpoint of a training run at once.
 """
@@ -64,6 +70,7 @@ class Shard:
     first_index: int
     trials: int
     launch_args: tuple[str, ...] = ()  # NAME:=VALUE for gf-launch sim_eval (policy, backend_args, ...)
+    composed: bool = True  # the graph's nodes in one process (gf-launch --composed)
 
     @property
     def name(self) -> str:
@@ -81,19 +88,20 @@ class Shard:
         return record["protocol"] == self.protocol and self.first_index <= record["index"] < self.first_index + self.trials
 
     def command(self, gf_launch: str) -> list[str]:
-        return [gf_launch, "sim_eval", *self.launch_args, f"protocols:=[{self.protocol}]",
+        return [gf_launch, "sim_eval", *(["--composed"] if self.composed else []), *self.launch_args,
+                f"protocols:=[{self.protocol}]",
                 f"first_index:={self.first_index}", f"trials:={self.trials}", f"output_dir:={self.directory}"]
 
 
 def plan_shards(output_dir: str | Path, launch_args: Sequence[str], protocols: Sequence[str], trials: int,
-                shard_trials: int, first_index: int = 0) -> list[Shard]:
+                shard_trials: int, first_index: int = 0, composed: bool = True) -> list[Shard]:
     """Every protocol's ``trials`` trials from ``first_index`` on, in shards of ``shard_trials``."""
     if trials < 1 or shard_trials < 1:
         raise ValueError("trials and shard_trials must be positive")
     for arg in launch_args:
         if arg.partition(":=")[0] in PLANNED_ARGS:
             raise ValueError(f"{arg!r}: {', '.join(PLANNED_ARGS)} are set by the shard plan")
-    return [Shard(Path(output_dir), p, start, min(shard_trials, first_index + trials - start), tuple(launch_args))
+    return [Shard(Path(output_dir), p, start, min(shard_trials, first_index + trials - start), tuple(launch_args), composed)
             for p in protocols for start in range(first_index, first_index + trials, shard_trials)]
 
 
@@ -340,9 +348,9 @@ def _run_on_ray(shards: Sequence[Shard], address: str, gf_launch: str | None, sa
 def evaluate_sharded(output_dir: str | Path, launch_args: Sequence[str], protocols: Sequence[str], trials: int,
                      shard_trials: int, first_index: int = 0, ray_address: str | None = None,
                      gf_launch: str | None = None, progress: Progress | None = None,
-                     timeout_s: float | None = None) -> list[dict]:
+                     timeout_s: float | None = None, composed: bool = True) -> list[dict]:
     """Plan, run and merge one evaluation; returns the merged records."""
-    shards = plan_shards(output_dir, launch_args, protocols, trials, shard_trials, first_index)
+    shards = plan_shards(output_dir, launch_args, protocols, trials, shard_trials, first_index, composed)
     records = run_shards(shards, ray_address, gf_launch, progress, timeout_s=timeout_s)
     return merge_results(output_dir, shards, records, protocols)
 
@@ -352,12 +360,15 @@ def evaluate_sharded(output_dir: str | Path, launch_args: Sequence[str], protoco
 # ---------------------------------------------------------------------------------------------
 
 
-def add_ray_argument(parser: argparse.ArgumentParser) -> None:
-    """``--ray [ADDRESS]``, shared by gf-eval-shards and gf-sweep."""
+def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and ``--processes``, shared by gf-eval-shards and gf-sweep."""
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="run the shards as Ray tasks: on the cluster at ADDRESS ('auto': the one this machine "
                              "belongs to), or without ADDRESS on a Ray started here (only inside a loopback-only "
                              "network namespace: a local Ray listens on every interface)")
+    parser.add_argument("--processes", action="store_true",
+                        help="run each shard's nodes as separate processes (default: composed in one process, "
+                             "gf-launch --composed)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,13 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-trials", type=int, default=25, help="trials per shard (default 25)")
     parser.add_argument("--gf-launch", help="the gf-launch executable (default: this environment's)")
     parser.add_argument("--timeout", type=float, help="seconds allowed per shard")
-    add_ray_argument(parser)
+    add_shard_arguments(parser)
     args = parser.parse_args(argv)
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     try:
         records = evaluate_sharded(args.output_dir, args.launch_args, protocols, args.trials, args.shard_trials,
                                    args.first_index, args.ray, args.gf_launch,
-                                   lambda line: print(line, file=sys.stderr, flush=True), args.timeout)
+                                   lambda line: print(line, file=sys.stderr, flush=True), args.timeout,
+                                   composed=not args.processes)
     except (ShardError, ValueError) as exc:
         print(f"gf-eval-shards: {exc}", file=sys.stderr)
         return 1
@@ -399,12 +411,17 @@ def bench_main(argv: list[str] | None = None) -> int:
     """gf-bench shards: oracle trials/hour with 2 shards vs. 1 shard on a local Ray (2 CPUs).
 
     Both run the same Val trials through gf-launch graphs as Ray tasks, graph start-up included
-    (that is what a shard costs); the local Ray runs in a loopback-only network namespace.
+    (that is what a shard costs), with the shards' graphs composed (the default) and as separate
+    processes; the local Ray runs in a loopback-only network namespace.
     """
     parser = argparse.ArgumentParser(prog="gf-bench shards", description=bench_main.__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=8, help="Val trials per run (default 8)")
+    parser.add_argument("--trials", type=int, default=100, help="Val trials per run (default 100)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of 2 shards and 1 shard (default 1)")
+    parser.add_argument("--modes", default="composed,processes", help="graph modes to measure (default composed,processes)")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"composed", "processes"}:
+        parser.error("--modes: composed and/or processes")
     if network_interfaces_beyond_loopback():
         if shutil.which("unshare") is None:
             print("gf-bench shards: needs unshare (util-linux) for a loopback-only network namespace", file=sys.stderr)
@@ -418,20 +435,22 @@ def bench_main(argv: list[str] | None = None) -> int:
 
     os.environ["RAY_ADDRESS"] = ""
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    rates: dict[int, list[float]] = {2: [], 1: []}
+    rates: dict[tuple[str, int], list[float]] = {(m, n): [] for m in modes for n in (2, 1)}
     try:
         for _ in range(args.rounds):
-            for shards in (2, 1):
+            for mode, shards in rates:
                 with tempfile.TemporaryDirectory() as tmp:
                     start = time.perf_counter()
-                    evaluate_sharded(tmp, ["policy:=oracle"], ["Val"], args.trials, -(-args.trials // shards), ray_address="")
-                    rates[shards].append(3600 * args.trials / (time.perf_counter() - start))
+                    evaluate_sharded(tmp, ["policy:=oracle"], ["Val"], args.trials, -(-args.trials // shards), ray_address="",
+                                     composed=mode == "composed")
+                    rates[mode, shards].append(3600 * args.trials / (time.perf_counter() - start))
     finally:
         ray.shutdown()
-    two, one = statistics.median(rates[2]), statistics.median(rates[1])
     print(f"gf-bench shards: oracle, {args.trials} Val trials per run, {args.rounds} round(s), local Ray with 2 CPUs "
           f"({os.cpu_count()} cores), graph start-up included")
-    print(f"  2 shards               {two:7.0f} trials/h  (runs: {', '.join(f'{r:.0f}' for r in rates[2])})")
-    print(f"  1 shard  [reference]   {one:7.0f} trials/h  (runs: {', '.join(f'{r:.0f}' for r in rates[1])})")
-    print(f"  speed-up: {two / one:.2f}x (the issue asks >= 1.6x)")
+    for mode in modes:
+        two, one = statistics.median(rates[mode, 2]), statistics.median(rates[mode, 1])
+        print(f"  {mode:<10} 2 shards               {two:7.0f} trials/h  (runs: {', '.join(f'{r:.0f}' for r in rates[mode, 2])})")
+        print(f"  {mode:<10} 1 shard  [reference]   {one:7.0f} trials/h  (runs: {', '.join(f'{r:.0f}' for r in rates[mode, 1])})")
+        print(f"  {mode:<10} speed-up: {two / one:.2f}x (the issue asks >= 1.6x)")
     return 0

@@ -31,6 +31,9 @@ def test_the_plan_covers_every_trial_once(tmp_path):
     assert len({s.directory for s in shards}) == len(shards)
     assert shards[0].command("gf-launch")[-4:] == ["protocols:=[ID]", "first_index:=3", "trials:=4",
                                                     f"output_dir:={tmp_path}/shards/ID-0003-4"]
+    assert shards[0].command("gf-launch")[:3] == ["gf-launch", "sim_eval", "--composed"]  # one process per shard
+    separate = plan_shards(tmp_path, ORACLE, ["ID"], trials=4, shard_trials=4, composed=False)
+    assert "--composed" not in separate[0].command("gf-launch")
     with pytest.raises(ValueError, match="set by the shard plan"):
         plan_shards(tmp_path, ["policy:=oracle", "trials:=5"], ["Val"], 10, 5)
 
