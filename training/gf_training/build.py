@@ -47,6 +47,25 @@ def expand_backbone_sizes(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "vlm": full}
 
 
+def check_vlm_sizes(named: dict[str, Any], directory: str | Path) -> None:
+    """A config that starts from a PaliGemma directory may still name the VLM's sizes in compact
+    form (the mini rows share one file with their from-scratch control): they must be the
+    directory's, or the comparison would quietly be between two architectures."""
+    from transformers import PaliGemmaConfig
+
+    if not isinstance(named, dict) or not {"text", "vision"} <= set(named):
+        raise ValueError("model.init: paligemma takes the VLM from model.path; model.config.vlm may only name "
+                         "its sizes in compact form (text, vision, image_token_id)")
+    pg = PaliGemmaConfig.from_pretrained(str(local_dir(directory, "PaliGemma model")))
+    found = {"text": pg.text_config.to_dict(), "vision": pg.vision_config.to_dict(), "image_token_id": pg.image_token_id}
+    wrong = [f"{part}.{key}={value} (the directory has {found[part].get(key)})"
+             for part in ("text", "vision") for key, value in named[part].items() if found[part].get(key) != value]
+    if "image_token_id" in named and named["image_token_id"] != found["image_token_id"]:
+        wrong.append(f"image_token_id={named['image_token_id']} (the directory has {found['image_token_id']})")
+    if wrong:
+        raise ValueError(f"model.config.vlm disagrees with the PaliGemma directory {directory}: " + ", ".join(wrong))
+
+
 def with_latent_sizes(config: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """``model.config`` with the latent sizes a new latent-action model takes from its LAM
     (``latent.lam``) filled in; sizes given explicitly must agree with the LAM."""
@@ -78,7 +97,11 @@ def build_model(cfg: TrainConfig) -> PI0StyleVLA:
     if m.init == "config":
         return PI0StyleVLA.from_config(VLAConfig(**expand_backbone_sizes(m.config)))
     if m.init == "paligemma":
-        return PI0StyleVLA.from_paligemma(m.path, cfg_overrides=m.config)
+        overrides = dict(m.config)
+        named = overrides.pop("vlm", None)
+        if named is not None:
+            check_vlm_sizes(named, m.path)
+        return PI0StyleVLA.from_paligemma(m.path, cfg_overrides=overrides)
     if m.init == "pi0":
         return PI0StyleVLA.import_pi0(m.path, **m.config)
     model = PI0StyleVLA.from_pretrained(m.path)

@@ -40,12 +40,15 @@ from pathlib import Path
 from gf_training.mini_plan import (
     DEMO_DIR,
     EVAL_DIR,
+    EVAL_PROTOCOLS,
     MINI_CONFIG_DIR,
     PROBE_DIR,
     RECIPES,
     REPORT_DIR,
     RUN_ROOT,
+    SEED_SUFFIX,
     STAGE_LOG,
+    SWEEP_PROTOCOLS,
     VL_ROOT,
     Plan,
     Recipe,
@@ -54,10 +57,8 @@ from gf_training.mini_plan import (
 from gf_training.mini_report import _clock, plot_loss, read_metrics, write_report
 from gf_training.mini_stages import (
     ESTIMATED_RATES,
-    EVAL_PROTOCOLS,
     POLICY_BACKEND_ARGS,
     STAGES,
-    SWEEP_PROTOCOLS,
     Stage,
     chosen_checkpoint,
     eval_command,
@@ -139,7 +140,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         demo_episodes=args.episodes if args.episodes is not None else recipe.demo_episodes,
         sweep_trials=args.sweep_trials if args.sweep_trials is not None else recipe.sweep_trials,
         eval_trials=args.trials if args.trials is not None else recipe.eval_trials,
-        train_overrides=list(args.train or []), run_name=args.run_name,
+        train_overrides=list(args.train or []), run_name=args.run_name, seed=args.seed,
     )
 
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gf-mini", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the recipes")
+    compare = sub.add_parser("compare", help="the comparison's table, held-out differences and Figure 2 from the "
+                                             "rows' evaluated runs (runs/mini/comparison/)")
+    compare.add_argument("--root", default=".", help="directory that holds runs/ (default: here)")
     for name, help_text in (("run", "run (or continue) a recipe"), ("report", "rewrite a recipe's report")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", choices=sorted(RECIPES))
@@ -159,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--train", action="append", metavar="KEY=VALUE", help="gf-train override (repeatable)")
         p.add_argument("--run-name", help=f"run directory {RUN_ROOT}/NAME (default: the recipe's name), e.g. for "
                                           "a variant trained with --train overrides")
+        p.add_argument("--seed", type=int, default=0, help="training seed (default 0); another seed trains in "
+                                                           f"{RUN_ROOT}/<recipe>{SEED_SUFFIX}N on the same demos and "
+                                                           "is evaluated on the same trials")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
             p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
@@ -166,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for recipe in RECIPES.values():
             print(f"{recipe.name:12s} {recipe.train_config:24s} {recipe.description}")
+        return 0
+    if args.command == "compare":
+        from gf_training.mini_comparison import write_comparison
+
+        print(write_comparison(Path(args.root))["summary"].read_text(encoding="utf-8"), end="")
         return 0
     plan = make_plan(args)
     if args.command == "report":

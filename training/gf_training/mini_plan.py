@@ -52,9 +52,12 @@ class VLData:
 
         return self.count * len(pooled_entries(load_splits(split), self.lists.split(",")))
 RUN_ROOT = Path("runs/mini")
+EVAL_PROTOCOLS = ("ID", "Train", "Val", "Hard")
+SWEEP_PROTOCOLS = ("Val",)  # gf-sweep's selection rule: best Val overall SR
 STAGE_LOG = "mini_stages.json"
 REPORT_DIR = "report"
 EVAL_DIR = "eval"
+SEED_SUFFIX = "_seed"  # runs/mini/<row>_seed<N>: the row trained with seed N
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,34 @@ class Recipe:
     # "vla": a policy (demos, training, sweep, evaluation, report); "vlm": a VLM pre-trained on
     # vision-language data only (the catalogue tokenizer, VL data, training, export, probe).
     kind: str = "vla"
+    # The VLM recipe whose export the row starts from (model.init: paligemma), run first if its
+    # export is missing; None: the config's own initialisation.
+    base_vlm: str | None = None
+    # The row trains with the catalogue tokenizer (gf-vl-data tokenizer), made first if missing.
+    catalogue_tokenizer: bool = False
+    # Protocols the sweep evaluates every checkpoint on; the choice is by Val whatever they are.
+    # All four give the paper's Figure 2 (success vs. fine-tuning steps) for the row.
+    sweep_protocols: tuple[str, ...] = SWEEP_PROTOCOLS
+
+    @property
+    def slug(self) -> str:
+        """The name as a file name: the config's and the run directory's (``vlm-full`` -> ``vlm_full``)."""
+        return self.name.replace("-", "_")
 
     @property
     def train_config(self) -> str:
-        return f"{MINI_CONFIG_DIR}/{self.name}.yaml"
+        return f"{MINI_CONFIG_DIR}/{self.slug}.yaml"
+
+
+# The mini VLM's data (gf-mini run vlm), also co-trained on by the cotrain-full row.
+VLM_DATA = (VLData("glyphs", 32, "All", 128), VLData("cards", 32, "All", 128), VLData("which", 3000, "All"))
+
+
+def comparison_row(name: str, description: str, **kwargs) -> Recipe:
+    """A row of the mini comparison (issue 18): the model of ``configs/mini/row.yaml`` with the
+    catalogue tokenizer, fine-tuned on the Train demos from the mini VLM unless it is the control."""
+    return Recipe(name, description, catalogue_tokenizer=True,
+                  base_vlm=None if name.startswith("scratch") else "vlm", **kwargs)
 
 
 RECIPES = {
@@ -100,7 +127,18 @@ RECIPES = {
         Recipe("vlm", "the mini model's VLM pre-trained on glyphs, cards and which-card scenes of every "
                       "catalogue emoji (vision-language data only), probed on the cards of every list",
                kind="vlm", sweep_trials=0, eval_trials=0,
-               vl_data=(VLData("glyphs", 8, "All", 128), VLData("cards", 4, "All", 128), VLData("which", 3000, "All"))),
+               vl_data=VLM_DATA),
+        comparison_row("scratch-full", "the comparison's control: the rows' model from random weights, fully "
+                                       "trained on the Train demos (no VLM)"),
+        comparison_row("vlm-full", "the mini VLM with a new action expert, every weight fine-tuned",
+                       sweep_protocols=EVAL_PROTOCOLS),
+        comparison_row("vlm-lora", "the mini VLM fine-tuned with LoRA (rank 16); expert and projections fully",
+                       sweep_protocols=EVAL_PROTOCOLS),
+        comparison_row("vlm-action", "the mini VLM frozen; only the action expert trains"),
+        comparison_row("cotrain-full", "vlm-full co-trained on the VLM's own vision-language data (a quarter of "
+                                       "every micro-batch)", vl_data=VLM_DATA),
+        comparison_row("discrete-full", "vlm-full with knowledge insulation: discretised action tokens train the "
+                                        "VLM, the flow expert reads it through a stop-gradient"),
     )
 }
 
@@ -115,7 +153,9 @@ class Plan:
     sweep_trials: int
     eval_trials: int
     train_overrides: list[str] = field(default_factory=list)
-    run_name: str | None = None  # default: the recipe's name
+    run_name: str | None = None  # default: the recipe's name, with _seedN for a seed other than 0
+    # The training seed (initialisation, data order); the demos and the evaluated trials stay the same.
+    seed: int = 0
 
     @property
     def demo_dir(self) -> Path:
@@ -124,7 +164,19 @@ class Plan:
 
     @property
     def run_dir(self) -> Path:
-        return self.root / RUN_ROOT / (self.run_name or self.recipe.name)
+        return self.root / RUN_ROOT / (self.run_name or self.recipe.slug + (f"{SEED_SUFFIX}{self.seed}" if self.seed else ""))
+
+    @property
+    def base_vlm_plan(self) -> Plan | None:
+        """The plan of the VLM recipe the row starts from, under the same root."""
+        if self.recipe.base_vlm is None:
+            return None
+        return Plan(RECIPES[self.recipe.base_vlm], self.root, 0, 0, 0)
+
+    @property
+    def vlm_export_dir(self) -> Path:
+        """A VLM recipe's PaliGemma directory (gf-vlm export)."""
+        return self.run_dir / VLM_EXPORT
 
     @property
     def eval_dir(self) -> Path:
@@ -143,10 +195,15 @@ class Plan:
 
     def train_args(self) -> list[str]:
         vl = [f"cotrain.vl_dirs=[{','.join(str(self.vl_dir(d)) for d in self.recipe.vl_data)}]"]
-        data = ([f"model.tokenizer={self.tokenizer_dir}"] if self.recipe.kind == "vlm"
-                else [f"data.demo_dirs=[{self.demo_dir}]"])
-        return [self.recipe.train_config, f"output_dir={self.run_dir}", *data,
-                *(vl if self.recipe.vl_data else []), *self.train_overrides]
+        data = [] if self.recipe.kind == "vlm" else [f"data.demo_dirs=[{self.demo_dir}]"]
+        base = self.base_vlm_plan
+        if base is not None:  # the model and its tokenizer come from the VLM's export
+            model = [f"model.path={base.vlm_export_dir}"]
+        else:
+            model = [f"model.tokenizer={self.tokenizer_dir}"] if self.recipe.kind == "vlm" or self.recipe.catalogue_tokenizer else []
+        seed = [f"seed={self.seed}"] if self.seed else []
+        return [self.recipe.train_config, f"output_dir={self.run_dir}", *model, *data,
+                *(vl if self.recipe.vl_data else []), *seed, *self.train_overrides]
 
     def train_steps(self) -> int:
         return load_config(self.recipe.train_config, self.train_args()[1:]).train.steps

@@ -18,14 +18,12 @@ import yaml
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.runtime import console_script
 from gf_training.config import load_config
-from gf_training.mini_plan import PROBE_DIR, VLM_EXPORT, Plan, VLData
+from gf_training.mini_plan import EVAL_PROTOCOLS, PROBE_DIR, Plan, VLData
 
-EVAL_PROTOCOLS = ("ID", "Train", "Val", "Hard")
-SWEEP_PROTOCOLS = ("Val",)  # gf-sweep's selection rule: best Val overall SR
 # The policy node runs torch on one thread: the simulator needs the other core, and two
 # intra-op threads competing with it for one core are slower than one.
 POLICY_BACKEND_ARGS = {"num_threads": 1}
-STAGES = ("tokenizer", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
+STAGES = ("tokenizer", "vlm", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
 
 # Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
 # demo episodes with gf-demos' 2 workers, optimiser steps of the mini model, evaluated trials
@@ -91,7 +89,7 @@ def swept(plan: Plan) -> bool:
     done = {c["step"]: c["protocols"] for c in data.get("checkpoints", [])}
     wanted = [s for s, _ in find_checkpoints(plan.run_dir)]
     return bool(wanted) and all(
-        s in done and all(done[s].get(p, {}).get("trials", 0) >= plan.sweep_trials for p in SWEEP_PROTOCOLS)
+        s in done and all(done[s].get(p, {}).get("trials", 0) >= plan.sweep_trials for p in plan.recipe.sweep_protocols)
         for s in wanted)
 
 
@@ -155,20 +153,27 @@ def stages(plan: Plan) -> list[Stage]:
 
     train = Stage("train", lambda: trained(plan), lambda: [console_script("gf-train"), *plan.train_args()],
                   lambda: plan.train_steps() / rates["train_steps_per_s"])
+    tokenizer = Stage("tokenizer", lambda: (plan.tokenizer_dir / "tokenizer_config.json").exists(),
+                      lambda: [console_script("gf-vl-data"), "tokenizer", "--out", str(plan.tokenizer_dir)], lambda: 5.0)
     if plan.recipe.kind == "vlm":
         return [
-            Stage("tokenizer", lambda: (plan.tokenizer_dir / "tokenizer_config.json").exists(),
-                  lambda: [console_script("gf-vl-data"), "tokenizer", "--out", str(plan.tokenizer_dir)], lambda: 5.0),
+            tokenizer,
             *(vl_stage(d) for d in plan.recipe.vl_data),
             train,
-            Stage("export", lambda: (plan.run_dir / VLM_EXPORT / "config.json").exists(),
+            Stage("export", lambda: (plan.vlm_export_dir / "config.json").exists(),
                   lambda: [console_script("gf-vlm"), "export", str(final_checkpoint(plan)), "--out",
-                           str(plan.run_dir / VLM_EXPORT)], lambda: 10.0),
+                           str(plan.vlm_export_dir)], lambda: 10.0),
             Stage("probe", lambda: (plan.run_dir / PROBE_DIR / "summary.json").exists(),
-                  lambda: [console_script("gf-probe"), str(plan.run_dir / VLM_EXPORT), "--out", str(plan.run_dir / PROBE_DIR),
+                  lambda: [console_script("gf-probe"), str(plan.vlm_export_dir), "--out", str(plan.run_dir / PROBE_DIR),
                            "--no-progress"], lambda: 120.0),
         ]
+    base = plan.base_vlm_plan
     return [
+        *([tokenizer] if plan.recipe.catalogue_tokenizer and base is None else []),
+        # The VLM recipe runs whole (its own stages resume), so the row starts from a probed VLM.
+        *([Stage("vlm", lambda: all(s.done() for s in stages(base)),
+                 lambda: [console_script("gf-mini"), "run", base.recipe.name, "--root", str(base.root)],
+                 lambda: sum(s.estimate_s() for s in stages(base) if not s.done()))] if base is not None else []),
         Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
               lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
                        "--out", str(plan.demo_dir),
@@ -179,9 +184,9 @@ def stages(plan: Plan) -> list[Stage]:
         train,
         Stage("sweep", lambda: plan.sweep_trials <= 0 or swept(plan),
               lambda: [console_script("gf-sweep"), str(plan.run_dir), "--trials", str(plan.sweep_trials),
-                       "--protocols", ",".join(SWEEP_PROTOCOLS),
+                       "--protocols", ",".join(plan.recipe.sweep_protocols),
                        *(f"--backend-arg={k}={v}" for k, v in POLICY_BACKEND_ARGS.items())],
-              lambda: checkpoints * plan.sweep_trials * len(SWEEP_PROTOCOLS) * rates["eval_s_per_trial"]),
+              lambda: checkpoints * plan.sweep_trials * len(plan.recipe.sweep_protocols) * rates["eval_s_per_trial"]),
         Stage("eval", lambda: evaluated(plan), eval_cmd,
               lambda: plan.eval_trials * len(EVAL_PROTOCOLS) * rates["eval_s_per_trial"]),
         Stage("report", lambda: False, lambda: None, lambda: 5.0),

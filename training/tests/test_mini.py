@@ -88,19 +88,19 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
     assert [line.split()[2] for line in lines] == ["tokenizer", "vl", "vl", "vl", "train", "export", "probe"]
     vl = tmp_path / "vl" / "mini"
-    assert f"gf-vl-data glyphs --per-emoji 8 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
+    assert f"gf-vl-data glyphs --per-emoji 32 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
     assert f"gf-vl-data which --scenes 3000 --lists All --out {vl / 'all_which'}" in lines[3]
     run_dir = tmp_path / "runs" / "mini" / "vlm"
     assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in lines[4] and "demo_dirs" not in lines[4]
     assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[4]
     assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[5]
     assert f"gf-probe {run_dir / 'hf'} --out {run_dir / 'probe'}" in lines[6]
-    # glyphs of every catalogue emoji: done at 8 per emoji, not before
+    # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
-    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (8 * 1377 - 1))
+    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
     assert "2/7 vl (to run)" in capsys.readouterr().err
-    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (8 * 1377))
+    (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
     assert "2/7 vl (done, would skip)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -111,6 +111,41 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
     vc = build_model(cfg).config
     assert vc.image_size == 128 and vc.image_crop == [0.15, 0.15, 0.85, 0.78] and vc.text_config["vocab_size"] == 1024
     assert vc.max_text_tokens == 24 and vc.tokens_per_image == 64
+
+
+def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_random_weights(tmp_path, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+
+    def dry_run(recipe):
+        assert mini.main(["run", recipe, "--dry-run", "--root", str(tmp_path)]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+
+    hf = tmp_path / "runs" / "mini" / "vlm" / "hf"
+    for row in ("vlm-full", "vlm-lora", "vlm-action", "discrete-full"):
+        lines = dry_run(row)
+        assert [line.split()[2] for line in lines] == ["vlm", "demos", "train", "sweep", "eval", "report"], row
+        assert f"gf-mini run vlm --root {tmp_path}" in lines[0]
+        slug = row.replace("-", "_")
+        assert f"gf-train mini/{slug}.yaml output_dir={tmp_path / 'runs' / 'mini' / slug} model.path={hf}" in lines[2]
+    lines = dry_run("scratch-full")
+    assert [line.split()[2] for line in lines] == ["tokenizer", "demos", "train", "sweep", "eval", "report"]
+    assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in lines[2] and "model.path" not in lines[2]
+    # co-training reads the VLM's own data, which the VLM recipe has made by then
+    lines = dry_run("cotrain-full")
+    vl = tmp_path / "vl" / "mini"
+    assert [line.split()[2] for line in lines][:5] == ["vlm", "demos", "vl", "vl", "vl"]
+    assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[5]
+    # a finished VLM recipe (every stage of it done) is not run again
+    vlm_plan = mini.Plan(mini.RECIPES["vlm"], tmp_path, 0, 0, 0)
+    for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", hf / "config.json",
+                 vlm_plan.run_dir / "probe" / "summary.json", mini.final_checkpoint(vlm_plan) / "model.safetensors"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    for data in mini.RECIPES["vlm"].vl_data:
+        vlm_plan.vl_dir(data).mkdir(parents=True)
+        (vlm_plan.vl_dir(data) / "manifest.jsonl").write_text("{}\n" * data.samples("gf-default-v1"))
+    assert "1/6 vlm (done, would skip)" in dry_run("vlm-full")[0]
 
 
 def test_an_upstream_paced_recipe_records_and_trains_on_its_own_demos(tmp_path, capsys, monkeypatch):
@@ -182,3 +217,45 @@ def test_report_has_the_table_the_loss_curve_and_the_wall_times(tmp_path):
     assert "| ID | 4 |  75.0% [30-95] |" in text and "| Hard | 4 |" in text  # 3 of 4 executed, Wilson interval
     assert "| train | 0:02:05 |" in text and "step 50, loss 0.0200" in text
     assert files["loss"].stat().st_size > 0
+
+
+def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_control(tmp_path, capsys):
+    def evaluated(run, placements_by_protocol, wall_s=60.0):
+        run_dir = tmp_path / "runs" / "mini" / run
+        (run_dir / "eval").mkdir(parents=True)
+        records = [_record(p, i, placed, 0) for p, placements in placements_by_protocol.items()
+                   for i, placed in enumerate(placements)]
+        (run_dir / "eval" / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        (run_dir / "mini_stages.json").write_text(json.dumps({
+            "vlm": {"seconds": 5000.0, "skipped": False}, "train": {"seconds": wall_s, "skipped": False},
+            "eval": {"seconds": 0.0, "skipped": True}}))
+
+    # control: Val recognition 10 of 40 over two seeds (5/20 each); vlm-full: 30 of 40 on one seed
+    evaluated("scratch_full", {"Val": [0] * 5 + [1] * 15, "Hard": [0] * 10 + [1] * 10})
+    evaluated("scratch_full_seed1", {"Val": [0] * 5 + [1] * 15}, wall_s=120.0)
+    evaluated("vlm_full", {"Val": [0] * 30 + [2] * 10, "Hard": [0] * 10 + [1] * 10})
+    evaluated("vlm_full_other", {"Val": [0] * 40})  # not a seed of the row: ignored
+    sweep = tmp_path / "runs" / "mini" / "vlm_full" / "sweep" / "sweep.json"
+    sweep.parent.mkdir(parents=True)
+    rate = {"rate": 0.5, "ci95": [0.3, 0.7]}
+    sweep.write_text(json.dumps({"checkpoints": [
+        {"step": s, "protocols": {p: {"overall": rate} for p in mini.EVAL_PROTOCOLS}} for s in (2000, 4000)]}))
+    probe = tmp_path / "runs" / "mini" / "vlm" / "probe" / "summary.json"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(json.dumps({"lists": {"Train": {"accuracy_retrieval": 0.41}, "Val": {"accuracy_retrieval": 0.33}}}))
+
+    assert mini.main(["compare", "--root", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    out = tmp_path / "runs" / "mini" / "comparison"
+    data = json.loads((out / "comparison.json").read_text())
+    control, vlm_full = data["rows"]
+    assert control["row"] == "scratch-full" and control["seeds"] == [0, 1] and control["wall_s"] == 180.0
+    assert control["protocols"]["Val"]["recognition"] == {"successes": 10, "trials": 40}
+    assert vlm_full["seeds"] == [0] and vlm_full["protocols"]["Val"]["recognition"] == {"successes": 30, "trials": 40}
+    val = data["held_out_vs_control"]["vlm-full"]["Val"]
+    assert val["difference"] == pytest.approx(0.5) and 0.25 < val["ci95"][0] < 0.5 < val["ci95"][1] < 0.75
+    hard = data["held_out_vs_control"]["vlm-full"]["Hard"]
+    assert hard["difference"] == 0 and hard["ci95"][0] < 0 < hard["ci95"][1]  # equal: the interval spans 0
+    assert "| scratch-full | 0, 1 |" in text and "25 %, 25 %" in text and "Val 33 %" in text
+    assert "| vlm-full | +50 pts [" in text and "Not evaluated yet: vlm-lora" in text
+    assert (out / "figure2.png").stat().st_size > 0

@@ -65,3 +65,27 @@ def test_the_exported_vlm_is_a_paligemma_directory_with_the_same_outputs(glyph_d
     row = PI0StyleVLA.from_paligemma(out, {"action_horizon": cfg.action_horizon})
     with torch.no_grad():
         assert torch.equal(row.vlm(input_ids=ids, pixel_values=pixels).logits, a)
+
+
+def test_every_comparison_row_builds_from_the_exported_mini_vlm_and_refuses_another(glyph_dir, tmp_path):
+    from gf_training.catalogue_tokenizer import build_catalogue_tokenizer
+    from gf_training.train import build_model
+
+    tok = tmp_path / "tok"
+    build_catalogue_tokenizer(tok)
+    cfg = load_config("mini/vlm.yaml", [f"output_dir={tmp_path / 'vlm'}", *QUIET, f"model.tokenizer={tok}",
+                                        f"cotrain.vl_dirs=[{glyph_dir}]", "train.steps=1", "train.save_steps=[]",
+                                        "train.batch_size=2", "train.micro_batch_size=2"])
+    _, trainer = train(cfg)
+    hf = tmp_path / "hf"
+    assert vlm_main(["export", str(trainer.run_dir / "checkpoints" / "step_000001"), "--out", str(hf)]) == 0
+    vlm_weights = PI0StyleVLA.from_pretrained(trainer.run_dir / "checkpoints" / "step_000001").vlm.state_dict()
+    control = build_model(load_config("mini/scratch_full.yaml"))
+    shapes = {k: v.shape for k, v in control.vlm.state_dict().items()}
+    for row in ("vlm_full", "vlm_lora", "vlm_action", "cotrain_full", "discrete_full"):
+        model = build_model(load_config(f"mini/{row}.yaml", [f"model.path={hf}"]))
+        assert {k: v.shape for k, v in model.vlm.state_dict().items()} == shapes, row  # the control's architecture
+        assert model.config.image_crop == control.config.image_crop and model.config.max_text_tokens == 24
+        assert all(torch.equal(v, vlm_weights[k]) for k, v in model.vlm.state_dict().items()), row
+    with pytest.raises(ValueError, match=r"disagrees with the PaliGemma directory.*text.hidden_size=256"):
+        build_model(load_config("mini/vlm_full.yaml", [f"model.path={hf}", "model.config.vlm.text.hidden_size=256"]))

@@ -174,6 +174,16 @@ def summarize(results: list[dict]) -> dict[str, ProtocolSummary]:
     return out
 
 
+def difference_interval(a: Rate, b: Rate) -> tuple[float, float]:
+    """95 % interval of ``a.value - b.value`` for two independent rates: Newcombe's hybrid score
+    interval (method 10), built from each rate's Wilson interval; it stays within [-1, 1] and
+    behaves at 0 and 100 %, where the normal approximation does not."""
+    (la, ua), (lb, ub) = a.interval, b.interval
+    d = a.value - b.value
+    return (d - math.sqrt((a.value - la) ** 2 + (ub - b.value) ** 2),
+            d + math.sqrt((ua - a.value) ** 2 + (b.value - lb) ** 2))
+
+
 def breakdown(results: list[dict], key) -> dict[object, tuple[Rate, Rate, Rate]]:
     """(execution, recognition, overall) rates grouped by ``key(result)``."""
     groups: dict[object, list[dict]] = defaultdict(list)

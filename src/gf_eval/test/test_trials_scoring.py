@@ -7,7 +7,16 @@ import sys
 
 import pytest
 
-from gf_eval.scoring import CardFootprint, FinalState, Rate, placed_card, score_episode, summarize, wilson_interval
+from gf_eval.scoring import (
+    CardFootprint,
+    FinalState,
+    Rate,
+    difference_interval,
+    placed_card,
+    score_episode,
+    summarize,
+    wilson_interval,
+)
 from gf_eval.splits import load_splits
 from gf_eval.trials import DEFAULT_GEOMETRY, PROTOCOLS, TrialSpec, combinations_from_manifest, default_id_combinations, make_trial
 
@@ -104,3 +113,11 @@ def test_summary_uses_the_papers_recognition_rate():
     assert (s.recognition.successes, s.recognition.trials) == (1, 3)  # successes / executions
     assert (s.overall.successes, s.overall.trials) == (1, 4)
     assert str(Rate(0, 0)) == "n/a"
+
+
+def test_the_difference_of_two_rates_has_newcombes_interval():
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II example (a): 56/70 vs 48/80, method 10
+    lo, hi = difference_interval(Rate(56, 70), Rate(48, 80))
+    assert (round(lo, 4), round(hi, 4)) == (0.0524, 0.3339)
+    lo, hi = difference_interval(Rate(0, 10), Rate(0, 10))  # both 0 %: symmetric, inside [-1, 1]
+    assert lo == pytest.approx(-hi) and -1 < lo < 0
