@@ -47,23 +47,21 @@ def expand_backbone_sizes(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "vlm": full}
 
 
-def check_vlm_sizes(named: dict[str, Any], directory: str | Path) -> None:
-    """A config that starts from a PaliGemma directory may still name the VLM's sizes in compact
-    form (the mini rows share one file with their from-scratch control): they must be the
-    directory's, or the comparison would quietly be between two architectures."""
-    from transformers import PaliGemmaConfig
-
+def check_vlm_sizes(named: dict[str, Any], pg: Any, source: str) -> None:
+    """A config that starts from a trained VLM (a PaliGemma directory or one of our checkpoints)
+    may still name the VLM's sizes in compact form (the mini rows share one file with their
+    from-scratch control): they must be the ones of ``pg`` (its ``PaliGemmaConfig``, read from
+    ``source``), or the comparison would quietly be between two architectures."""
     if not isinstance(named, dict) or not {"text", "vision"} <= set(named):
-        raise ValueError("model.init: paligemma takes the VLM from model.path; model.config.vlm may only name "
-                         "its sizes in compact form (text, vision, image_token_id)")
-    pg = PaliGemmaConfig.from_pretrained(str(local_dir(directory, "PaliGemma model")))
+        raise ValueError(f"model.init takes the VLM from {source}; model.config.vlm may only name its sizes in "
+                         "compact form (text, vision, image_token_id)")
     found = {"text": pg.text_config.to_dict(), "vision": pg.vision_config.to_dict(), "image_token_id": pg.image_token_id}
-    wrong = [f"{part}.{key}={value} (the directory has {found[part].get(key)})"
+    wrong = [f"{part}.{key}={value} (the model there has {found[part].get(key)})"
              for part in ("text", "vision") for key, value in named[part].items() if found[part].get(key) != value]
     if "image_token_id" in named and named["image_token_id"] != found["image_token_id"]:
-        wrong.append(f"image_token_id={named['image_token_id']} (the directory has {found['image_token_id']})")
+        wrong.append(f"image_token_id={named['image_token_id']} (the model there has {found['image_token_id']})")
     if wrong:
-        raise ValueError(f"model.config.vlm disagrees with the PaliGemma directory {directory}: " + ", ".join(wrong))
+        raise ValueError(f"model.config.vlm disagrees with {source}: " + ", ".join(wrong))
 
 
 def with_latent_sizes(config: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
@@ -96,17 +94,22 @@ def build_model(cfg: TrainConfig) -> PI0StyleVLA:
         return PI0StyleVLA.from_config(VLAConfig.tiny(**m.config))
     if m.init == "config":
         return PI0StyleVLA.from_config(VLAConfig(**expand_backbone_sizes(m.config)))
+    overrides = dict(m.config)
+    named = overrides.pop("vlm", None)
     if m.init == "paligemma":
-        overrides = dict(m.config)
-        named = overrides.pop("vlm", None)
         if named is not None:
-            check_vlm_sizes(named, m.path)
+            from transformers import PaliGemmaConfig
+
+            pg = PaliGemmaConfig.from_pretrained(str(local_dir(m.path, "PaliGemma model")))
+            check_vlm_sizes(named, pg, f"the PaliGemma directory {m.path}")
         return PI0StyleVLA.from_paligemma(m.path, cfg_overrides=overrides)
     if m.init == "pi0":
         return PI0StyleVLA.import_pi0(m.path, **m.config)
     model = PI0StyleVLA.from_pretrained(m.path)
-    if m.config:  # only fields that do not change parameter shapes may differ from the checkpoint's
-        model.config = model.config.replace(**m.config)
+    if named is not None:
+        check_vlm_sizes(named, model.config.paligemma_config(), f"the checkpoint {m.path}")
+    if overrides:  # only fields that do not change parameter shapes may differ from the checkpoint's
+        model.config = model.config.replace(**overrides)
     return model
 
 

@@ -122,7 +122,7 @@ def run(plan: Plan, dry_run: bool = False, only: Sequence[str] | None = None,
                 return code
         _record_stage(plan, stage.name, time.perf_counter() - stage_start, skipped=False)
     if not dry_run:
-        results = plan.report_dir if plan.recipe.kind == "vla" else plan.run_dir / PROBE_DIR
+        results = {"vla": plan.report_dir, "vlm": plan.run_dir / PROBE_DIR}.get(plan.recipe.kind, plan.final_checkpoint)
         say(f"[gf-mini] {plan.recipe.name}: all stages done in {_clock(time.perf_counter() - started)} "
             f"(results: {results})")
     return 0
@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = make_plan(args)
     if args.command == "report":
-        if plan.recipe.kind != "vla":
+        if plan.recipe.kind == "vlm":
             parser.error(f"{plan.recipe.name} is a VLM recipe: its results are gf-probe's, in {plan.run_dir / PROBE_DIR}")
+        if plan.recipe.kind == "pretrain":
+            parser.error(f"{plan.recipe.name} pre-trains for another row: its result is {plan.final_checkpoint}")
         print(write_report(plan)["summary"].read_text(encoding="utf-8"), end="")
         return 0
     only = None

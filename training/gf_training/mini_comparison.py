@@ -31,7 +31,7 @@ HELD_OUT = ("Val", "Hard")
 
 def comparison_rows() -> list[Recipe]:
     """The rows of the comparison, the control first (recipes that share the catalogue model)."""
-    return [r for r in RECIPES.values() if r.catalogue_tokenizer]
+    return [r for r in RECIPES.values() if r.catalogue_tokenizer and r.kind == "vla"]
 
 
 @dataclass

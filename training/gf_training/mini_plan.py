@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gf_bringup.constants import DEFAULT_SPLIT
+from gf_eval.splits import SHAPES_SPLIT
 from gf_training.config import load_config
 
 MINI_CONFIG_DIR = "mini"
@@ -77,12 +79,16 @@ class Recipe:
     # (45-52 steps per Train demo) or "upstream" (upstream's pacing, 126 steps or more), each in
     # its own demo directory.
     expert_profile: str = "fast"
+    # The split file whose Train list the demos draw their cards from (gf-demos --split-file).
+    demo_split: str = DEFAULT_SPLIT
     # "vla": a policy (demos, training, sweep, evaluation, report); "vlm": a VLM pre-trained on
-    # vision-language data only (the catalogue tokenizer, VL data, training, export, probe).
+    # vision-language data only (the catalogue tokenizer, VL data, training, export, probe);
+    # "pretrain": a VLA pre-trained for another row to start from (demos, training).
     kind: str = "vla"
-    # The VLM recipe whose export the row starts from (model.init: paligemma), run first if its
-    # export is missing; None: the config's own initialisation.
-    base_vlm: str | None = None
+    # The recipe whose result the row starts from, run first if it is unfinished: a VLM recipe's
+    # export (the config's model.init: paligemma) or a pre-training recipe's final checkpoint
+    # (model.init: checkpoint); None: the config's own initialisation.
+    base: str | None = None
     # The row trains with the catalogue tokenizer (gf-vl-data tokenizer), made first if missing.
     catalogue_tokenizer: bool = False
     # Protocols the sweep evaluates every checkpoint on; the choice is by Val whatever they are.
@@ -105,9 +111,10 @@ VLM_DATA = (VLData("glyphs", 32, "All", 128), VLData("cards", 32, "All", 128), V
 
 def comparison_row(name: str, description: str, **kwargs) -> Recipe:
     """A row of the mini comparison (issue 18): the model of ``configs/mini/row.yaml`` with the
-    catalogue tokenizer, fine-tuned on the Train demos from the mini VLM unless it is the control."""
-    return Recipe(name, description, catalogue_tokenizer=True,
-                  base_vlm=None if name.startswith("scratch") else "vlm", **kwargs)
+    catalogue tokenizer, fine-tuned on the Train demos from the mini VLM unless it is the control
+    (or another ``base`` is given)."""
+    kwargs.setdefault("base", None if name.startswith("scratch") else "vlm")
+    return Recipe(name, description, catalogue_tokenizer=True, **kwargs)
 
 
 RECIPES = {
@@ -139,6 +146,12 @@ RECIPES = {
                                        "every micro-batch)", vl_data=VLM_DATA),
         comparison_row("discrete-full", "vlm-full with knowledge insulation: discretised action tokens train the "
                                         "VLM, the flow expert reads it through a stop-gradient"),
+        Recipe("vla-pretrain", "the mini VLM with a new action expert trained on demos of coloured geometric "
+                               "shapes (gf-shapes-v1, no picture emoji): the mini robot pre-training",
+               kind="pretrain", base="vlm", catalogue_tokenizer=True, demo_split=SHAPES_SPLIT, sweep_trials=0,
+               eval_trials=0),
+        comparison_row("vlapre-full", "the VLA of vla-pretrain, every weight fine-tuned on the Train demos",
+                       base="vla-pretrain"),
     )
 }
 
@@ -159,19 +172,33 @@ class Plan:
 
     @property
     def demo_dir(self) -> Path:
+        """``demos/mini/train``; demos of another split or expert pace each in a directory of their own."""
+        name = DEMO_DIR.name if self.recipe.demo_split == DEFAULT_SPLIT else self.recipe.demo_split
         profile = self.recipe.expert_profile
-        return self.root / (DEMO_DIR if profile == "fast" else DEMO_DIR.with_name(f"{DEMO_DIR.name}_{profile}"))
+        return self.root / DEMO_DIR.with_name(name if profile == "fast" else f"{name}_{profile}")
 
     @property
     def run_dir(self) -> Path:
         return self.root / RUN_ROOT / (self.run_name or self.recipe.slug + (f"{SEED_SUFFIX}{self.seed}" if self.seed else ""))
 
     @property
-    def base_vlm_plan(self) -> Plan | None:
-        """The plan of the VLM recipe the row starts from, under the same root."""
-        if self.recipe.base_vlm is None:
+    def base_plan(self) -> Plan | None:
+        """The plan of the recipe the row starts from, under the same root, with its own sizes."""
+        if self.recipe.base is None:
             return None
-        return Plan(RECIPES[self.recipe.base_vlm], self.root, 0, 0, 0)
+        base = RECIPES[self.recipe.base]
+        return Plan(base, self.root, base.demo_episodes, base.sweep_trials, base.eval_trials)
+
+    @property
+    def result_model_dir(self) -> Path:
+        """What a row starting from this recipe loads: a VLM's export, otherwise the final checkpoint."""
+        return self.vlm_export_dir if self.recipe.kind == "vlm" else self.final_checkpoint
+
+    @property
+    def final_checkpoint(self) -> Path:
+        from gf_training.train import CHECKPOINT_DIR, checkpoint_name
+
+        return self.run_dir / CHECKPOINT_DIR / checkpoint_name(self.train_steps())
 
     @property
     def vlm_export_dir(self) -> Path:
@@ -196,9 +223,9 @@ class Plan:
     def train_args(self) -> list[str]:
         vl = [f"cotrain.vl_dirs=[{','.join(str(self.vl_dir(d)) for d in self.recipe.vl_data)}]"]
         data = [] if self.recipe.kind == "vlm" else [f"data.demo_dirs=[{self.demo_dir}]"]
-        base = self.base_vlm_plan
-        if base is not None:  # the model and its tokenizer come from the VLM's export
-            model = [f"model.path={base.vlm_export_dir}"]
+        base = self.base_plan
+        if base is not None:  # the model and its tokenizer come from the base's result
+            model = [f"model.path={base.result_model_dir}"]
         else:
             model = [f"model.tokenizer={self.tokenizer_dir}"] if self.recipe.kind == "vlm" or self.recipe.catalogue_tokenizer else []
         seed = [f"seed={self.seed}"] if self.seed else []

@@ -23,7 +23,7 @@ from gf_training.mini_plan import EVAL_PROTOCOLS, PROBE_DIR, Plan, VLData
 # The policy node runs torch on one thread: the simulator needs the other core, and two
 # intra-op threads competing with it for one core are slower than one.
 POLICY_BACKEND_ARGS = {"num_threads": 1}
-STAGES = ("tokenizer", "vlm", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
+STAGES = ("tokenizer", "vlm", "pretrain", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
 
 # Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
 # demo episodes with gf-demos' 2 workers, optimiser steps of the mini model, evaluated trials
@@ -61,9 +61,7 @@ def vl_samples(directory: Path) -> int:
 
 
 def final_checkpoint(plan: Plan) -> Path:
-    from gf_training.train import CHECKPOINT_DIR, checkpoint_name
-
-    return plan.run_dir / CHECKPOINT_DIR / checkpoint_name(plan.train_steps())
+    return plan.final_checkpoint
 
 
 def trained(plan: Plan) -> bool:
@@ -167,21 +165,29 @@ def stages(plan: Plan) -> list[Stage]:
                   lambda: [console_script("gf-probe"), str(plan.vlm_export_dir), "--out", str(plan.run_dir / PROBE_DIR),
                            "--no-progress"], lambda: 120.0),
         ]
-    base = plan.base_vlm_plan
-    return [
+    base = plan.base_plan
+    demos = Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
+                  lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes",
+                           str(plan.demo_episodes), "--out", str(plan.demo_dir),
+                           *([] if plan.recipe.demo_split == DEFAULT_SPLIT else ["--split-file", plan.recipe.demo_split]),
+                           *([] if plan.recipe.expert_profile == "fast"
+                             else ["--backend-args", f"{{profile: {plan.recipe.expert_profile}}}"])],
+                  lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"])
+    before = [
         *([tokenizer] if plan.recipe.catalogue_tokenizer and base is None else []),
-        # The VLM recipe runs whole (its own stages resume), so the row starts from a probed VLM.
-        *([Stage("vlm", lambda: all(s.done() for s in stages(base)),
+        # The base recipe runs whole (its own stages resume), so the row starts from a probed VLM
+        # or a finished pre-training; the stage is named after the base's kind.
+        *([Stage(base.recipe.kind, lambda: all(s.done() for s in stages(base)),
                  lambda: [console_script("gf-mini"), "run", base.recipe.name, "--root", str(base.root)],
                  lambda: sum(s.estimate_s() for s in stages(base) if not s.done()))] if base is not None else []),
-        Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
-              lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes", str(plan.demo_episodes),
-                       "--out", str(plan.demo_dir),
-                       *([] if plan.recipe.expert_profile == "fast"
-                         else ["--backend-args", f"{{profile: {plan.recipe.expert_profile}}}"])],
-              lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"]),
+        demos,
         *(vl_stage(d) for d in plan.recipe.vl_data),
         train,
+    ]
+    if plan.recipe.kind == "pretrain":
+        return before
+    return [
+        *before,
         Stage("sweep", lambda: plan.sweep_trials <= 0 or swept(plan),
               lambda: [console_script("gf-sweep"), str(plan.run_dir), "--trials", str(plan.sweep_trials),
                        "--protocols", ",".join(plan.recipe.sweep_protocols),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gf_eval.results import RESULTS_FILE
-from gf_training import mini
+from gf_training import mini, mini_comparison
 from gf_training.config import load_config
 from gf_training.train import METRICS_FILE, build_model, expand_backbone_sizes, train
 
@@ -146,6 +146,32 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
         vlm_plan.vl_dir(data).mkdir(parents=True)
         (vlm_plan.vl_dir(data) / "manifest.jsonl").write_text("{}\n" * data.samples("gf-default-v1"))
     assert "1/6 vlm (done, would skip)" in dry_run("vlm-full")[0]
+
+
+def test_the_vla_pretraining_row_pretrains_on_shape_demos_then_fine_tunes_its_final_checkpoint(tmp_path, capsys,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+
+    def dry_run(recipe):
+        assert mini.main(["run", recipe, "--dry-run", "--root", str(tmp_path)]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+
+    runs = tmp_path / "runs" / "mini"
+    lines = dry_run("vla-pretrain")
+    assert [line.split()[2] for line in lines] == ["vlm", "demos", "train"]  # no sweep or evaluation of its own
+    shapes = tmp_path / "demos" / "mini" / "gf-shapes-v1"
+    assert f"--out {shapes} --split-file gf-shapes-v1" in lines[1]
+    assert f"model.path={runs / 'vlm' / 'hf'} 'data.demo_dirs=[{shapes}]'" in lines[2]
+    lines = dry_run("vlapre-full")
+    assert [line.split()[2] for line in lines] == ["pretrain", "demos", "train", "sweep", "eval", "report"]
+    assert f"gf-mini run vla-pretrain --root {tmp_path}" in lines[0]
+    train_demos = tmp_path / "demos" / "mini" / "train"
+    pretrained = runs / "vla_pretrain" / "checkpoints" / "step_006000"
+    assert f"model.path={pretrained} 'data.demo_dirs=[{train_demos}]'" in lines[2]
+    assert "vlapre-full" in [r.name for r in mini_comparison.comparison_rows()]
+    assert "vla-pretrain" not in [r.name for r in mini_comparison.comparison_rows()]
+    with pytest.raises(SystemExit):
+        mini.main(["report", "vla-pretrain", "--root", str(tmp_path)])
 
 
 def test_an_upstream_paced_recipe_records_and_trains_on_its_own_demos(tmp_path, capsys, monkeypatch):

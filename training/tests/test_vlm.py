@@ -87,5 +87,17 @@ def test_every_comparison_row_builds_from_the_exported_mini_vlm_and_refuses_anot
         assert {k: v.shape for k, v in model.vlm.state_dict().items()} == shapes, row  # the control's architecture
         assert model.config.image_crop == control.config.image_crop and model.config.max_text_tokens == 24
         assert all(torch.equal(v, vlm_weights[k]) for k, v in model.vlm.state_dict().items()), row
-    with pytest.raises(ValueError, match=r"disagrees with the PaliGemma directory.*text.hidden_size=256"):
+    with pytest.raises(ValueError, match=r"disagrees with the PaliGemma directory.*text.hidden_size=256 \(the model there has"):
         build_model(load_config("mini/vlm_full.yaml", [f"model.path={hf}", "model.config.vlm.text.hidden_size=256"]))
+    # The VLA-pre-training row: the pre-training starts from the VLM, the row from its checkpoint.
+    pretrained = build_model(load_config("mini/vla_pretrain.yaml", [f"model.path={hf}"]))
+    assert all(torch.equal(v, vlm_weights[k]) for k, v in pretrained.vlm.state_dict().items())
+    with torch.no_grad():
+        next(pretrained.parameters()).add_(1.0)  # as if pre-trained: the row must load these weights
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    row = build_model(load_config("mini/vlapre_full.yaml", [f"model.path={tmp_path / 'pretrained'}"]))
+    assert {k: v.shape for k, v in row.vlm.state_dict().items()} == shapes
+    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in row.state_dict().items())
+    with pytest.raises(ValueError, match=r"disagrees with the checkpoint.*text.hidden_size=256"):
+        build_model(load_config("mini/vlapre_full.yaml", [f"model.path={tmp_path / 'pretrained'}",
+                                                          "model.config.vlm.text.hidden_size=256"]))

@@ -2,7 +2,7 @@
 
   gf-emoji catalog [--rebuild]                  counts per group; --rebuild regenerates catalog.json
   gf-emoji split [NAME|PATH] [--sheet OUT.png]  the split's emojis and descriptions, with a thumbnail sheet
-  gf-emoji split --rebuild                      regenerate gf-default-v1.json by its documented rule
+  gf-emoji split NAME --rebuild                 regenerate a shipped split (gf-default-v1, gf-shapes-v1) by its rule
   gf-emoji import-upstream DIR OUT.json         convert upstream meta_relabel_dedup_*.json files
 """
 
@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.catalog import build_catalog, load_catalog, render_card
-from gf_eval.splits import build_default_splits, import_upstream, load_splits
+from gf_eval.splits import SPLIT_RULES, import_upstream, load_splits
 
 
 def label_font(size: int = 12):
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("split", help="list a split with its descriptions; --sheet writes a thumbnail PNG")
     sp.add_argument("name", nargs="?", default=DEFAULT_SPLIT, help="shipped split name or path to a split file")
     sp.add_argument("--sheet", type=Path, help="write a thumbnail contact sheet here")
-    sp.add_argument("--rebuild", action="store_true", help=f"regenerate {DEFAULT_SPLIT} by its rule")
+    sp.add_argument("--rebuild", action="store_true",
+                    help=f"regenerate a shipped split ({', '.join(SPLIT_RULES)}) by its rule")
     up = sub.add_parser("import-upstream", help="upstream meta_relabel_dedup_*.json -> a split file",
                         description="Convert upstream GrinningFace's split metadata (its meta_relabel_dedup_*.json "
                                     "files: Train/Val/Hard emojis with VLM-relabelled descriptions) into a split file "
@@ -90,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.splits.items()) + f"; hash {load_splits(str(args.out)).hash}")
         return 0
     if args.rebuild:
-        path = data_dir / "splits" / f"{DEFAULT_SPLIT}.json"
-        print("rendering thumbnails of every candidate emoji ...", flush=True)
-        build_default_splits().save(path)
+        if args.name not in SPLIT_RULES:
+            parser.error(f"--rebuild: {args.name!r} is not a shipped split ({', '.join(SPLIT_RULES)})")
+        path = data_dir / "splits" / f"{args.name}.json"
+        print(f"generating {args.name} by its rule ...", flush=True)
+        SPLIT_RULES[args.name]().save(path)
         print(f"wrote {path}")
         load_splits.cache_clear()
     splits = load_splits(args.name)

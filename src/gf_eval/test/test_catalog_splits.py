@@ -11,14 +11,17 @@ from gf_eval.catalog import build_catalog, card_image_path, load_catalog, png_by
 from gf_eval.splits import (
     DEFAULT_SPLIT,
     PROTOCOL_SPLITS,
+    SHAPES_SPLIT,
     SplitFormatError,
     _thumbnail,
     build_default_splits,
+    build_shapes_split,
     confusable,
     import_upstream,
     load_splits,
     parse_splits,
 )
+from gf_eval.trials import make_trial
 
 UPSTREAM = Path(__file__).resolve().parents[3].parent / "shared" / "upstream" / "grinningface-emoji"
 
@@ -74,6 +77,20 @@ def test_default_split_is_reproducible_disjoint_and_free_of_confusable_pairs():
                 assert not confusable(a, b, thumbs), (split, a.name, b.name)
     train_subgroups = {catalog[e.id].subgroup for e in shipped.entries("Train")}
     assert all(catalog[e.id].subgroup in train_subgroups for e in shipped.entries("Hard"))
+
+
+def test_shapes_split_is_reproducible_and_shows_no_benchmark_emoji():
+    shipped = load_splits(SHAPES_SPLIT)
+    assert build_shapes_split().to_json() == shipped.to_json()
+    names = {e.name for e in shipped.entries("Train")}
+    assert {"red circle", "blue square", "large orange diamond", "red triangle pointed up"} <= names
+    assert not any(word in name for name in names for word in ("small", "medium", "button"))
+    catalog = load_catalog()
+    assert {catalog[e.id].subgroup for e in shipped.entries("Train")} == {"geometric"}
+    benchmark = {e.id for split in PROTOCOL_SPLITS for e in load_splits(DEFAULT_SPLIT).entries(split)}
+    assert not benchmark & {e.id for e in shipped.entries("Train")}
+    trial = make_trial("Demo", 7, splits=shipped)  # gf-demos draws three shapes from it
+    assert len({c.emoji_id for c in trial.cards}) == 3 and {c.emoji_id for c in trial.cards} <= {e.id for e in shipped.entries("Train")}
 
 
 def test_confusable_rule_catches_near_duplicates():
