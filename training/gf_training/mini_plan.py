@@ -79,8 +79,10 @@ class Recipe:
     # (45-52 steps per Train demo) or "upstream" (upstream's pacing, 126 steps or more), each in
     # its own demo directory.
     expert_profile: str = "fast"
-    # The split file whose Train list the demos draw their cards from (gf-demos --split-file).
+    # The split file whose Train list the demos draw their cards from (gf-demos --split-file), and
+    # the base seed of their trial specs (gf-demos --seed: other cube and card positions).
     demo_split: str = DEFAULT_SPLIT
+    demo_seed: int = 0
     # "vla": a policy (demos, training, sweep, evaluation, report); "vlm": a VLM pre-trained on
     # vision-language data only (the catalogue tokenizer, VL data, training, export, probe);
     # "pretrain": a VLA pre-trained for another row to start from (demos, training).
@@ -148,8 +150,8 @@ RECIPES = {
                                         "VLM, the flow expert reads it through a stop-gradient"),
         Recipe("vla-pretrain", "the mini VLM with a new action expert trained on demos of coloured geometric "
                                "shapes (gf-shapes-v1, no picture emoji): the mini robot pre-training",
-               kind="pretrain", base="vlm", catalogue_tokenizer=True, demo_split=SHAPES_SPLIT, sweep_trials=0,
-               eval_trials=0),
+               kind="pretrain", base="vlm", catalogue_tokenizer=True, demo_split=SHAPES_SPLIT, demo_seed=1,
+               sweep_trials=0, eval_trials=0),
         comparison_row("vlapre-full", "the VLA of vla-pretrain, every weight fine-tuned on the Train demos",
                        base="vla-pretrain"),
     )

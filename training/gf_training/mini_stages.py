@@ -170,6 +170,7 @@ def stages(plan: Plan) -> list[Stage]:
                   lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes",
                            str(plan.demo_episodes), "--out", str(plan.demo_dir),
                            *([] if plan.recipe.demo_split == DEFAULT_SPLIT else ["--split-file", plan.recipe.demo_split]),
+                           *(["--seed", str(plan.recipe.demo_seed)] if plan.recipe.demo_seed else []),
                            *([] if plan.recipe.expert_profile == "fast"
                              else ["--backend-args", f"{{profile: {plan.recipe.expert_profile}}}"])],
                   lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"])

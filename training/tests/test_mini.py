@@ -160,7 +160,7 @@ def test_the_vla_pretraining_row_pretrains_on_shape_demos_then_fine_tunes_its_fi
     lines = dry_run("vla-pretrain")
     assert [line.split()[2] for line in lines] == ["vlm", "demos", "train"]  # no sweep or evaluation of its own
     shapes = tmp_path / "demos" / "mini" / "gf-shapes-v1"
-    assert f"--out {shapes} --split-file gf-shapes-v1" in lines[1]
+    assert f"--out {shapes} --split-file gf-shapes-v1 --seed 1" in lines[1]  # not the Train demos' layouts
     assert f"model.path={runs / 'vlm' / 'hf'} 'data.demo_dirs=[{shapes}]'" in lines[2]
     lines = dry_run("vlapre-full")
     assert [line.split()[2] for line in lines] == ["pretrain", "demos", "train", "sweep", "eval", "report"]
