@@ -156,7 +156,11 @@ def write_comparison(root: Path) -> dict[str, Path]:
     if probe:
         accuracy = {name: s["accuracy_retrieval"] for name, s in probe["lists"].items()}
         lines += ["Mini VLM probe (retrieval accuracy, every card of the list): "
-                  + ", ".join(f"{name} {100 * a:.0f} %" for name, a in accuracy.items()) + ".", ""]
+                  + ", ".join(f"{name} {100 * a:.0f} %" for name, a in accuracy.items()) + "."]
+        if probe.get("scenes"):
+            lines += ["Which card shows it, in simulator scenes (chance 33 %): "
+                      + ", ".join(f"{name} {100 * s['accuracy']:.0f} %" for name, s in probe["scenes"].items()) + "."]
+        lines += [""]
     header = " | ".join(f"{p} Exe / Rec / Overall" for p in EVAL_PROTOCOLS)
     lines += [f"| Row | Seeds | {header} | Val Rec per seed | Wall time |",
               "|---|---|" + "---|" * len(EVAL_PROTOCOLS) + "---|---:|"]
@@ -189,6 +193,7 @@ def write_comparison(root: Path) -> dict[str, Path]:
     if missing:
         lines += ["", "Not evaluated yet: " + ", ".join(missing) + " (`gf-mini run ROW`)."]
     files["summary"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    files["json"].write_text(json.dumps({"probe": probe and probe["lists"], "rows": table,
+    files["json"].write_text(json.dumps({"probe": probe and probe["lists"], "probe_scenes": probe and probe.get("scenes"),
+                                         "rows": table,
                                          "held_out_vs_control": differences}, indent=2) + "\n", encoding="utf-8")
     return files

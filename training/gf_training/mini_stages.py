@@ -23,6 +23,7 @@ from gf_training.mini_plan import EVAL_PROTOCOLS, PROBE_DIR, Plan, VLData
 # The policy node runs torch on one thread: the simulator needs the other core, and two
 # intra-op threads competing with it for one core are slower than one.
 POLICY_BACKEND_ARGS = {"num_threads": 1}
+PROBE_SCENES = 100  # a VLM recipe's which-card questions per list (gf-probe --scenes)
 STAGES = ("tokenizer", "vlm", "pretrain", "demos", "vl", "train", "export", "probe", "sweep", "eval", "report")
 
 # Rough rates on a 2-core CPU, for the between-stage estimate of the remaining time only:
@@ -161,9 +162,11 @@ def stages(plan: Plan) -> list[Stage]:
             Stage("export", lambda: (plan.vlm_export_dir / "config.json").exists(),
                   lambda: [console_script("gf-vlm"), "export", str(final_checkpoint(plan)), "--out",
                            str(plan.vlm_export_dir)], lambda: 10.0),
+            # The final checkpoint (the export's weights) keeps the camera crop the scenes need.
             Stage("probe", lambda: (plan.run_dir / PROBE_DIR / "summary.json").exists(),
-                  lambda: [console_script("gf-probe"), str(plan.vlm_export_dir), "--out", str(plan.run_dir / PROBE_DIR),
-                           "--no-progress"], lambda: 120.0),
+                  lambda: [console_script("gf-probe"), str(final_checkpoint(plan)), "--out", str(plan.run_dir / PROBE_DIR),
+                           "--scenes", str(PROBE_SCENES), "--name", plan.recipe.name, "--no-progress"],
+                  lambda: 120.0 + 3 * PROBE_SCENES * rates["vl_s_per_scene"]),
         ]
     base = plan.base_plan
     demos = Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,

