@@ -141,7 +141,7 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
                 and not (info.enabled and cfg.distributed.strategy == "fsdp")):
             from gf_training.attention import AttentionMassProbe
 
-            self.attention_probe = AttentionMassProbe.from_episodes(self.episodes, self.processor,
+            self.attention_probe = AttentionMassProbe.from_episodes(self.episodes, self.fitted_processor,
                                                                      cfg.logging.attention_samples)
         return self
 

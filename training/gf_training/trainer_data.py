@@ -44,6 +44,9 @@ class TrainingDataMixin:
             self.vl_dataset = VLDataset(cfg.cotrain.vl_dirs, vla_cfg.image_size, vla_cfg.image_crop)
             texts += self.vl_dataset.texts()
         self.processor = build_processor(cfg, vla_cfg, texts, self.run_dir, info)
+        # Episodes and VL samples hold their images as the model sees them (cropped and resized
+        # once, when loaded): whatever reads them must not crop them again.
+        self.fitted_processor = self.processor.for_fitted_images()
         self.scene_targets = SceneTargets.from_episodes(episodes) if cfg.scene_probe.weight > 0 else None
         self.dataset = None if vl_only else ChunkDataset(
             episodes, vla_cfg.action_horizon, self.norm_stats, latent_codes=latent_codes,
@@ -63,14 +66,14 @@ class TrainingDataMixin:
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
         if self.dataset is not None:
             self.loader = self._loader(self.dataset, self.vla_micro, cfg.seed, LOADER_STREAM,
-                                       VLACollator(self.processor, cfg.data.augment))
+                                       VLACollator(self.fitted_processor, cfg.data.augment))
             self._batches = iter(self.loader)
         self._vl_batches: Iterator[dict[str, torch.Tensor]] | None = None
         if self.vl_dataset is not None:
             from gf_training.vl_data import VLCollator
 
             self.vl_loader = self._loader(self.vl_dataset, self.vl_micro, cfg.seed + 1, VL_LOADER_STREAM,
-                                          VLCollator(self.processor, cfg.cotrain.max_text_tokens))
+                                          VLCollator(self.fitted_processor, cfg.cotrain.max_text_tokens))
             self._vl_batches = iter(self.vl_loader)
 
     def _loader(self, dataset: Any, micro: int, order_seed: int, stream: int, collate: Any) -> DataLoader:

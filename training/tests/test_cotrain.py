@@ -353,3 +353,36 @@ def test_cotraining_with_discrete_targets_under_ddp(glyph_dir, tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert {"loss_flow", "loss_discrete", "loss_lm"} <= set(a["parts"])
+
+
+def test_vl_training_shows_scenes_cropped_once_and_glyphs_whole(glyph_dir, tmp_path):
+    """The trainer's VL batches: a camera view as the checkpoint's processor crops the frame at
+    inference (once), a glyph uncropped."""
+    from PIL import Image
+
+    from gf_training.train import Trainer
+    from gf_training.vl_format import _write
+
+    scenes = tmp_path / "scenes"
+    shutil.copytree(glyph_dir, scenes)
+    info, records = read_vl_dir(scenes)
+    _write(scenes, {r.id: r for r in records}, {**info, "generator": "which"})
+    crop = [0.1, 0.15, 0.85, 0.8]
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "data.synthetic=null", "cotrain.ratio=1.0",
+                               f"cotrain.vl_dirs=[{scenes},{glyph_dir}]", f"model.config.image_crop={crop}",
+                               "train.micro_batch_size=8", "train.batch_size=8", "logging.progress=false",
+                               "logging.tensorboard=false"])
+    trainer = Trainer(cfg).setup()
+    whole = trainer.processor.for_fitted_images()
+
+    def pixels(directory, processor):
+        return [processor.preprocess_image(np.asarray(Image.open(directory / r.image).convert("RGB")))
+                for r in read_vl_dir(directory)[1]]
+
+    scene_views, glyph_views = pixels(scenes, trainer.processor), pixels(glyph_dir, whole)
+    batch = next(iter(trainer.vl_loader))
+    kinds = []
+    for image in batch["vl_pixel_values"][:, 0]:
+        kinds.append("scene" if any(torch.equal(image, v) for v in scene_views) else
+                     "glyph" if any(torch.equal(image, v) for v in glyph_views) else "neither")
+    assert "neither" not in kinds and {"scene", "glyph"} <= set(kinds)

@@ -370,3 +370,32 @@ def test_real_bags_through_the_cache_into_training(tmp_path):
                                "logging.progress=false", "logging.tensorboard=false"])
     result, trainer = train(cfg)
     assert result.step == 2 and len(trainer.dataset) == 12 and all(np.isfinite(result.losses))
+
+
+def test_a_cropped_model_trains_on_the_pixels_it_sees_at_inference(tmp_path):
+    """Demo frames are cropped and resized once, when decoded: the training batch must hold what the
+    checkpoint's processor (the vla backend's) makes of the camera frame, not a crop of the crop."""
+    pytest.importorskip("gf_teleop.importer")
+    from gf_eval.trials import make_trial
+    from gf_teleop.importer import write_array_episode
+    from gf_training.config import load_config
+    from gf_training.train import Trainer
+
+    demo = tmp_path / "demos"
+    rng = np.random.default_rng(3)
+    source = synthetic_episodes(num_episodes=2, length=5, image_size=48, seed=3)
+    frames = {}
+    for i, ep in enumerate(source):
+        images = rng.integers(0, 256, (len(ep.images), 60, 80, 3), dtype=np.uint8)  # every frame different
+        write_array_episode(demo, images=images, proprio=ep.proprio, actions=ep.actions, trial=make_trial("Demo", i),
+                            success=True, operator="test", source="test")
+        frames.update({(i, t): image for t, image in enumerate(images)})
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "data.synthetic=null", f"data.demo_dirs=[{demo}]",
+                               f"data.cache_dir={tmp_path / 'cache'}", "data.augment.enabled=false",
+                               "model.config.image_crop=[0.1,0.15,0.85,0.8]", "train.micro_batch_size=4",
+                               "train.batch_size=4", "logging.progress=false", "logging.tensorboard=false"])
+    trainer = Trainer(cfg).setup()
+    seen = {key: trainer.processor.preprocess_image(image) for key, image in frames.items()}  # as at inference
+    batch = next(iter(trainer.loader))
+    for pixels in batch["pixel_values"][:, 0]:
+        assert any(torch.equal(pixels, want) for want in seen.values())

@@ -16,12 +16,15 @@ Protocol ``gf-policy`` (every message one binary websocket frame, msgpack; numpy
 2. client -> ``{"type": "hello", "protocol": "gf-policy", "version": V}``; the server answers
    ``{"type": "ready"}``, or ``{"type": "error", "code": "version_mismatch", ...}`` and closes;
 3. client -> ``{"type": "predict", "id": n, "images": [uint8 HxWx3, ...], "instructions": [...],
-   "proprio": float32 (B, proprio_dim), "seeds": [int, ...] | null}``; server ->
+   "proprio": float32 (B, proprio_dim), "seeds": [int, ...] | null, "fitted": bool}``; server ->
    ``{"type": "actions", "id": n, "actions": float32 (B, H, action_dim), "infer_ms": t}`` or
    ``{"type": "error", "id": n, "code": "bad_request" | "inference_failed", "message": ...}`` (the
    connection stays usable). A seed gives the same noise as the local ``vla`` backend. An optional
    ``"timeout_s"`` in the request shortens the server's per-request timeout (the client stopped
-   waiting: no use computing the answer). Further error codes: ``"overloaded"`` (the queue is full,
+   waiting: no use computing the answer). ``"fitted": true`` says the images are already cropped
+   and resized by the model's rule (``gf_bringup.images.fit_image`` with the hello's
+   ``image_size`` and ``image_crop``: fewer bytes); otherwise they are camera frames, which the
+   server fits itself. Further error codes: ``"overloaded"`` (the queue is full,
    the request was not accepted: back off or add servers) and ``"timeout"``.
 4. client -> ``{"type": "metrics", "id": n}``; server -> ``{"type": "metrics", "id": n, ...}`` (as ``GET /metrics``).
 
@@ -58,6 +61,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from gf_bringup.images import fit_image
 
 PROTOCOL = "gf-policy"
 PROTOCOL_VERSION = 1
@@ -388,6 +393,13 @@ class PolicyServer:
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
                 raise ValueError(f"each image must be uint8 H x W x 3, got {desc}")
+        size, crop = meta["image_size"], meta["image_crop"]
+        if msg.get("fitted"):  # the client cropped and resized them by the model's rule (fit_image)
+            wrong = next((img.shape for img in images if img.shape[:2] != (size, size)), None)
+            if wrong is not None:
+                raise ValueError(f"'fitted' images must be {size} x {size} (the model's view), got {wrong[0]} x {wrong[1]}")
+        else:  # camera frames: fitted here, so every batch reaches the model in one form
+            images = [fit_image(img, size, crop) for img in images]
         batch = len(images)
         if not isinstance(instructions, list) or len(instructions) != batch or not all(isinstance(t, str) for t in instructions):
             raise ValueError(f"'instructions' must be a list of {batch} strings")
@@ -413,7 +425,7 @@ class PolicyServer:
         seeds = seeds if seeds is not None else [None] * len(images)
         noise = torch.stack([chunk_noise(meta["action_horizon"], meta["model_action_dim"], s) if s is not None
                              else torch.randn(meta["action_horizon"], meta["model_action_dim"]) for s in seeds])
-        return self.policy.predict_batch(images, instructions, proprio, noise=noise)
+        return self.policy.predict_batch(images, instructions, proprio, noise=noise, fitted=True)
 
     async def _submit(self, args: tuple, timeout_s: Any = None) -> tuple[np.ndarray, float, float]:
         if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:

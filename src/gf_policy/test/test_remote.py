@@ -43,7 +43,9 @@ HORIZON = 5
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("remote_ckpt")
-    cfg = VLAConfig.tiny(action_horizon=HORIZON, execution_horizon=3)
+    # A model that crops its camera frame, as the mini rows do: a frame cropped twice (once by the
+    # client, again by the server) would show the model another part of the table.
+    cfg = VLAConfig.tiny(action_horizon=HORIZON, execution_horizon=3, image_crop=[0.1, 0.15, 0.85, 0.8])
     torch.manual_seed(1)
     model = PI0StyleVLA.from_config(cfg)
     with torch.no_grad():

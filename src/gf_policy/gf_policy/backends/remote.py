@@ -204,13 +204,15 @@ class RemoteBackend(PolicyBackend):
     def reset(self, trial: TrialSpec) -> None:
         self.trial = trial
 
-    def _prepare_image(self, image: np.ndarray) -> np.ndarray:
+    def _prepare_images(self, observations: list[PolicyObservation]) -> tuple[list[np.ndarray], bool]:
+        """The camera frames, or (``resize``) the frames fitted by the server's own rule: identical
+        pixels, fewer bytes on the wire; the request then says so (``fitted``)."""
         size = self.metadata["image_size"] if self.metadata else None
-        image = np.asarray(image)
-        if self.resize and size and image.dtype == np.uint8 and image.ndim == 3:
-            # The server's processor's own rule: identical pixels, fewer bytes on the wire.
-            return np.ascontiguousarray(fit_image(image, size, self.metadata.get("image_crop")))
-        return np.ascontiguousarray(image)
+        images = [np.asarray(o.image) for o in observations]
+        if self.resize and size and all(i.dtype == np.uint8 and i.ndim == 3 for i in images):
+            crop = self.metadata.get("image_crop")
+            return [np.ascontiguousarray(fit_image(i, size, crop)) for i in images], True
+        return [np.ascontiguousarray(i) for i in images], False
 
     def act(self, obs: PolicyObservation) -> ActionPlan:
         return self.act_batch([obs])[0]
@@ -222,9 +224,11 @@ class RemoteBackend(PolicyBackend):
             self.connect()
         meta = self.metadata
         check_observations(observations, meta["proprio_dim"])
+        images, fitted = self._prepare_images(observations)
         reply = self.request({
             "type": "predict",
-            "images": [self._prepare_image(o.image) for o in observations],
+            "images": images,
+            "fitted": fitted,
             "instructions": [o.trial.instruction for o in observations],
             "proprio": np.stack([np.asarray(o.proprio, dtype=np.float32) for o in observations]),
             "seeds": [observation_seed(self.seed, o.trial.seed, o.step) for o in observations],

@@ -84,15 +84,18 @@ class VLAInference:
         proprios: np.ndarray,
         noise: torch.Tensor | None = None,
         seed: int | None = None,
+        fitted: bool = False,
     ) -> np.ndarray:
-        """A batch of observations -> actions (B, action_horizon, action_dim) as float32."""
+        """A batch of observations -> actions (B, action_horizon, action_dim) as float32.
+
+        ``fitted``: the images are already cropped and resized (``fit_image``), not camera frames."""
         cfg = self.model.config
         proprios = np.asarray(proprios, dtype=np.float32)
         if proprios.ndim != 2 or proprios.shape[1] != cfg.proprio_dim:
             raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {proprios.shape}")
         if not np.isfinite(proprios).all():
             raise ValueError("proprio contains NaN or infinite values")
-        inputs = self.processor(images, list(instructions))
+        inputs = (self.processor.for_fitted_images() if fitted else self.processor)(images, list(instructions))
         if inputs["input_ids"].shape[0] != proprios.shape[0]:
             raise ValueError(f"{inputs['input_ids'].shape[0]} observations but {proprios.shape[0]} proprio rows")
         device = self.model.device

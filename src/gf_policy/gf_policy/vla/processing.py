@@ -77,6 +77,14 @@ class VLAProcessor:
         """Load the tokenizer saved in ``directory`` (ours, or a real PaliGemma tokenizer)."""
         return cls(AutoTokenizer.from_pretrained(str(local_dir(directory, "tokenizer"))), config)
 
+    def for_fitted_images(self) -> VLAProcessor:
+        """This processor for images already cropped and resized by ``fit_image`` (training's
+        decoded episodes and VL samples, a remote client's frames): cropping them again would show
+        the model another part of the table than the camera frame shows it at inference."""
+        if self.config.image_crop is None:
+            return self
+        return VLAProcessor(self.tokenizer, self.config.replace(image_crop=None))
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Save the tokenizer files next to the model."""
         self.tokenizer.save_pretrained(str(directory))
