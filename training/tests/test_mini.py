@@ -24,6 +24,17 @@ def make_plan(tmp_path, **sizes) -> mini.Plan:
     return mini.Plan(mini.RECIPES["baseline"], tmp_path, **values)
 
 
+def dry_runner(root, capsys, monkeypatch):
+    """``dry_run(recipe)``: the ``[gf-mini]`` lines of ``gf-mini run RECIPE --dry-run`` under ``root``."""
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+
+    def dry_run(recipe):
+        assert mini.main(["run", recipe, "--dry-run", "--root", str(root)]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+
+    return dry_run
+
+
 def write_manifest(demo_dir, entries) -> None:
     demo_dir.mkdir(parents=True, exist_ok=True)
     (demo_dir / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
@@ -116,11 +127,7 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
 
 def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_random_weights(tmp_path, capsys,
                                                                                          monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
-
-    def dry_run(recipe):
-        assert mini.main(["run", recipe, "--dry-run", "--root", str(tmp_path)]) == 0
-        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    dry_run = dry_runner(tmp_path, capsys, monkeypatch)
 
     hf = tmp_path / "runs" / "mini" / "vlm" / "hf"
     for row in ("vlm-full", "vlm-lora", "vlm-action", "discrete-full"):
@@ -151,11 +158,7 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
 
 def test_the_vla_pretraining_row_pretrains_on_shape_demos_then_fine_tunes_its_final_checkpoint(tmp_path, capsys,
                                                                                              monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
-
-    def dry_run(recipe):
-        assert mini.main(["run", recipe, "--dry-run", "--root", str(tmp_path)]) == 0
-        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    dry_run = dry_runner(tmp_path, capsys, monkeypatch)
 
     runs = tmp_path / "runs" / "mini"
     lines = dry_run("vla-pretrain")
