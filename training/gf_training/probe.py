@@ -92,10 +92,8 @@ def describe_cards(
 ) -> list[str]:
     """The VLM's description of each entry's printed card (greedy decoding)."""
     from gf_eval.catalog import load_catalog, render_card
-    from gf_policy.vla import VLAProcessor
-
     catalog = load_catalog()
-    whole = VLAProcessor(processor.tokenizer, processor.config.replace(image_crop=None))
+    whole = processor.for_fitted_images()  # a card is no camera frame: resized, never cropped
     chunks = range(0, len(entries), batch_size)
     iterator: Any = chunks
     if progress:

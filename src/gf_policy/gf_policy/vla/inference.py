@@ -32,6 +32,7 @@ class VLAInference:
                 raise ValueError(f"{key} statistics have {norm_stats[key].dim} dims, the model {dim}")
         self.model = model.eval()
         self.processor = processor
+        self.fitted_processor = processor.for_fitted_images()  # for predict_batch(fitted=True)
         self.norm_stats = norm_stats
 
     @classmethod
@@ -95,7 +96,7 @@ class VLAInference:
             raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {proprios.shape}")
         if not np.isfinite(proprios).all():
             raise ValueError("proprio contains NaN or infinite values")
-        inputs = (self.processor.for_fitted_images() if fitted else self.processor)(images, list(instructions))
+        inputs = (self.fitted_processor if fitted else self.processor)(images, list(instructions))
         if inputs["input_ids"].shape[0] != proprios.shape[0]:
             raise ValueError(f"{inputs['input_ids'].shape[0]} observations but {proprios.shape[0]} proprio rows")
         device = self.model.device
