@@ -41,13 +41,27 @@ def test_jogging_reaches_and_records_every_card_slot_of_the_dry_run_layout(tmp_p
                           encoding="utf-8", timeout=40, env=dict(os.environ), dimensions=(40, 200))
     probe = ros_tools.Probe()
     recorded_at: list[np.ndarray] = []
-    speed = [0.25]
+    speed = [0.0]  # as last seen on the status line
+
+    def shown_speed() -> float:
+        """The speed on the node's status line (one every 0.5 s), printed after the keys typed so
+        far were read: launch relays a line a fraction of a second late, so lines that arrive
+        within 0.6 s may be older than the last key."""
+        fresh_after = time.monotonic() + 0.6
+        while True:
+            child.expect(r"speed (\d+)%")
+            if time.monotonic() >= fresh_after:
+                return int(child.match.group(1)) / 100
 
     def set_speed(value: float) -> None:
-        while speed[0] != value:  # 0.25 <-> 0.1: one step of the teleop speed scale
+        # As an operator does it: press +/- until the screen shows the speed wanted. A key the
+        # terminal loses under load is pressed again instead of leaving every tap 2.5x too long.
+        for _ in range(6):
+            if speed[0] == value:
+                return
             child.send("-" if value < speed[0] else "+")
-            speed[0] = value
-        time.sleep(0.1)
+            speed[0] = shown_speed()
+        raise AssertionError(f"the status line never showed speed {value:.0%} (last {speed[0]:.0%})")
 
     def jog(axis: int, goal: float) -> None:
         # Closed loop as an operator does it: long holds at 25 % (10 cm/s), taps at 10 % near the goal.
@@ -70,6 +84,7 @@ def test_jogging_reaches_and_records_every_card_slot_of_the_dry_run_layout(tmp_p
     try:
         child.expect("Jog the fingertips onto the centre of the card at slot 0")
         probe.wait(lambda: len(probe.ee) > 3, 30.0, "EE states")
+        speed[0] = shown_speed()
         for i, slot in enumerate(target.slots):
             jog(2, TRAVEL_Z)
             jog(0, slot.x)
