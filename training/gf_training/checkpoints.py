@@ -37,6 +37,30 @@ TRAINER_STATE = "trainer_state.json"
 INFERENCE_WEIGHTS = "model.safetensors"
 
 
+RUN_CONFIG = "config.yaml"
+# What a run's checkpoints learnt from: a resume under other values of these would continue a
+# different experiment. Steps, checkpoints, logging, optimiser and processes may change.
+LEARNT_FROM = ("seed", "model", "data", "cotrain", "latent", "scene_probe")
+
+
+def config_changes(run_dir: str | Path, config: dict) -> list[str]:
+    """The dotted keys of ``LEARNT_FROM`` in which ``config`` (a resolved config as a dict)
+    differs from the one the run in ``run_dir`` was started with ([] when there is none)."""
+    from gf_training.config import load_config
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.exists():
+        return []
+    saved = load_config(str(path)).to_dict()  # resolved again: fields added since take their defaults
+
+    def diff(a, b, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [k for key in sorted(set(a) | set(b), key=str) for k in diff(a.get(key), b.get(key), f"{prefix}.{key}")]
+        return [] if a == b else [prefix]
+
+    return [k for section in LEARNT_FROM for k in diff(saved.get(section), config.get(section), section)]
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
@@ -120,6 +144,11 @@ class CheckpointingMixin:
             return path
         found = list_checkpoints(self.run_dir)
         path = found[-1][1] if found else None
+        changed = config_changes(self.run_dir, self.cfg.to_dict()) if path is not None else []
+        if changed:
+            raise ValueError(
+                f"{self.run_dir} holds a run started with other {', '.join(changed)} ({self.run_dir / RUN_CONFIG}): "
+                f"use another output_dir, move that run away, or train.resume=false to start over")
         if path is not None and (path / TRAINER_STATE).exists():
             saved = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
             if saved.get("scheme") != dataclasses.asdict(self.cfg.scheme):

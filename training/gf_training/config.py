@@ -102,10 +102,18 @@ class CotrainSection:
     ratio: float = 0.0  # share of each micro-batch that is VL samples (0: off; 1: VL only, a VLM's pre-training)
     loss_weight: float = 1.0  # weight of a VL sample's loss relative to an action sample's
     max_text_tokens: int = 64  # question + answer tokens after the image tokens
+    # Share of the VL samples drawn from each of vl_dirs (normalised; [] = in proportion to their
+    # sizes). A mixture's small but hard part (a few thousand scenes beside 90 000 glyphs and
+    # cards) is otherwise seen too rarely to be learnt.
+    vl_weights: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.vl_dirs, str):
             self.vl_dirs = [self.vl_dirs]
+        if self.vl_weights and (len(self.vl_weights) != len(self.vl_dirs) or min(self.vl_weights) < 0
+                                or sum(self.vl_weights) <= 0):
+            raise ValueError(f"cotrain.vl_weights needs one weight >= 0 per cotrain.vl_dirs entry "
+                             f"({len(self.vl_dirs)}), not all zero; got {self.vl_weights}")
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError("cotrain.ratio must be in [0, 1]")
         if self.ratio > 0 and not self.vl_dirs:

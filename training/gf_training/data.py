@@ -299,6 +299,51 @@ class ResumableSampler(Sampler[int]):
         return sys.maxsize
 
 
+class MixtureSampler(Sampler[int]):
+    """An endless, reproducible stream of indices into concatenated sources (``sizes``, in order),
+    each source drawn with its share of ``weights`` whatever its size.
+
+    Epoch ``e`` of a rank holds ``sum(sizes) // world_size`` draws: the source of each is drawn
+    from the weights, and a source's draws walk through fresh permutations of its samples, so a
+    small source repeats only after all its samples were seen. Seeded by ``(seed, e, rank)``;
+    ``start`` skips that many indices, so a resumed run continues the uninterrupted stream.
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int = 0, rank: int = 0,
+                 world_size: int = 1, start: int = 0):
+        if len(sizes) != len(weights) or min(sizes, default=0) < 1:
+            raise ValueError(f"need one weight per non-empty source: sizes {list(sizes)}, weights {list(weights)}")
+        w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be >= 0 and not all zero: {list(weights)}")
+        self.sizes, self.weights = [int(n) for n in sizes], w / w.sum()
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.seed, self.rank, self.start = seed, rank, start
+        self.per_rank = max(1, sum(self.sizes) // world_size)
+
+    def _epoch(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + self.rank)
+        sources = torch.multinomial(self.weights, self.per_rank, replacement=True, generator=g)
+        out = torch.empty(self.per_rank, dtype=torch.long)
+        for i, (size, offset) in enumerate(zip(self.sizes, self.offsets)):
+            slots = (sources == i).nonzero().flatten()
+            if len(slots) == 0:
+                continue
+            laps = -(-len(slots) // size)
+            order = torch.cat([torch.randperm(size, generator=g) for _ in range(laps)])[: len(slots)]
+            out[slots] = order + offset
+        return out.tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            yield from self._epoch(epoch)[offset:]
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless
+        return sys.maxsize
+
+
 # ---------------------------------------------------------------------------------------------
 # Generated data (tests, benchmarks, smoke runs)
 # ---------------------------------------------------------------------------------------------

@@ -66,9 +66,15 @@ def final_checkpoint(plan: Plan) -> Path:
 
 
 def trained(plan: Plan) -> bool:
+    """The final checkpoint exists and was trained with the plan's config: a run of changed data
+    or model is not done (its gf-train then refuses to resume it, saying what changed)."""
+    from gf_training.checkpoints import config_changes
     from gf_training.train import INFERENCE_WEIGHTS
 
-    return (final_checkpoint(plan) / INFERENCE_WEIGHTS).exists()
+    if not (final_checkpoint(plan) / INFERENCE_WEIGHTS).exists():
+        return False
+    config = load_config(plan.recipe.train_config, plan.train_args()[1:]).to_dict()
+    return not config_changes(plan.run_dir, config)
 
 
 def sweep_file(plan: Plan) -> Path:
@@ -159,11 +165,12 @@ def stages(plan: Plan) -> list[Stage]:
             tokenizer,
             *(vl_stage(d) for d in plan.recipe.vl_data),
             train,
-            Stage("export", lambda: (plan.vlm_export_dir / "config.json").exists(),
+            # A retrained VLM is exported and probed again.
+            Stage("export", lambda: trained(plan) and (plan.vlm_export_dir / "config.json").exists(),
                   lambda: [console_script("gf-vlm"), "export", str(final_checkpoint(plan)), "--out",
                            str(plan.vlm_export_dir)], lambda: 10.0),
             # The final checkpoint (the export's weights) keeps the camera crop the scenes need.
-            Stage("probe", lambda: (plan.run_dir / PROBE_DIR / "summary.json").exists(),
+            Stage("probe", lambda: trained(plan) and (plan.run_dir / PROBE_DIR / "summary.json").exists(),
                   lambda: [console_script("gf-probe"), str(final_checkpoint(plan)), "--out", str(plan.run_dir / PROBE_DIR),
                            "--scenes", str(PROBE_SCENES), "--name", plan.recipe.name, "--no-progress"],
                   lambda: 120.0 + 3 * PROBE_SCENES * rates["vl_s_per_scene"]),

@@ -60,6 +60,7 @@ from gf_training.build import (  # noqa: F401 - expand_backbone_sizes, with_late
 from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: re-exported
     CHECKPOINT_DIR,
     INFERENCE_WEIGHTS,
+    RUN_CONFIG,
     CheckpointingMixin,
     checkpoint_name,
     list_checkpoints,
@@ -166,9 +167,10 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
             )
         self.accum = cfg.train.batch_size // per_step
 
+        self._resume_from = self._resume_checkpoint()  # before the run's config file is replaced
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+            (self.run_dir / RUN_CONFIG).write_text(dump_config(cfg), encoding="utf-8")
         info.barrier()
 
     def _setup_model(self, model: PI0StyleVLA) -> None:
@@ -176,7 +178,7 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         cfg, info, vla_cfg = self.cfg, self.info, model.config
         apply_scheme(model, cfg.scheme)
         self.vla_config = vla_cfg
-        resume_from = self._resume_checkpoint()
+        resume_from = self._resume_from
         if resume_from is not None:  # weights go in before wrapping (DDP/FSDP then hold them)
             self._load_weights(model, resume_from)
         self.model = model.to(self.device)

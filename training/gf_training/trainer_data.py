@@ -3,7 +3,7 @@ and the loaders that continue where a resumed run stopped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from gf_policy.vla import PI0StyleVLA
 from gf_training.build import build_processor, latent_labels, load_episodes, run_norm_stats
-from gf_training.data import ChunkDataset, ResumableSampler, VLACollator
+from gf_training.data import ChunkDataset, MixtureSampler, ResumableSampler, VLACollator
 from gf_training.runtime import LOADER_STREAM, VL_LOADER_STREAM, stream_seed
 from gf_training.scene_probe import SceneTargets
 
@@ -73,14 +73,22 @@ class TrainingDataMixin:
             from gf_training.vl_data import VLCollator
 
             self.vl_loader = self._loader(self.vl_dataset, self.vl_micro, cfg.seed + 1, VL_LOADER_STREAM,
-                                          VLCollator(self.fitted_processor, cfg.cotrain.max_text_tokens))
+                                          VLCollator(self.fitted_processor, cfg.cotrain.max_text_tokens),
+                                          weights=cfg.cotrain.vl_weights)
             self._vl_batches = iter(self.vl_loader)
 
-    def _loader(self, dataset: Any, micro: int, order_seed: int, stream: int, collate: Any) -> DataLoader:
-        """An endless loader of this rank's share, continuing after the samples earlier steps used."""
+    def _loader(self, dataset: Any, micro: int, order_seed: int, stream: int, collate: Any,
+                weights: Sequence[float] = ()) -> DataLoader:
+        """An endless loader of this rank's share, continuing after the samples earlier steps used;
+        with ``weights``, a mixture of the dataset's sources (``source_sizes()``) in those shares."""
         cfg, info = self.cfg, self.info
-        sampler = ResumableSampler(len(dataset), seed=order_seed, rank=info.rank, world_size=info.world_size,
-                                   start=self.step * self.accum * micro)
+        start = self.step * self.accum * micro
+        if weights:
+            sampler = MixtureSampler(dataset.source_sizes(), weights, seed=order_seed, rank=info.rank,
+                                     world_size=info.world_size, start=start)
+        else:
+            sampler = ResumableSampler(len(dataset), seed=order_seed, rank=info.rank, world_size=info.world_size,
+                                       start=start)
         return DataLoader(
             dataset, batch_size=micro, sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,

@@ -56,14 +56,22 @@ def _existing(out: Path) -> dict[str, VLRecord]:
     return records
 
 
+def _settings(info: dict[str, Any]) -> dict[str, Any]:
+    """What decides a generation's samples: all of ``info`` but its size."""
+    params = {k: v for k, v in info["params"].items() if k != "scenes"}
+    return {**{k: v for k, v in info.items() if k != "count"}, "params": params}
+
+
 def _prepare(out: Path, info: dict[str, Any]) -> dict[str, VLRecord]:
-    """Create ``out`` or check it holds the same generation (then its samples are kept)."""
+    """Create ``out`` or check it holds the same generation (then its samples are kept). A scene
+    generation may change its size: sample ``i`` depends only on the settings and ``i``, so the
+    samples made are kept (the caller drops those beyond a smaller size)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / IMAGES).mkdir(exist_ok=True)
     info_path = out / INFO
     if info_path.exists():
         old = json.loads(info_path.read_text(encoding="utf-8"))
-        if {k: v for k, v in old.items() if k != "count"} != {k: v for k, v in info.items() if k != "count"}:
+        if _settings(old) != _settings(info):
             raise ValueError(f"{out} holds data generated with other settings ({info_path}); use another --out")
     info_path.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return _existing(out)
@@ -121,6 +129,10 @@ class VLDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def source_sizes(self) -> list[int]:
+        """Samples per directory, in the order given (their items are concatenated in that order)."""
+        return [sum(1 for d, _ in self.items if d == Path(directory)) for directory in self._camera_view]
 
     def texts(self) -> list[str]:
         """Every question and answer (to train an offline tokenizer on)."""

@@ -147,6 +147,8 @@ def _generate_scenes(
     info = {"format": VL_FORMAT, "generator": generator, "split": splits.name, "split_hash": splits.hash,
             "lists": list(lists), "seed": seed, "params": {"scenes": scenes, "size": size}}
     records = _prepare(out, info)
+    for sample_id in [k for k in records if int(k.rsplit("-", 1)[1]) >= scenes]:  # a smaller generation
+        (out / records.pop(sample_id).image).unlink(missing_ok=True)
     todo = [i for i in range(scenes) if f"{generator}-{i:06d}" not in records]
     own_env = None
     if todo and env is None:

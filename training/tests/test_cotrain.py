@@ -170,6 +170,14 @@ def test_which_card_scenes_rendered_by_the_simulator(tmp_path):
         trial = r.meta["trial"]
         assert trial["cards"][r.meta["card"]]["description"] in r.question
         assert r.answer == ("left", "middle", "right")[r.meta["left_to_right"].index(r.meta["card"])]
+    # The generation may grow and shrink in place: scene i is the same scene whatever the size.
+    first_png = (out / records[0].image).read_bytes()
+    _, grown = read_vl_dir(generate_which(out, scenes=3, size=128, seed=0))
+    assert grown[:2] == records and len(grown) == 3 and (out / records[0].image).read_bytes() == first_png
+    _, shrunk = read_vl_dir(generate_which(out, scenes=1, size=128, seed=0))
+    assert shrunk == records[:1] and sorted(p.name for p in (out / "images").iterdir()) == ["000000.png"]
+    with pytest.raises(ValueError, match="other settings"):
+        generate_which(out, scenes=2, size=96, seed=0)
 
 
 def test_cube_answers_give_its_image_position_in_percent():
@@ -353,6 +361,27 @@ def test_cotraining_with_discrete_targets_under_ddp(glyph_dir, tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert {"loss_flow", "loss_discrete", "loss_lm"} <= set(a["parts"])
+
+
+def test_vl_weights_set_each_directorys_share_of_the_vl_batches(glyph_dir, tmp_path):
+    """cotrain.vl_weights: [0, 1] draws every VL sample from the second directory, however large
+    the first; a weight per directory is required."""
+    from gf_training.train import Trainer
+
+    second = tmp_path / "second"
+    generate_glyphs(second, per_emoji=1, lists=["Val"], size=32, seed=1, progress=False)
+    second_questions = {(r.question, r.answer) for r in read_vl_dir(second)[1]}
+    first_questions = {(r.question, r.answer) for r in read_vl_dir(glyph_dir)[1]}
+    assert not second_questions & first_questions
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "data.synthetic=null", "cotrain.ratio=1.0",
+                               f"cotrain.vl_dirs=[{glyph_dir},{second}]", "cotrain.vl_weights=[0,1]",
+                               "train.micro_batch_size=4", "train.batch_size=4", "logging.progress=false",
+                               "logging.tensorboard=false"])
+    trainer = Trainer(cfg).setup()
+    drawn = [trainer.vl_dataset[i] for i, _ in zip(trainer.vl_loader.sampler, range(40))]
+    assert all((d["question"], d["answer"]) in second_questions for d in drawn)
+    with pytest.raises(ValueError, match="vl_weights"):
+        load_config("tiny", [f"cotrain.vl_dirs=[{glyph_dir},{second}]", "cotrain.ratio=1.0", "cotrain.vl_weights=[1]"])
 
 
 def test_vl_training_shows_scenes_cropped_once_and_glyphs_whole(glyph_dir, tmp_path):

@@ -23,6 +23,7 @@ from gf_policy.vla import (
 from gf_training.data import (
     AugmentConfig,
     ChunkDataset,
+    MixtureSampler,
     ResumableSampler,
     VLACollator,
     augment_images,
@@ -328,6 +329,22 @@ def test_resumable_sampler_shards_and_resumes():
     r0 = [i for i, _ in zip(ResumableSampler(10, seed=3, rank=0, world_size=2), range(5))]
     r1 = [i for i, _ in zip(ResumableSampler(10, seed=3, rank=1, world_size=2), range(5))]
     assert sorted(r0 + r1) == list(range(10))  # ranks split an epoch without overlap
+
+
+def test_mixture_sampler_draws_each_source_by_its_weight_and_resumes():
+    sampler = MixtureSampler([900, 100], [1, 3], seed=5)  # the small source drawn three times as often
+    stream = [i for i, _ in zip(sampler, range(4000))]
+    small = [i for i in stream if i >= 900]
+    assert all(0 <= i < 1000 for i in stream)
+    assert 0.70 < len(small) / len(stream) < 0.80
+    first_epoch_small = [i for i in stream[:1000] if i >= 900]
+    assert len(set(first_epoch_small[:100])) == 100  # all its samples before any repeats
+    resumed = MixtureSampler([900, 100], [1, 3], seed=5, start=1234)
+    assert [i for i, _ in zip(resumed, range(500))] == stream[1234:1734]
+    only_second = MixtureSampler([900, 100], [0, 1], seed=5)
+    assert all(i >= 900 for i, _ in zip(only_second, range(300)))
+    with pytest.raises(ValueError, match="weight"):
+        MixtureSampler([900, 100], [1.0])
 
 
 def test_synthetic_episodes_follow_their_rule():

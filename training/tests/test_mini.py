@@ -97,24 +97,27 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
     monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
-    assert [line.split()[2] for line in lines] == ["tokenizer", "vl", "vl", "vl", "train", "export", "probe"]
+    assert [line.split()[2] for line in lines] == ["tokenizer", "vl", "vl", "vl", "vl", "train", "export", "probe"]
     vl = tmp_path / "vl" / "mini"
     assert f"gf-vl-data glyphs --per-emoji 32 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
-    assert f"gf-vl-data which --scenes 3000 --lists All --out {vl / 'all_which'}" in lines[3]
+    assert f"gf-vl-data which --scenes 6000 --lists All --out {vl / 'all_which'}" in lines[3]
+    assert f"gf-vl-data tabletop --scenes 2000 --lists All --out {vl / 'all_tabletop'}" in lines[4]
     run_dir = tmp_path / "runs" / "mini" / "vlm"
-    assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in lines[4] and "demo_dirs" not in lines[4]
-    assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[4]
-    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[5]
+    train_line = lines[5]
+    assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in train_line and "demo_dirs" not in train_line
+    dirs = ",".join(str(vl / f"all_{g}") for g in ("glyphs", "cards", "which", "tabletop"))
+    assert f"cotrain.vl_dirs=[{dirs}]" in train_line and "cotrain.vl_weights=[0.15,0.15,0.45,0.25]" in train_line
+    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[6]
     # the probe reads the final checkpoint (the export's weights and the camera crop) and asks scenes too
-    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[6]
+    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[7]
     # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/7 vl (to run)" in capsys.readouterr().err
+    assert "2/8 vl (to run)" in capsys.readouterr().err
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/7 vl (done, would skip)" in capsys.readouterr().err
+    assert "2/8 vl (done, would skip)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mini.main(["report", "vlm", "--root", str(tmp_path)])
     # the recipe's config builds the VLM it describes: the crop view, a 1024-id vocabulary, VL only
@@ -142,8 +145,9 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
     # co-training reads the VLM's own data, which the VLM recipe has made by then
     lines = dry_run("cotrain-full")
     vl = tmp_path / "vl" / "mini"
-    assert [line.split()[2] for line in lines][:5] == ["vlm", "demos", "vl", "vl", "vl"]
-    assert f"cotrain.vl_dirs=[{vl / 'all_glyphs'},{vl / 'all_cards'},{vl / 'all_which'}]" in lines[5]
+    assert [line.split()[2] for line in lines][:7] == ["vlm", "demos", "vl", "vl", "vl", "vl", "train"]
+    dirs = ",".join(str(vl / f"all_{g}") for g in ("glyphs", "cards", "which", "tabletop"))
+    assert f"cotrain.vl_dirs=[{dirs}]" in lines[6] and "cotrain.vl_weights=[0.15,0.15,0.45,0.25]" in lines[6]
     # a finished VLM recipe (every stage of it done) is not run again
     vlm_plan = mini.Plan(mini.RECIPES["vlm"], tmp_path, 0, 0, 0)
     for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", hf / "config.json",
@@ -207,6 +211,30 @@ def test_finished_stages_are_skipped_and_a_failure_stops_the_recipe(tmp_path, mo
     assert mini.run(plan, only=["demos", "train"], say=messages.append) == 3
     assert any("demos: finished earlier, skipped" in m for m in messages)
     assert len(calls) == 1 and "mini/baseline.yaml" in calls[0]
+
+
+def test_a_run_trained_on_other_data_is_not_done_and_is_not_resumed(tmp_path, monkeypatch):
+    """Changing what a recipe learns from (here its seed) after its run finished: gf-mini sees the
+    train stage as not done, and gf-train refuses to continue the old run, naming the change.
+    More steps or other logging continue it."""
+    from gf_training.checkpoints import config_changes
+    from gf_training.data import synthetic_episodes
+    from gf_training.train import Trainer
+
+    plan = make_plan(tmp_path, demo_episodes=2)
+    overrides = ["train.steps=2", "train.save_steps=[]", "train.batch_size=4", "train.micro_batch_size=4",
+                 "logging.progress=false", "logging.tensorboard=false", "data.synthetic=null"]
+    monkeypatch.setattr(plan, "train_overrides", [*overrides, "seed=0"])
+    config = load_config(plan.recipe.train_config, plan.train_args()[1:])
+    assert not mini.trained(plan)
+    train(config, episodes=synthetic_episodes(num_episodes=2, length=12, image_size=96, seed=0))
+    assert mini.trained(plan)
+    monkeypatch.setattr(plan, "train_overrides", [*overrides, "seed=1"])
+    assert not mini.trained(plan)
+    with pytest.raises(ValueError, match=r"other seed \("):
+        Trainer(load_config(plan.recipe.train_config, plan.train_args()[1:])).setup()
+    monkeypatch.setattr(plan, "train_overrides", [*overrides, "seed=0", "train.steps=4", "train.log_every=2"])
+    assert config_changes(plan.run_dir, load_config(plan.recipe.train_config, plan.train_args()[1:]).to_dict()) == []
 
 
 def test_the_eval_uses_the_sweeps_best_checkpoint(tmp_path):
