@@ -113,7 +113,8 @@ class CotrainSection:
         if self.vl_weights and (len(self.vl_weights) != len(self.vl_dirs) or min(self.vl_weights) < 0
                                 or sum(self.vl_weights) <= 0):
             raise ValueError(f"cotrain.vl_weights needs one weight >= 0 per cotrain.vl_dirs entry "
-                             f"({len(self.vl_dirs)}), not all zero; got {self.vl_weights}")
+                             f"({len(self.vl_dirs)}), not all zero; got {self.vl_weights} (set both, or "
+                             f"cotrain.vl_weights=[] to draw in proportion to the directories' sizes)")
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError("cotrain.ratio must be in [0, 1]")
         if self.ratio > 0 and not self.vl_dirs:
