@@ -59,12 +59,14 @@ from gf_training.vl_generate import (
     ALL_EMOJIS,
     CUBE_BASE_SEED,
     GENERATORS,
+    PER_EMOJI,
     TABLETOP_BASE_SEED,
     WHICH_BASE_SEED,
     catalogue_entries,
     generate_cards,
     generate_cube,
     generate_glyphs,
+    generate_table_cards,
     generate_tabletop,
     generate_which,
     pooled_entries,
@@ -79,6 +81,7 @@ from gf_training.vl_samples import (
     cube_sample,
     glyph_sample,
     location_answer,
+    table_card_sample,
     tabletop_answer,
     tabletop_sample,
     which_sample,
@@ -88,8 +91,8 @@ __all__ = [
     "ALL_EMOJIS", "CARD_QUESTIONS", "CUBE_BASE_SEED", "CUBE_QUESTIONS", "GENERATORS", "GLYPH_QUESTIONS", "IMAGES",
     "INFO", "MANIFEST", "TABLETOP_BASE_SEED", "TABLETOP_QUESTIONS", "VLCollator", "VLDataset", "VLRecord", "VL_FORMAT",
     "WHICH_BASE_SEED", "WHICH_QUESTIONS", "card_sample", "catalogue_entries", "cube_sample", "generate_cards",
-    "generate_cube", "generate_glyphs", "generate_tabletop", "generate_which", "glyph_sample", "location_answer", "main",
-    "pooled_entries", "read_vl_dir", "tabletop_answer", "tabletop_sample", "which_sample",
+    "generate_cube", "generate_glyphs", "generate_table_cards", "generate_tabletop", "generate_which", "glyph_sample", "location_answer", "main",
+    "PER_EMOJI", "pooled_entries", "read_vl_dir", "table_card_sample", "tabletop_answer", "tabletop_sample", "which_sample",
 ]
 
 
@@ -111,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     glyphs.add_argument("--per-emoji", type=int, default=8, help="images per emoji (default 8)")
     cards = sub.add_parser("cards", help="printed cards: \"caption en\" / \"what's in the image?\" -> description")
     cards.add_argument("--per-emoji", type=int, default=4, help="images per emoji (default 4)")
+    table_cards = sub.add_parser("tablecards", help="a card on the table at the policy camera's scale and angle "
+                                                   "(emoji 6-10 px at 128 px): \"caption en\" / ... -> description")
+    table_cards.add_argument("--per-emoji", type=int, default=4, help="images per emoji (default 4)")
     tabletop = sub.add_parser("tabletop", help="simulator scenes: name the emojis by position")
     tabletop.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
     which = sub.add_parser("which", help="simulator scenes: which card shows X? -> left, middle or right")
     which.add_argument("--scenes", type=int, default=1000, help="number of scenes (default 1000)")
     cube = sub.add_parser("cube", help="simulator scenes: where is the cube? -> its image position")
     cube.add_argument("--scenes", type=int, default=2000, help="number of scenes (default 2000)")
-    for p in (glyphs, cards, tabletop, which, cube):
+    for p in (glyphs, cards, table_cards, tabletop, which, cube):
         for flags, kwargs in common:
             p.add_argument(*flags, **kwargs)
     tok = sub.add_parser("tokenizer", help="a tiny tokenizer covering every catalogue emoji's name (model.tokenizer: DIR)")
@@ -131,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     lists = [s.strip() for s in args.lists.split(",") if s.strip()]
     kwargs = dict(split=args.split, lists=lists, size=args.size, seed=args.seed, progress=not args.no_progress)
     try:
-        if args.generator in ("glyphs", "cards"):
-            generate = generate_glyphs if args.generator == "glyphs" else generate_cards
+        if args.generator in PER_EMOJI:
+            generate = {"glyphs": generate_glyphs, "cards": generate_cards, "tablecards": generate_table_cards}[args.generator]
             out = generate(args.out, per_emoji=args.per_emoji, **kwargs)
         else:
             generate = {"tabletop": generate_tabletop, "which": generate_which, "cube": generate_cube}[args.generator]

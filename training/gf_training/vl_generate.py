@@ -16,9 +16,10 @@ import numpy as np
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 from gf_training.vl_format import CAMERA_VIEWS, IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
-from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, tabletop_sample, which_sample
+from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, table_card_sample, tabletop_sample, which_sample
 
-GENERATORS = ("glyphs", "cards", *CAMERA_VIEWS)
+PER_EMOJI = ("glyphs", "cards", "tablecards")  # generators of images per emoji (the rest: scenes)
+GENERATORS = (*PER_EMOJI, *CAMERA_VIEWS)
 # Keep the generated scenes away from the evaluation trials (base seed 0) of the same emojis,
 # and the scene generators away from each other.
 TABLETOP_BASE_SEED = 1_000_000
@@ -75,6 +76,15 @@ def generate_cards(
 ) -> Path:
     """Write ``per_emoji`` printed-card images of every emoji of ``lists``; returns the directory."""
     return _generate_per_emoji("cards", card_sample, out, split, lists, per_emoji, size, seed, progress)
+
+
+def generate_table_cards(
+    out: str | Path, split: str = DEFAULT_SPLIT, lists: Sequence[str] = ("Train",), per_emoji: int = 4,
+    size: int = 128, seed: int = 0, progress: bool = False,
+) -> Path:
+    """Write ``per_emoji`` images of every emoji of ``lists`` on a card on the table, at the scale of
+    the policy camera's view; returns the directory."""
+    return _generate_per_emoji("tablecards", table_card_sample, out, split, lists, per_emoji, size, seed, progress)
 
 
 def _generate_per_emoji(

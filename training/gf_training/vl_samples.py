@@ -1,4 +1,4 @@
-"""What one VL sample shows, asks and answers: the glyph, card, tabletop, which-card and cube sample
+"""What one VL sample shows, asks and answers: the glyph, card, table-card, tabletop, which-card and cube sample
 builders, their question paraphrases and answer formats (``tabletop_answer``, ``location_answer``).
 
 Each builder is a pure function of the emoji or trial, the seed and the sample index; writing
@@ -72,6 +72,36 @@ def card_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[Im
     card = render_card(Emoji(entry.id, entry.char, entry.name, "", ""), size, fraction)
     question = CARD_QUESTIONS[int(rng.integers(len(CARD_QUESTIONS)))]
     return card, question, {"emoji_fraction": round(fraction, 4)}
+
+
+# The policy's view of a card on the table (the 128 px crop of the mini rows): 24-38 px across,
+# turned and foreshortened by the camera's angle, its emoji (DEFAULT_EMOJI_FRACTION of the card)
+# 6-10 px: the scale the simulator's scenes show it at, where a whole card teaches nothing.
+TABLE_CARD_SIDE = (24 / 128, 38 / 128)  # fraction of the image side
+
+
+def table_card_sample(entry: SplitEntry, index: int, seed: int, size: int) -> tuple[Image.Image, str, dict[str, Any]]:
+    """Image, question and parameters of table-card sample ``index``: ``entry`` printed on a card
+    lying on a wood-coloured table, seen at the scale and angle of the policy camera's view."""
+    from gf_bringup.constants import DEFAULT_EMOJI_FRACTION
+    from gf_eval.catalog import Emoji, render_card
+
+    rng = np.random.default_rng([seed, index, 5])
+    side = float(rng.uniform(*TABLE_CARD_SIDE)) * size
+    angle = float(rng.uniform(-35.0, 15.0))
+    squash = float(rng.uniform(0.7, 1.0))  # the camera looks down at the table at a slant
+    card = render_card(Emoji(entry.id, entry.char, entry.name, "", ""), 4 * round(side), DEFAULT_EMOJI_FRACTION)
+    card = card.convert("RGBA").rotate(angle, resample=Image.BICUBIC, expand=True)
+    card = card.resize((max(1, round(card.width / 4)), max(1, round(card.height / 4 * squash))), Image.LANCZOS)
+    wood = np.array([rng.uniform(150, 215), rng.uniform(70, 120), rng.uniform(30, 70)])
+    grain = np.sin(np.arange(size)[:, None] * rng.uniform(0.3, 0.9) + rng.uniform(0, 6.3)) * rng.uniform(4, 14)
+    table = wood[None, None] + grain[..., None] + rng.normal(0, 6, (size, size, 3))
+    canvas = Image.fromarray(np.clip(table, 0, 255).astype(np.uint8))
+    x = int(rng.integers(0, max(1, size - card.width + 1)))
+    y = int(rng.integers(0, max(1, size - card.height + 1)))
+    canvas.paste(card, (x, y), mask=card)
+    question = CARD_QUESTIONS[int(rng.integers(len(CARD_QUESTIONS)))]
+    return canvas, question, {"card_px": round(side, 1), "angle": round(angle, 2), "squash": round(squash, 3), "xy": [x, y]}
 
 
 def tabletop_answer(descriptions_left_to_right: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,35 @@ def test_cards_show_the_emoji_upright_on_a_white_card_at_a_random_scale(tmp_path
     small = min(records, key=lambda r: r.meta["emoji_fraction"])
     image = np.asarray(Image.open(out / small.image).convert("RGB")).astype(int)
     assert (image[:4] == 255).all() and (image[32] != 255).any()  # white border, the emoji in the middle
+
+
+def test_table_cards_show_the_card_on_a_table_at_the_policy_cameras_scale(tmp_path):
+    """gf-vl-data tablecards: a white card 24-38 px across (of 128) on a wood-coloured table, its
+    emoji at the benchmark's 1/4 of the card, answered with the emoji's description."""
+    from PIL import Image
+
+    out = main_generate(["tablecards", "--per-emoji", "1", "--size", "128", "--out", str(tmp_path / "tc"),
+                         "--no-progress"])
+    info, records = read_vl_dir(out)
+    assert info["generator"] == "tablecards" and len(records) == 100
+    from gf_eval.splits import load_splits
+
+    entries = {e.id: e for e in load_splits("gf-default-v1").splits["Train"]}
+    for r in records:
+        assert r.answer == entries[r.emoji_ids[0]].description
+        image = np.asarray(Image.open(out / r.image).convert("RGB")).astype(int)
+        white = (image > 235).all(axis=2)
+        assert 0.7 * 24**2 * 0.7 < white.sum() < 1.3 * 38**2  # the card, turned and foreshortened
+        table = image[~white].mean(axis=0)
+        assert table[0] > table[1] > table[2]  # wood: red over green over blue
+    again, _ = read_vl_dir(main_generate(["tablecards", "--per-emoji", "1", "--size", "128", "--out",
+                                          str(tmp_path / "again"), "--no-progress"]))
+    assert (out / records[7].image).read_bytes() == (tmp_path / "again" / records[7].image).read_bytes()
+
+
+def main_generate(argv):
+    assert main(argv) == 0
+    return Path(argv[argv.index("--out") + 1])
 
 
 class FakeTask:

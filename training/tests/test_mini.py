@@ -97,27 +97,29 @@ def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp
     monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
-    assert [line.split()[2] for line in lines] == ["tokenizer", "vl", "vl", "vl", "vl", "train", "export", "probe"]
+    assert [line.split()[2] for line in lines] == ["tokenizer", *["vl"] * 5, "train", "export", "probe"]
     vl = tmp_path / "vl" / "mini"
     assert f"gf-vl-data glyphs --per-emoji 32 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
-    assert f"gf-vl-data which --scenes 6000 --lists All --out {vl / 'all_which'}" in lines[3]
-    assert f"gf-vl-data tabletop --scenes 2000 --lists All --out {vl / 'all_tabletop'}" in lines[4]
+    assert f"gf-vl-data tablecards --per-emoji 32 --lists All --size 128 --out {vl / 'all_tablecards'}" in lines[3]
+    assert f"gf-vl-data which --scenes 4000 --lists Train,Val,Hard --out {vl / 'train_val_hard_which'}" in lines[4]
+    assert f"gf-vl-data tabletop --scenes 2000 --lists Train,Val,Hard --out {vl / 'train_val_hard_tabletop'}" in lines[5]
     run_dir = tmp_path / "runs" / "mini" / "vlm"
-    train_line = lines[5]
+    train_line = lines[6]
     assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in train_line and "demo_dirs" not in train_line
-    dirs = ",".join(str(vl / f"all_{g}") for g in ("glyphs", "cards", "which", "tabletop"))
-    assert f"cotrain.vl_dirs=[{dirs}]" in train_line and "cotrain.vl_weights=[0.15,0.15,0.45,0.25]" in train_line
-    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[6]
+    dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
+                                           "train_val_hard_tabletop"))
+    assert f"cotrain.vl_dirs=[{dirs}]" in train_line and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in train_line
+    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[7]
     # the probe reads the final checkpoint (the export's weights and the camera crop) and asks scenes too
-    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[7]
+    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[8]
     # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/8 vl (to run)" in capsys.readouterr().err
+    assert "2/9 vl (to run)" in capsys.readouterr().err
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/8 vl (done, would skip)" in capsys.readouterr().err
+    assert "2/9 vl (done, would skip)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mini.main(["report", "vlm", "--root", str(tmp_path)])
     # the recipe's config builds the VLM it describes: the crop view, a 1024-id vocabulary, VL only
@@ -145,9 +147,10 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
     # co-training reads the VLM's own data, which the VLM recipe has made by then
     lines = dry_run("cotrain-full")
     vl = tmp_path / "vl" / "mini"
-    assert [line.split()[2] for line in lines][:7] == ["vlm", "demos", "vl", "vl", "vl", "vl", "train"]
-    dirs = ",".join(str(vl / f"all_{g}") for g in ("glyphs", "cards", "which", "tabletop"))
-    assert f"cotrain.vl_dirs=[{dirs}]" in lines[6] and "cotrain.vl_weights=[0.15,0.15,0.45,0.25]" in lines[6]
+    assert [line.split()[2] for line in lines][:8] == ["vlm", "demos", *["vl"] * 5, "train"]
+    dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
+                                           "train_val_hard_tabletop"))
+    assert f"cotrain.vl_dirs=[{dirs}]" in lines[7] and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in lines[7]
     # a finished VLM recipe (every stage of it done) is not run again
     vlm_plan = mini.Plan(mini.RECIPES["vlm"], tmp_path, 0, 0, 0)
     for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", hf / "config.json",
