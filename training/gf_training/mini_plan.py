@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import SHAPES_SPLIT
-from gf_training.config import load_config
+from gf_training.config import TrainConfig, load_config
 
 MINI_CONFIG_DIR = "mini"
 DEMO_DIR = Path("demos/mini/train")
@@ -247,5 +247,9 @@ class Plan:
         return [self.recipe.train_config, f"output_dir={self.run_dir}", *model, *data,
                 *(vl if self.recipe.vl_data else []), *seed, *self.train_overrides]
 
+    def resolved_config(self) -> TrainConfig:
+        """The config ``gf-train`` runs with for this plan (the recipe's file and the plan's overrides)."""
+        return load_config(self.recipe.train_config, self.train_args()[1:])
+
     def train_steps(self) -> int:
-        return load_config(self.recipe.train_config, self.train_args()[1:]).train.steps
+        return self.resolved_config().train.steps

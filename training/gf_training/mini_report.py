@@ -60,13 +60,14 @@ def write_report(plan: Plan) -> dict[str, Path]:
     stage wall times), ``loss.png`` and ``success_vs_step.png``."""
     from gf_eval.report import load_run, results_table
     from gf_eval.scoring import summarize
+    from gf_training.checkpoints import RUN_CONFIG
     from gf_training.sweep import SWEEP_DIR
 
     out = plan.report_dir
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {"summary": out / "summary.md"}
     parts = [f"# Mini recipe `{plan.recipe.name}`", "", plan.recipe.description + "."]
-    run_config = plan.run_dir / "config.yaml"
+    run_config = plan.run_dir / RUN_CONFIG
     if run_config.exists():  # what this run directory was trained with (overrides included)
         trained_with = yaml.safe_load(run_config.read_text(encoding="utf-8"))
         t = trained_with["train"]

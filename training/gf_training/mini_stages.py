@@ -17,7 +17,6 @@ import yaml
 
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_bringup.runtime import console_script
-from gf_training.config import load_config
 from gf_training.mini_plan import EVAL_PROTOCOLS, PROBE_DIR, Plan, VLData
 
 # The policy node runs torch on one thread: the simulator needs the other core, and two
@@ -73,8 +72,7 @@ def trained(plan: Plan) -> bool:
 
     if not (final_checkpoint(plan) / INFERENCE_WEIGHTS).exists():
         return False
-    config = load_config(plan.recipe.train_config, plan.train_args()[1:]).to_dict()
-    return not config_changes(plan.run_dir, config)
+    return not config_changes(plan.run_dir, plan.resolved_config().to_dict())
 
 
 def sweep_file(plan: Plan) -> Path:
@@ -143,7 +141,7 @@ def eval_command(plan: Plan, checkpoint: Path | str) -> list[str]:
 
 def stages(plan: Plan) -> list[Stage]:
     rates = ESTIMATED_RATES
-    checkpoints = len(load_config(plan.recipe.train_config, plan.train_args()[1:]).train.save_steps) or 1
+    checkpoints = len(plan.resolved_config().train.save_steps) or 1
 
     def eval_cmd() -> list[str]:
         chosen = chosen_checkpoint(plan)

@@ -118,10 +118,12 @@ class VLDataset(Dataset):
                  image_crop: Sequence[float] | None = None):
         self.items: list[tuple[Path, VLRecord]] = []
         self._camera_view: dict[Path, bool] = {}
+        self._source_sizes: list[int] = []
         for d in directories:
             info, records = read_vl_dir(d)
             self._camera_view[Path(d)] = info.get("generator") in CAMERA_VIEWS
             self.items.extend((Path(d), r) for r in records)
+            self._source_sizes.append(len(records))
         if not self.items:
             raise ValueError(f"no vision-language samples in {', '.join(map(str, directories))}")
         self.image_size = image_size
@@ -132,7 +134,7 @@ class VLDataset(Dataset):
 
     def source_sizes(self) -> list[int]:
         """Samples per directory, in the order given (their items are concatenated in that order)."""
-        return [sum(1 for d, _ in self.items if d == Path(directory)) for directory in self._camera_view]
+        return list(self._source_sizes)
 
     def texts(self) -> list[str]:
         """Every question and answer (to train an offline tokenizer on)."""
