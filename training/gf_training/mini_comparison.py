@@ -9,6 +9,8 @@ Reads every comparison row's evaluated runs (``runs/mini/<row>`` and its other s
   the row's wall time; the VLM's probe accuracy per list; and the question the benchmark asks:
   each VLM row's Val and Hard recognition minus the scratch control's, with a 95 % interval
   (Newcombe's, ``gf_eval.scoring.difference_interval``), so a difference is not read into noise;
+  and the compute the whole comparison took: each pre-training recipe (the VLM's two stages, the
+  robot pre-training) and the rows, every stage counted once in the run that ran it;
 - ``figure2.png``: the paper's Figure 2 in miniature, overall success vs. fine-tuning step per
   protocol for the rows whose sweep covers every protocol (vlm-full, vlm-lora).
 """
@@ -56,12 +58,39 @@ def _seed_of(run_dir: Path, recipe: Recipe) -> int | None:
     return int(suffix) if suffix != run_dir.name and suffix.isdigit() else None
 
 
-def _wall_time(run_dir: Path) -> float:
+# Stages named after a base recipe's kind: that recipe's own run, timed in its own stage log.
+BASE_STAGES = ("vlm", "pretrain")
+
+
+def _wall_time(run_dir: Path, shared: tuple[str, ...] = ("demos",)) -> float:
+    """Seconds of the stages the run ran itself, without its base and the ``shared`` stages."""
     path = run_dir / STAGE_LOG
     if not path.exists():
         return 0.0
     log = json.loads(path.read_text(encoding="utf-8"))
-    return sum(e["seconds"] for name, e in log.items() if name not in ("vlm", "demos") and not e.get("skipped"))
+    return sum(e["seconds"] for name, e in log.items()
+               if name not in (*BASE_STAGES, *shared) and not e.get("skipped"))
+
+
+def pretraining_recipes() -> list[Recipe]:
+    """The recipes the rows start from, directly or through another: the VLM's stages, robot pre-training."""
+    names: list[str] = []
+    todo = [r.base for r in comparison_rows() if r.base]
+    while todo:
+        name = todo.pop()
+        if name not in names:
+            names.append(name)
+            todo += [RECIPES[name].base] if RECIPES[name].base else []
+    return [r for r in RECIPES.values() if r.name in names]
+
+
+def compute_time(root: Path, rows: list[RowResult]) -> dict[str, float]:
+    """Seconds per pre-training recipe and for the rows' runs: every stage counted once, in the run
+    that ran it (data made by hand before a stage log existed is not in it)."""
+    runs = root / RUN_ROOT
+    out = {r.name: _wall_time(runs / r.slug, shared=()) for r in pretraining_recipes() if (runs / r.slug).is_dir()}
+    out["rows"] = sum(_wall_time(d, shared=()) for row in rows for d in row.runs.values())
+    return out
 
 
 def collect(root: Path) -> list[RowResult]:
@@ -186,6 +215,10 @@ def write_comparison(root: Path) -> dict[str, Path]:
             cells = [f"{100 * d['difference']:+.0f} pts [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]"
                      if (d := by_protocol.get(p)) else "n/a" for p in HELD_OUT]
             lines.append(f"| {name} | {' | '.join(cells)} |")
+    compute = compute_time(root, rows)
+    lines += ["", "Compute on this machine (stage logs): "
+              + ", ".join(f"{name} {_clock(seconds)}" for name, seconds in compute.items())
+              + f"; total {_clock(sum(compute.values()))}."]
     if plot_figure2(root, out / "figure2.png"):
         files["figure2"] = out / "figure2.png"
         lines += ["", "Success vs. fine-tuning steps: `figure2.png`."]
@@ -194,6 +227,6 @@ def write_comparison(root: Path) -> dict[str, Path]:
         lines += ["", "Not evaluated yet: " + ", ".join(missing) + " (`gf-mini run ROW`)."]
     files["summary"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["json"].write_text(json.dumps({"probe": probe and probe["lists"], "probe_scenes": probe and probe.get("scenes"),
-                                         "rows": table,
+                                         "rows": table, "compute_s": compute,
                                          "held_out_vs_control": differences}, indent=2) + "\n", encoding="utf-8")
     return files

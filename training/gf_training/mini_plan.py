@@ -31,7 +31,7 @@ class VLData:
     count: int
     lists: str = "Train"
     size: int = 224
-    weight: float = 1.0
+    weight: float | None = None  # None: the recipe's directories are drawn in proportion to their sizes
 
     @property
     def per_emoji(self) -> bool:
@@ -101,6 +101,11 @@ class Recipe:
     # All four give the paper's Figure 2 (success vs. fine-tuning steps) for the row.
     sweep_protocols: tuple[str, ...] = SWEEP_PROTOCOLS
 
+    def __post_init__(self) -> None:
+        weighted = {d.weight is not None for d in self.vl_data}
+        if len(weighted) > 1:
+            raise ValueError(f"recipe {self.name}: give every VLData a weight, or none (drawn in proportion to sizes)")
+
     @property
     def slug(self) -> str:
         """The name as a file name: the config's and the run directory's (``vlm-full`` -> ``vlm_full``)."""
@@ -111,13 +116,16 @@ class Recipe:
         return f"{MINI_CONFIG_DIR}/{self.slug}.yaml"
 
 
-# The mini VLM's data (gf-mini run vlm), also co-trained on by the cotrain-full row.
-# Every catalogue emoji is named on glyphs, on cards seen whole and on cards at the table's scale
-# (emoji 6-10 px, as the policy sees it); the simulator's scenes, of the benchmark's lists, teach
-# where each card lies. Drawn in shares (cotrain.vl_weights), not in proportion to the sizes:
-# the first VLM's 3000 scenes beside 88 000 glyphs and cards were 3 % of its samples and it could
-# not tell which card showed an emoji (33 %, chance) while naming cards seen whole (78-80 %);
-# the second, with the scenes at 70 % and no table-scale cards, was still at chance at step 8000.
+# The mini VLM is pre-trained in two stages, as PaliGemma's own pre-training is.
+# Stage 1 (gf-mini run vlm-names) learns every catalogue emoji's name: glyphs and cards seen whole,
+# 32 images per emoji of all 1377, with 3000 which-card scenes, drawn in proportion to their sizes
+# (the scenes are 3 % of the samples). It names the cards of every list (78-80 %) but answers at
+# chance on the table, where an emoji is 6-10 px of the 128 px view.
+VLM_NAMES_DATA = (VLData("glyphs", 32, "All", 128), VLData("cards", 32, "All", 128), VLData("which", 3000, "All"))
+# Stage 2 (gf-mini run vlm, from stage 1's weights; also co-trained on by the cotrain-full row)
+# names every emoji at the table's scale and asks where it lies in simulator scenes of the
+# benchmark's lists, drawn in shares (cotrain.vl_weights). From random weights on this data alone
+# the VLM named no card by step 8000 and stayed at chance on the table: names come first.
 VLM_DATA = (VLData("glyphs", 32, "All", 128, weight=0.1), VLData("cards", 32, "All", 128, weight=0.1),
             VLData("tablecards", 32, "All", 128, weight=0.3),
             VLData("which", 4000, "Train,Val,Hard", weight=0.3), VLData("tabletop", 2000, "Train,Val,Hard", weight=0.2))
@@ -145,10 +153,12 @@ RECIPES = {
                               "from its image tokens (training-only)"),
         Recipe("scene_probe_upstream", "scene_probe trained on demos of the upstream-paced expert (126+ steps "
                                        "each instead of 45-52)", expert_profile="upstream"),
-        Recipe("vlm", "the mini model's VLM pre-trained on glyphs, cards and which-card scenes of every "
-                      "catalogue emoji (vision-language data only), probed on the cards of every list",
-               kind="vlm", sweep_trials=0, eval_trials=0,
-               vl_data=VLM_DATA),
+        Recipe("vlm-names", "the mini VLM's first stage: the mini model's VLM pre-trained on glyphs and cards "
+                            "of every catalogue emoji (vision-language data only)",
+               kind="vlm", sweep_trials=0, eval_trials=0, vl_data=VLM_NAMES_DATA),
+        Recipe("vlm", "the mini VLM: vlm-names trained on every emoji at the table's scale and on which-card "
+                      "and tabletop scenes of the benchmark's lists, probed on cards and scenes of every list",
+               kind="vlm", base="vlm-names", sweep_trials=0, eval_trials=0, vl_data=VLM_DATA),
         comparison_row("scratch-full", "the comparison's control: the rows' model from random weights, fully "
                                        "trained on the Train demos (no VLM)"),
         comparison_row("vlm-full", "the mini VLM with a new action expert, every weight fine-tuned",
@@ -235,11 +245,14 @@ class Plan:
         return self.root / VL_ROOT / data.directory_name
 
     def train_args(self) -> list[str]:
+        weights = [d.weight for d in self.recipe.vl_data]
         vl = [f"cotrain.vl_dirs=[{','.join(str(self.vl_dir(d)) for d in self.recipe.vl_data)}]",
-              f"cotrain.vl_weights=[{','.join(str(d.weight) for d in self.recipe.vl_data)}]"]
+              f"cotrain.vl_weights=[{','.join(str(w) for w in weights if w is not None)}]"]
         data = [] if self.recipe.kind == "vlm" else [f"data.demo_dirs=[{self.demo_dir}]"]
         base = self.base_plan
-        if base is not None:  # the model and its tokenizer come from the base's result
+        if base is not None and self.recipe.kind == "vlm":  # a later stage: the earlier one's whole checkpoint
+            model = [f"model.path={base.final_checkpoint}", f"model.tokenizer={self.tokenizer_dir}"]
+        elif base is not None:  # the model and its tokenizer come from the base's result
             model = [f"model.path={base.result_model_dir}"]
         else:
             model = [f"model.tokenizer={self.tokenizer_dir}"] if self.recipe.kind == "vlm" or self.recipe.catalogue_tokenizer else []

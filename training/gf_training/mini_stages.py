@@ -158,9 +158,17 @@ def stages(plan: Plan) -> list[Stage]:
                   lambda: plan.train_steps() / rates["train_steps_per_s"])
     tokenizer = Stage("tokenizer", lambda: (plan.tokenizer_dir / "tokenizer_config.json").exists(),
                       lambda: [console_script("gf-vl-data"), "tokenizer", "--out", str(plan.tokenizer_dir)], lambda: 5.0)
+    base = plan.base_plan
+    # The base recipe runs whole (its own stages resume), so the run starts from a probed VLM or a
+    # finished pre-training; the stage is named after the base's kind.
+    base_stages = [] if base is None else [
+        Stage(base.recipe.kind, lambda: all(s.done() for s in stages(base)),
+              lambda: [console_script("gf-mini"), "run", base.recipe.name, "--root", str(base.root)],
+              lambda: sum(s.estimate_s() for s in stages(base) if not s.done()))]
     if plan.recipe.kind == "vlm":
         return [
             tokenizer,
+            *base_stages,
             *(vl_stage(d) for d in plan.recipe.vl_data),
             train,
             # A retrained VLM is exported and probed again.
@@ -173,7 +181,6 @@ def stages(plan: Plan) -> list[Stage]:
                            "--scenes", str(PROBE_SCENES), "--name", plan.recipe.name, "--no-progress"],
                   lambda: 120.0 + 3 * PROBE_SCENES * rates["vl_s_per_scene"]),
         ]
-    base = plan.base_plan
     demos = Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,
                   lambda: [console_script("gf-demos"), "generate", "--split", "train", "--episodes",
                            str(plan.demo_episodes), "--out", str(plan.demo_dir),
@@ -184,11 +191,7 @@ def stages(plan: Plan) -> list[Stage]:
                   lambda: max(plan.demo_episodes - usable_demos(plan.demo_dir), 0) * rates["demo_s_per_episode"])
     before = [
         *([tokenizer] if plan.recipe.catalogue_tokenizer and base is None else []),
-        # The base recipe runs whole (its own stages resume), so the row starts from a probed VLM
-        # or a finished pre-training; the stage is named after the base's kind.
-        *([Stage(base.recipe.kind, lambda: all(s.done() for s in stages(base)),
-                 lambda: [console_script("gf-mini"), "run", base.recipe.name, "--root", str(base.root)],
-                 lambda: sum(s.estimate_s() for s in stages(base) if not s.done()))] if base is not None else []),
+        *base_stages,
         demos,
         *(vl_stage(d) for d in plan.recipe.vl_data),
         train,

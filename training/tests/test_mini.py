@@ -93,41 +93,60 @@ def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, ca
     assert "vl (done, would skip)" in capsys.readouterr().err
 
 
-def test_the_vlm_recipe_makes_its_data_trains_on_it_alone_exports_and_probes(tmp_path, capsys, monkeypatch):
+def test_the_vlm_recipe_learns_the_names_then_the_table_alone_exports_and_probes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    vl = tmp_path / "vl" / "mini"
+    tok = tmp_path / "tok" / "mini_catalogue"
+    # Stage 1: names of every catalogue emoji, its sources drawn in proportion to their sizes.
+    assert mini.main(["run", "vlm-names", "--dry-run", "--root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    assert [line.split()[2] for line in lines] == ["tokenizer", *["vl"] * 3, "train", "export", "probe"]
+    assert f"gf-vl-data glyphs --per-emoji 32 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
+    assert f"gf-vl-data which --scenes 3000 --lists All --out {vl / 'all_which'}" in lines[3]
+    names_dir = tmp_path / "runs" / "mini" / "vlm_names"
+    assert f"gf-train mini/vlm_names.yaml output_dir={names_dir} model.tokenizer={tok}" in lines[4]
+    assert "cotrain.vl_weights=[]" in lines[4] and "demo_dirs" not in lines[4]
+    # Stage 2 runs stage 1 first, then trains its whole final checkpoint on the table's data.
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
-    assert [line.split()[2] for line in lines] == ["tokenizer", *["vl"] * 5, "train", "export", "probe"]
-    vl = tmp_path / "vl" / "mini"
-    assert f"gf-vl-data glyphs --per-emoji 32 --lists All --size 128 --out {vl / 'all_glyphs'}" in lines[1]
-    assert f"gf-vl-data tablecards --per-emoji 32 --lists All --size 128 --out {vl / 'all_tablecards'}" in lines[3]
-    assert f"gf-vl-data which --scenes 4000 --lists Train,Val,Hard --out {vl / 'train_val_hard_which'}" in lines[4]
-    assert f"gf-vl-data tabletop --scenes 2000 --lists Train,Val,Hard --out {vl / 'train_val_hard_tabletop'}" in lines[5]
+    assert [line.split()[2] for line in lines] == ["tokenizer", "vlm", *["vl"] * 5, "train", "export", "probe"]
+    assert f"gf-mini run vlm-names --root {tmp_path}" in lines[1]
+    assert f"gf-vl-data tablecards --per-emoji 32 --lists All --size 128 --out {vl / 'all_tablecards'}" in lines[4]
+    assert f"gf-vl-data which --scenes 4000 --lists Train,Val,Hard --out {vl / 'train_val_hard_which'}" in lines[5]
+    assert f"gf-vl-data tabletop --scenes 2000 --lists Train,Val,Hard --out {vl / 'train_val_hard_tabletop'}" in lines[6]
     run_dir = tmp_path / "runs" / "mini" / "vlm"
-    train_line = lines[6]
-    assert f"model.tokenizer={tmp_path / 'tok' / 'mini_catalogue'}" in train_line and "demo_dirs" not in train_line
+    train_line = lines[7]
+    assert f"model.path={names_dir / 'checkpoints' / 'step_012000'} model.tokenizer={tok}" in train_line
+    assert "demo_dirs" not in train_line
     dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
                                            "train_val_hard_tabletop"))
     assert f"cotrain.vl_dirs=[{dirs}]" in train_line and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in train_line
-    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'hf'}" in lines[7]
+    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_006000'} --out {run_dir / 'hf'}" in lines[8]
     # the probe reads the final checkpoint (the export's weights and the camera crop) and asks scenes too
-    assert f"gf-probe {run_dir / 'checkpoints' / 'step_012000'} --out {run_dir / 'probe'} --scenes 100" in lines[8]
+    assert f"gf-probe {run_dir / 'checkpoints' / 'step_006000'} --out {run_dir / 'probe'} --scenes 100" in lines[9]
     # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/9 vl (to run)" in capsys.readouterr().err
+    assert "3/10 vl (to run)" in capsys.readouterr().err
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377))
     assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
-    assert "2/9 vl (done, would skip)" in capsys.readouterr().err
+    assert "3/10 vl (done, would skip)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         mini.main(["report", "vlm", "--root", str(tmp_path)])
-    # the recipe's config builds the VLM it describes: the crop view, a 1024-id vocabulary, VL only
-    cfg = load_config("mini/vlm.yaml")
-    assert cfg.cotrain.ratio == 1.0 and cfg.data.demo_dirs == []
-    vc = build_model(cfg).config
+    # the recipes' configs build the VLM they describe: the crop view, a 1024-id vocabulary, VL only
+    for name in ("vlm_names", "vlm"):
+        cfg = load_config(f"mini/{name}.yaml")
+        assert cfg.cotrain.ratio == 1.0 and cfg.data.demo_dirs == [] and cfg.scene_probe.weight == 0
+    assert load_config("mini/vlm.yaml").model.init == "checkpoint"
+    vc = build_model(load_config("mini/vlm_names.yaml")).config
     assert vc.image_size == 128 and vc.image_crop == [0.15, 0.15, 0.85, 0.78] and vc.text_config["vocab_size"] == 1024
     assert vc.max_text_tokens == 24 and vc.tokens_per_image == 64
+
+
+def test_a_recipe_weights_all_its_vl_sources_or_none():
+    with pytest.raises(ValueError, match="give every VLData a weight, or none"):
+        mini.Recipe("mixed", "", vl_data=(mini.VLData("glyphs", 1, weight=0.5), mini.VLData("cards", 1)))
 
 
 def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_random_weights(tmp_path, capsys,
@@ -151,15 +170,17 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
     dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
                                            "train_val_hard_tabletop"))
     assert f"cotrain.vl_dirs=[{dirs}]" in lines[7] and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in lines[7]
-    # a finished VLM recipe (every stage of it done) is not run again
-    vlm_plan = mini.Plan(mini.RECIPES["vlm"], tmp_path, 0, 0, 0)
-    for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", hf / "config.json",
-                 vlm_plan.run_dir / "probe" / "summary.json", mini.final_checkpoint(vlm_plan) / "model.safetensors"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}")
-    for data in mini.RECIPES["vlm"].vl_data:
-        vlm_plan.vl_dir(data).mkdir(parents=True)
-        (vlm_plan.vl_dir(data) / "manifest.jsonl").write_text("{}\n" * data.samples("gf-default-v1"))
+    # a finished VLM recipe (every stage of both its stages done) is not run again
+    for name in ("vlm-names", "vlm"):
+        vlm_plan = mini.Plan(mini.RECIPES[name], tmp_path, 0, 0, 0)
+        assert "1/6 vlm (to run)" in dry_run("vlm-full")[0]
+        for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", vlm_plan.vlm_export_dir / "config.json",
+                     vlm_plan.run_dir / "probe" / "summary.json", mini.final_checkpoint(vlm_plan) / "model.safetensors"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}")
+        for data in mini.RECIPES[name].vl_data:
+            vlm_plan.vl_dir(data).mkdir(parents=True, exist_ok=True)
+            (vlm_plan.vl_dir(data) / "manifest.jsonl").write_text("{}\n" * data.samples("gf-default-v1"))
     assert "1/6 vlm (done, would skip)" in dry_run("vlm-full")[0]
 
 
@@ -305,6 +326,14 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     probe.parent.mkdir(parents=True)
     probe.write_text(json.dumps({"lists": {"Train": {"accuracy_retrieval": 0.41}, "Val": {"accuracy_retrieval": 0.33}},
                                  "scenes": {"Val": {"accuracy": 0.52, "count": 100}}}))
+    # the VLM's two stages, each timed once in its own log (stage 2's "vlm" stage is stage 1's run)
+    (probe.parents[1] / "mini_stages.json").write_text(json.dumps({
+        "vlm": {"seconds": 3000.0, "skipped": False}, "vl": {"seconds": 300.0, "skipped": False},
+        "train": {"seconds": 2000.0, "skipped": False}, "probe": {"seconds": 100.0, "skipped": False}}))
+    names = tmp_path / "runs" / "mini" / "vlm_names"
+    names.mkdir(parents=True)
+    (names / "mini_stages.json").write_text(json.dumps({"train": {"seconds": 3000.0, "skipped": False},
+                                                        "vl": {"seconds": 0.0, "skipped": True}}))
 
     assert mini.main(["compare", "--root", str(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -321,3 +350,6 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     assert "| scratch-full | 0, 1 |" in text and "25 %, 25 %" in text and "Val 33 %" in text and "Val 52 %" in text
     assert "| vlm-full | +50 pts [" in text and "Not evaluated yet: vlm-lora" in text
     assert (out / "figure2.png").stat().st_size > 0
+    # rows: 60 + 120 + 60 s (their VLM stage is the VLM's run); the VLM: 3000 + 2400 s
+    assert data["compute_s"] == {"vlm-names": 3000.0, "vlm": 2400.0, "rows": 240.0}
+    assert "vlm-names 0:50:00, vlm 0:40:00, rows 0:04:00; total 1:34:00." in text

@@ -73,7 +73,7 @@ def test_every_comparison_row_builds_from_the_exported_mini_vlm_and_refuses_anot
 
     tok = tmp_path / "tok"
     build_catalogue_tokenizer(tok)
-    cfg = load_config("mini/vlm.yaml", [f"output_dir={tmp_path / 'vlm'}", *QUIET, f"model.tokenizer={tok}",
+    cfg = load_config("mini/vlm_names.yaml", [f"output_dir={tmp_path / 'vlm'}", *QUIET, f"model.tokenizer={tok}",
                                         f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.vl_weights=[]", "train.steps=1",
                                         "train.save_steps=[]",
                                         "train.batch_size=2", "train.micro_batch_size=2"])
