@@ -141,14 +141,22 @@ class SetpointSmoother:
         return self.xyz.copy(), Rotation.from_matrix(self.rotation).as_euler("xyz")
 
 
-def peak_acceleration(positions, period: float) -> float:
+def peak_acceleration(positions, period: float, restarts=()) -> float:
     """Largest per-axis |second difference| / period^2 of a set-point sequence (N, 3): the
-    acceleration a controller following those set-points is commanded."""
+    acceleration a controller following those set-points is commanded.
+
+    ``restarts``: indices of set-points that restart motion at rest after a stall. No set-point
+    reached the arm during the stall, so the differences spanning one are the stall's stop, not
+    a commanded acceleration; each run between restarts is measured on its own."""
     positions = np.asarray(positions, dtype=np.float64)
-    if positions.shape[0] < 3:
-        return 0.0
-    second = positions[2:] - 2.0 * positions[1:-1] + positions[:-2]
-    return float(np.max(np.abs(second)) / period**2)
+    bounds = [0, *sorted(int(i) for i in restarts if 0 < int(i) < len(positions)), len(positions)]
+    peak = 0.0
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        run = positions[lo:hi]
+        if run.shape[0] >= 3:
+            second = run[2:] - 2.0 * run[1:-1] + run[:-2]
+            peak = max(peak, float(np.max(np.abs(second)) / period**2))
+    return peak
 
 
 __all__ = ["MotionLimits", "SetpointSmoother", "peak_acceleration"]

@@ -115,8 +115,10 @@ def test_bench_against_the_moving_fake_controller_keeps_the_acceleration_limit(c
     assert bench.main(["--arm", "fake", "--seconds", "1.5", "--json", *where]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["setpoints_sent"] > 50 and figures["setpoints_ignored_by_arm"] == 0
+    # Between restarts; a stall (likely on a loaded machine) stops the motion and restarts it at
+    # rest from the measured pose, which must be where the arm was left, within tracking error.
     assert figures["peak_accel"] <= figures["max_accel"] and figures["chunks_refused"] == 0
-    assert figures["tracking_error_p50_mm"] < 5.0
+    assert figures["tracking_error_p50_mm"] < 5.0 and figures["restart_step_mm"] < 5.0
     assert multiprocessing.active_children() == []  # the controller's process is gone
 
 

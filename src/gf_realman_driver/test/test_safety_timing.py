@@ -724,3 +724,17 @@ def test_the_executor_commits_a_plan_only_from_a_start_that_still_holds():
         fresh.commit(b)
     assert info.value.reason == "translation_rate"
     assert len(fresh.history()) == 10
+
+
+def test_peak_acceleration_measures_each_run_between_restarts_on_its_own():
+    period = 0.01
+    moving = [[0.001 * i, 0.0, 0.0] for i in range(10)]  # 0.1 m/s, no acceleration
+    held = [[0.009, 0.0, 0.0]] * 5  # a stall: the arm holds the last set-point, then restarts at rest there
+    assert peak_acceleration(moving, period) == pytest.approx(0.0, abs=1e-9)
+    # Read as one sequence, the stop looks like 0.001 m / period^2 = 10 m/s^2 ...
+    assert peak_acceleration(moving + held, period) == pytest.approx(10.0)
+    # ... but nothing was sent while it stalled: the runs on either side are each at constant speed.
+    assert peak_acceleration(moving + held, period, restarts=[10]) == pytest.approx(0.0, abs=1e-9)
+    # A real jump inside a run still counts.
+    jump = moving + [[0.02, 0.0, 0.0]]
+    assert peak_acceleration(jump + held, period, restarts=[11]) == pytest.approx(0.01 / period**2, rel=1e-6)
