@@ -40,7 +40,7 @@ INFERENCE_WEIGHTS = "model.safetensors"
 RUN_CONFIG = "config.yaml"
 # What a run's checkpoints learnt from: a resume under other values of these would continue a
 # different experiment. Steps, checkpoints, logging, optimiser and processes may change.
-LEARNT_FROM = ("seed", "model", "data", "cotrain", "latent", "scene_probe")
+LEARNT_FROM = ("seed", "model", "scheme", "data", "cotrain", "latent", "scene_probe")
 
 
 def config_changes(run_dir: str | Path, config: dict) -> list[str]:

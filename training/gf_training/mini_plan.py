@@ -163,7 +163,8 @@ RECIPES = {
                                        "trained on the Train demos (no VLM)"),
         comparison_row("vlm-full", "the mini VLM with a new action expert, every weight fine-tuned",
                        sweep_protocols=EVAL_PROTOCOLS),
-        comparison_row("vlm-lora", "the mini VLM fine-tuned with LoRA (rank 16); expert and projections fully",
+        comparison_row("vlm-lora", "the mini VLM fine-tuned with LoRA (rank 16) on its language model; its vision "
+                                   "tower, the expert and projections fully (openpi's recipe)",
                        sweep_protocols=EVAL_PROTOCOLS),
         comparison_row("vlm-action", "the mini VLM frozen; only the action expert trains"),
         comparison_row("cotrain-full", "vlm-full co-trained on the VLM's own vision-language data (a quarter of "

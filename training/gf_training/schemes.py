@@ -2,9 +2,12 @@
 
 =============  =============================================================================
 ``full``       every parameter trains.
-``lora``       LoRA adapters (peft) on the VLM, whose own weights stay frozen; the action expert
-               and the action/proprio/time projections train fully (optionally LoRA on the
-               expert too, ``expert_lora``).
+``lora``       LoRA adapters (peft) on the VLM's language model, whose own weights stay frozen;
+               the SigLIP tower and its projector train fully, as in openpi's pi0 LoRA recipe
+               (its freeze filter holds the language model only; ``lora_train_vision: false``
+               freezes them too, ``lora_include_vision`` puts adapters there instead); the action
+               expert and the action/proprio/time projections train fully (optionally LoRA on
+               the expert too, ``expert_lora``).
 ``action_expert``  the VLM is frozen; the action expert and the projections train.
 ``frozen_vlm``     the VLM is untouched; the projections train, the expert either fully or, with
                ``expert_lora``, through LoRA adapters only.
@@ -46,6 +49,9 @@ class SchemeConfig:
     # False: adapters only in the VLM's language model; True: also in the SigLIP vision tower
     # (whose attention shares the q/k/v_proj names).
     lora_include_vision: bool = False
+    # ``lora`` without adapters in the vision tower: the tower and its projector train fully
+    # (openpi's pi0 LoRA recipe), or stay frozen with the rest of the VLM (False).
+    lora_train_vision: bool = True
     # LoRA on the action expert instead of training it fully (``lora`` and ``frozen_vlm``).
     expert_lora: bool = False
 
@@ -56,14 +62,23 @@ class SchemeConfig:
             raise ValueError("expert_lora applies to the 'lora' and 'frozen_vlm' schemes only")
         if self.lora_rank < 1:
             raise ValueError("lora_rank must be >= 1")
+        if self.lora_include_vision and self.lora_train_vision:
+            raise ValueError("lora_include_vision puts adapters in the vision tower and freezes its weights: "
+                             "set lora_train_vision: false with it")
 
 
-def _lora_config(scheme: SchemeConfig, targets: list[str] | str) -> LoraConfig:
+# The VLM's vision side, trained fully under ``lora`` unless ``lora_train_vision`` is off. As peft
+# ``modules_to_save``, so the adapters peft saves carry them (a peft user needs both).
+VISION_MODULES = ["vision_tower", "multi_modal_projector"]
+
+
+def _lora_config(scheme: SchemeConfig, targets: list[str] | str, modules_to_save: list[str] | None = None) -> LoraConfig:
     return LoraConfig(
         r=scheme.lora_rank,
         lora_alpha=scheme.lora_alpha,
         lora_dropout=scheme.lora_dropout,
         target_modules=targets,
+        modules_to_save=modules_to_save,
         bias="none",
     )
 
@@ -100,7 +115,8 @@ def apply_scheme(model: PI0StyleVLA, scheme: SchemeConfig) -> PI0StyleVLA:
         return model
     if scheme.name == "lora":
         # get_peft_model freezes the wrapped VLM except for its adapters.
-        model.paligemma = get_peft_model(model.paligemma, _lora_config(scheme, _vlm_targets(scheme)))
+        vision = VISION_MODULES if scheme.lora_train_vision else None
+        model.paligemma = get_peft_model(model.paligemma, _lora_config(scheme, _vlm_targets(scheme), vision))
     else:  # action_expert, frozen_vlm
         _set_trainable(model.paligemma, False)
     if scheme.expert_lora:
@@ -147,8 +163,9 @@ def trainable_parameter_report(model: PI0StyleVLA) -> ParameterReport:
     for name, modules in groups.items():
         trainable = total = 0
         for module in modules:
-            for p in module.parameters():
-                if id(p) in seen:
+            for param_name, p in module.named_parameters():
+                # peft's modules_to_save keep the frozen original beside the trained copy: count the copy
+                if id(p) in seen or param_name.startswith("original_module.") or ".original_module." in param_name:
                     continue
                 seen.add(id(p))
                 total += p.numel()

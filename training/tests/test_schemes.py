@@ -62,8 +62,9 @@ def train_steps(model: PI0StyleVLA, steps: int = 3) -> dict[str, torch.Tensor]:
 # scheme -> parts that must receive (non-zero) gradients; every other part must get none
 EXPECTED = {
     ("full", False): {"vision", "language", "expert", "projections"},
-    ("lora", False): {"language_lora", "expert", "projections"},
-    ("lora", True): {"language_lora", "expert_lora", "projections"},
+    # openpi's pi0 LoRA recipe: the vision tower and projector train fully beside the adapters
+    ("lora", False): {"vision", "language_lora", "expert", "projections"},
+    ("lora", True): {"vision", "language_lora", "expert_lora", "projections"},
     ("action_expert", False): {"expert", "projections"},
     ("frozen_vlm", False): {"expert", "projections"},
     ("frozen_vlm", True): {"expert_lora", "projections"},
@@ -91,16 +92,32 @@ def test_gradients_and_frozen_weights(name, expert_lora):
 
     report = trainable_parameter_report(model)
     assert report.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if name != "full":
+    if name not in ("full", "lora"):
         assert report.parts["vision"][0] == 0
+    if name == "lora":  # the vision side trains whole, counted once
+        assert report.parts["vision"][0] == report.parts["vision"][1] == trainable_parameter_report(base_model()).parts["vision"][1]
     assert "trainable" in str(report)
+
+
+def test_lora_can_freeze_the_vision_tower_or_adapt_it_instead():
+    frozen = apply_scheme(base_model(), SchemeConfig(name="lora", lora_rank=4, lora_train_vision=False))
+    grads = train_steps(frozen)
+    assert {part_of(n) for n, g in grads.items() if g.abs().sum() > 0} == {"language_lora", "expert", "projections"}
+    assert trainable_parameter_report(frozen).parts["vision"][0] == 0
+    adapted = apply_scheme(base_model(), SchemeConfig(name="lora", lora_rank=4, lora_include_vision=True,
+                                                      lora_train_vision=False))
+    assert {part_of(n) for n, p in adapted.named_parameters() if p.requires_grad} == {
+        "vision_lora", "language_lora", "expert", "projections"}
+    with pytest.raises(ValueError, match="set lora_train_vision: false"):
+        SchemeConfig(name="lora", lora_include_vision=True)
 
 
 def test_lora_targets_language_model_only_by_default():
     model = apply_scheme(base_model(), SchemeConfig(name="lora", lora_rank=4))
     lora_names = [n for n, _ in model.named_parameters() if "lora_" in n]
     assert lora_names and all("language_model.layers" in n for n in lora_names)
-    with_vision = apply_scheme(base_model(), SchemeConfig(name="lora", lora_rank=4, lora_include_vision=True))
+    with_vision = apply_scheme(base_model(), SchemeConfig(name="lora", lora_rank=4, lora_include_vision=True,
+                                                          lora_train_vision=False))
     assert any("vision_tower" in n and "lora_" in n for n, _ in with_vision.named_parameters())
 
 
@@ -132,7 +149,8 @@ def test_lora_adapters_merge_save_and_load(tmp_path, expert_lora):
     assert all((d / "adapter_model.safetensors").exists() for d in written)
     assert len(written) == (2 if expert_lora else 1)
     plain = base_model()
-    # parts trained fully are not adapters: carry them over as plain weights
+    # parts trained fully outside the VLM are not adapters: carry them over as plain weights (the
+    # VLM's vision tower, trained fully too, travels with the adapters as peft modules_to_save)
     fully_trained = [*PROJECTIONS] + ([] if expert_lora else ["expert."])
     plain.load_state_dict({k: v for k, v in _plain_state(model).items() if k.startswith(tuple(fully_trained))},
                           strict=False)
