@@ -155,7 +155,7 @@ def test_gf_train_command(tmp_path, capsys):
 
 def test_resume_refuses_a_different_scheme(tmp_path):
     train(tiny_cfg(tmp_path, "train.steps=2", "train.save_steps=[2]"))
-    with pytest.raises(ValueError, match="trained with scheme"):
+    with pytest.raises(ValueError, match=r"started with other scheme\.name"):
         train(tiny_cfg(tmp_path, "train.steps=4", "scheme.name=lora"))
     result, _ = train(tiny_cfg(tmp_path, "train.steps=1", "scheme.name=lora", "train.resume=false",
                                "train.save_steps=[]"))
