@@ -41,6 +41,7 @@ At connect the active tool and work frames (``rm_get_current_tool_frame`` /
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import logging
@@ -73,6 +74,33 @@ log = logging.getLogger(__name__)
 
 REALMAN_DEFAULT_IP = "192.168.1.18"  # factory address of the controller's LAN port (for configs)
 REALMAN_DEFAULT_PORT = 8080
+
+
+class FairLock:
+    """A lock granted in the order it was asked for. ``threading.Lock`` is not: a thread that
+    releases and asks again at once (the state reader, polling a gripper that answers slowly) can
+    win it every time while another (the gripper worker, with a command to send) waits on."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[object] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> FairLock:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            while self._held or self._queue[0] is not ticket:
+                self._cond.wait()
+            self._queue.popleft()
+            self._held = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
 
 _sdk_lock = threading.Lock()
 _sdk_module: Any = None
@@ -194,7 +222,7 @@ class RealmanArm(ArmBackend):
         self._state_lock = threading.Lock()  # velocity estimate and gripper cache
         self._arm: Any = None
         self._query_arm: Any = None  # second handle: queries never wait behind (or delay) set-points
-        self._qio = threading.Lock()
+        self._qio = FairLock()  # queries and gripper commands take turns: a slow reply delays, never starves
         self._push_socket: socket.socket | None = None
         self._push_thread: threading.Thread | None = None
         self._push: tuple[float, np.ndarray, np.ndarray, tuple[int, ...], np.ndarray] | None = None

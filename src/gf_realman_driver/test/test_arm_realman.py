@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
 import time
 
 import numpy as np
@@ -19,7 +20,7 @@ from gf_realman_driver.arm import (
     ArmTimeoutError,
 )
 from gf_realman_driver.fake_controller import FakeRealmanController
-from gf_realman_driver.realman_arm import RealmanArm, wait_for_pending_connect
+from gf_realman_driver.realman_arm import FairLock, RealmanArm, wait_for_pending_connect
 
 LOCALHOST = "127.0.0.1"
 
@@ -240,3 +241,34 @@ def test_the_link_comes_back_after_every_one_of_many_controller_drops(controller
             arm.close()
     finally:
         arm.close()
+
+
+def test_the_query_lock_serves_a_waiting_caller_before_one_that_asks_again():
+    """The state reader holds the query handle for a slow reply and asks again at once; a gripper
+    command waiting meanwhile goes next, not after some later poll."""
+    lock, holds, order = FairLock(), 0, []
+    stop = threading.Event()
+
+    def poller():
+        nonlocal holds
+        while not stop.is_set():
+            with lock:
+                holds += 1
+                order.append("poll")
+                time.sleep(0.02)  # a slow reply
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    try:
+        while holds == 0:
+            time.sleep(0.001)
+        asked_at = holds
+        with lock:
+            order.append("command")
+            served_at = holds
+    finally:
+        stop.set()
+        thread.join()
+    # served when the poll holding the lock ended (that one, or the next if it had just begun)
+    assert served_at - asked_at <= 1, order
+    assert order.count("command") == 1
