@@ -38,7 +38,9 @@ def launch_robot(*assignments: str) -> subprocess.Popen:
 
 def graph_endpoints(expected_nodes: set[str], ready, timeout: float = 90.0) -> dict[str, dict[str, list[str]]]:
     """Node name -> {"pub"|"sub"|"srv"|"cli": fully qualified names}, as the ROS graph reports
-    them, once ``ready(endpoints)`` holds (nodes create some endpoints only when they are set up)."""
+    them, once ``ready(endpoints)`` holds (nodes create some endpoints only when they are set up)
+    and two polls a second apart agree: discovery announces a node's endpoints one by one, so a
+    single poll can hold its publisher and not yet the subscriptions created beside it."""
     import rclpy
 
     context = rclpy.Context()
@@ -46,6 +48,7 @@ def graph_endpoints(expected_nodes: set[str], ready, timeout: float = 90.0) -> d
     node = rclpy.create_node("enclave_probe", context=context)
     try:
         deadline = time.monotonic() + timeout
+        previous = None
         while True:
             seen = {}
             for name, ns in node.get_node_names_and_namespaces():
@@ -57,7 +60,12 @@ def graph_endpoints(expected_nodes: set[str], ready, timeout: float = 90.0) -> d
                         "cli": [t for t, _ in node.get_client_names_and_types_by_node(name, ns)],
                     }
             if set(seen) == expected_nodes and ready(seen):
-                return seen
+                if seen == previous:
+                    return seen
+                previous = seen
+                time.sleep(1.0)
+                continue
+            previous = None
             assert time.monotonic() < deadline, f"graph not complete after {timeout} s: {sorted(seen)}"
             time.sleep(0.5)
     finally:
@@ -97,7 +105,9 @@ def test_every_node_of_the_robot_graph_uses_only_what_its_enclave_grants(tmp_pat
     proc = launch_robot(f"policy:={policy}", *extra, "trials:=30", f"output_dir:={tmp_path / 'touch'}")
     try:
         def ready(seen):  # the policy subscribes once its backend is loaded; the eval node's clients exist
-            return CHUNK in seen["policy"]["pub"] and bool(seen["touch_eval"]["cli"])
+            status = names.recorded(names.EPISODE_STATUS)  # the policy's last subscription
+            return (CHUNK in seen["policy"]["pub"] and status in seen["policy"]["sub"]
+                    and bool(seen["touch_eval"]["cli"]))
 
         seen = graph_endpoints(set(enclave_of), ready)
     finally:
