@@ -131,6 +131,12 @@ VLM_DATA = (VLData("glyphs", 32, "All", 128, weight=0.1), VLData("cards", 32, "A
             VLData("which", 4000, "Train,Val,Hard", weight=0.3), VLData("tabletop", 2000, "Train,Val,Hard", weight=0.2))
 
 
+# Can the rows' model name an emoji at the table's scale at all? The Val list's 100 emojis on cards
+# lying on the table, 64 renderings each, from random weights; gf-probe --table-cards names them
+# from renderings training never drew. Once with the rows' 16 px patches, once with 8 px.
+TABLE_NAMES_DATA = (VLData("tablecards", 64, "Val", 128),)
+
+
 def comparison_row(name: str, description: str, **kwargs) -> Recipe:
     """A row of the mini comparison (issue 18): the model of ``configs/mini/row.yaml`` with the
     catalogue tokenizer, fine-tuned on the Train demos from the mini VLM unless it is the control
@@ -159,6 +165,11 @@ RECIPES = {
         Recipe("vlm", "the mini VLM: vlm-names trained on every emoji at the table's scale and on which-card "
                       "and tabletop scenes of the benchmark's lists, probed on cards and scenes of every list",
                kind="vlm", base="vlm-names", sweep_trials=0, eval_trials=0, vl_data=VLM_DATA),
+        Recipe("table-names", "a learnability check: the rows' model (16 px patches) from random weights naming the "
+                              "Val list's emojis on cards at the table's scale",
+               kind="vlm", sweep_trials=0, eval_trials=0, vl_data=TABLE_NAMES_DATA),
+        Recipe("table-names-p8", "table-names with 8 px patches (256 image tokens instead of 64)",
+               kind="vlm", sweep_trials=0, eval_trials=0, vl_data=TABLE_NAMES_DATA),
         comparison_row("scratch-full", "the comparison's control: the rows' model from random weights, fully "
                                        "trained on the Train demos (no VLM)"),
         comparison_row("vlm-full", "the mini VLM with a new action expert, every weight fine-tuned",

@@ -178,7 +178,7 @@ def stages(plan: Plan) -> list[Stage]:
             # The final checkpoint (the export's weights) keeps the camera crop the scenes need.
             Stage("probe", lambda: trained(plan) and (plan.run_dir / PROBE_DIR / "summary.json").exists(),
                   lambda: [console_script("gf-probe"), str(final_checkpoint(plan)), "--out", str(plan.run_dir / PROBE_DIR),
-                           "--scenes", str(PROBE_SCENES), "--name", plan.recipe.name, "--no-progress"],
+                           "--scenes", str(PROBE_SCENES), "--table-cards", "--name", plan.recipe.name, "--no-progress"],
                   lambda: 120.0 + 3 * PROBE_SCENES * rates["vl_s_per_scene"]),
         ]
     demos = Stage("demos", lambda: usable_demos(plan.demo_dir) >= plan.demo_episodes,

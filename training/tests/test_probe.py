@@ -114,3 +114,44 @@ def test_cards_are_shown_whole_and_scenes_through_the_models_crop(tmp_path, smal
     for name in ("Train", "Val"):
         assert scenes[name]["accuracy"] == np.mean([r["answer"] == "left" for r in records if r["list"] == name])
     assert "Which card shows it?" in (out / "probe.md").read_text()
+
+
+def test_table_cards_are_named_at_the_policy_cameras_scale_from_unseen_renderings(tmp_path, small_split, embed,
+                                                                                 monkeypatch):
+    """--table-cards: each emoji's card lies on a table at the model's input size, uncropped, drawn
+    from a seed gf-vl-data never uses; the descriptions are scored as the whole cards' are."""
+    import gf_training.probe as probe
+    from gf_policy.vla import PI0StyleVLA, VLAProcessor
+    from gf_training.vl_samples import table_card_sample
+
+    model = PI0StyleVLA.from_config(VLAConfig.tiny(image_crop=[0.1, 0.1, 0.9, 0.9]))
+    split = load_splits(str(small_split))
+    names = [e.name for lst in split.splits.values() for e in lst]
+    tok = train_tiny_tokenizer(["caption en", *names], 512, tmp_path / "tok")
+    model.save_pretrained(tmp_path / "vla", VLAProcessor(tok, model.config))
+    first = split.entries("Train")[0]
+    shown = []
+
+    def spy(model, processor, images, questions, max_new_tokens):
+        shown.extend((processor.config.image_crop, np.asarray(image)) for image in images)
+        return [first.name] * len(images)  # every card named as the first Train emoji
+
+    monkeypatch.setattr(probe, "answer", spy)
+    monkeypatch.setattr(probe, "load_text_embedder", lambda device="cpu": embed)
+    out = tmp_path / "probe"
+    assert main([str(tmp_path / "vla"), "--split", str(small_split), "--lists", "Train,Val", "--out", str(out),
+                 "--table-cards", "--no-progress"]) == 0
+    side = model.config.image_size
+    table = shown[7:]  # after the 7 whole cards
+    assert len(table) == 7 and {crop for crop, _ in table} == {None}
+    assert all(image.shape == (side, side, 3) for _, image in table)
+    for (_, image), entry in zip(table, split.entries("Train") + split.entries("Val")):
+        seen_in_training = np.asarray(table_card_sample(entry, 0, 0, side)[0])
+        assert not np.array_equal(image, seen_in_training)
+        r, g, b = image.reshape(-1, 3).mean(0)
+        assert r > g > b  # mostly wood: the card is small
+    rows = json.loads((out / "table_cards.json").read_text())
+    assert [r["list"] for r in rows] == ["Train"] * 4 + ["Val"] * 3
+    assert [r["rank"] == 1 for r in rows[:4]] == [True, False, False, False]
+    assert json.loads((out / "summary.json").read_text())["table_cards"]["Train"]["accuracy_retrieval"] == 0.25
+    assert "Cards at the table's scale" in (out / "probe.md").read_text()
