@@ -54,7 +54,6 @@ from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 DEFAULT_PROMPT = "caption en"
 CRITERIA = ("retrieval", "threshold")
 CARD_SCALES = ("whole", "table")
-PROBE_TABLE_CARD_SEED = 5_000_000  # gf-probe --table-cards: renderings no gf-vl-data seed draws
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm embeddings (N, D)
 
 
@@ -101,6 +100,7 @@ def describe_cards(
     (the card fills the image) or ``table`` (the card lying on a table at the policy camera's
     scale, as ``gf-vl-data tablecards`` draws it, from a seed no training set uses)."""
     from gf_eval.catalog import load_catalog, render_card
+    from gf_training.vl_generate import PROBE_CARD_SEED
     from gf_training.vl_samples import table_card_sample
 
     if scale not in CARD_SCALES:
@@ -112,7 +112,7 @@ def describe_cards(
         if scale == "whole":
             return np.asarray(render_card(catalog[entry.id], card_px))
         side = processor.config.image_size  # the table's scale is relative to the model's input
-        return np.asarray(table_card_sample(entry, 0, PROBE_TABLE_CARD_SEED, side)[0])
+        return np.asarray(table_card_sample(entry, 0, PROBE_CARD_SEED, side)[0])
 
     chunks = range(0, len(entries), batch_size)
     iterator: Any = chunks

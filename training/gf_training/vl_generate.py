@@ -18,7 +18,9 @@ from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
 from gf_training.vl_format import CAMERA_VIEWS, IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
 from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, table_card_sample, tabletop_sample, which_sample
 
-PER_EMOJI = ("glyphs", "cards", "tablecards")  # generators of images per emoji (the rest: scenes)
+# Generators of images per emoji (the rest: scenes): (entry, index, seed, size) -> image, question, meta.
+PER_EMOJI_SAMPLES = {"glyphs": glyph_sample, "cards": card_sample, "tablecards": table_card_sample}
+PER_EMOJI = tuple(PER_EMOJI_SAMPLES)
 GENERATORS = (*PER_EMOJI, *CAMERA_VIEWS)
 # Keep the generated scenes away from the evaluation trials (base seed 0) of the same emojis,
 # and the scene generators away from each other.
@@ -26,6 +28,7 @@ TABLETOP_BASE_SEED = 1_000_000
 CUBE_BASE_SEED = 2_000_000
 WHICH_BASE_SEED = 3_000_000
 PROBE_SCENE_BASE_SEED = 4_000_000  # gf-probe --scenes: which-card scenes no training set shows
+PROBE_CARD_SEED = 5_000_000  # gf-probe --table-cards, gf-pixel-check (gf-vl-data draws from seed 0 unless told)
 # Not a list of the split: the split's lists, then every other catalogue emoji (described by its
 # name). For pre-training a VLM that knows every emoji, as a web-scale VLM does; never for
 # co-training a policy, where Val and Hard emojis would leak the held-out protocols.
@@ -67,7 +70,7 @@ def generate_glyphs(
     size: int = 224, seed: int = 0, progress: bool = False,
 ) -> Path:
     """Write ``per_emoji`` glyph images of every emoji of ``lists``; returns the directory."""
-    return _generate_per_emoji("glyphs", glyph_sample, out, split, lists, per_emoji, size, seed, progress)
+    return _generate_per_emoji("glyphs", PER_EMOJI_SAMPLES["glyphs"], out, split, lists, per_emoji, size, seed, progress)
 
 
 def generate_cards(
@@ -75,7 +78,7 @@ def generate_cards(
     size: int = 224, seed: int = 0, progress: bool = False,
 ) -> Path:
     """Write ``per_emoji`` printed-card images of every emoji of ``lists``; returns the directory."""
-    return _generate_per_emoji("cards", card_sample, out, split, lists, per_emoji, size, seed, progress)
+    return _generate_per_emoji("cards", PER_EMOJI_SAMPLES["cards"], out, split, lists, per_emoji, size, seed, progress)
 
 
 def generate_table_cards(
@@ -84,7 +87,7 @@ def generate_table_cards(
 ) -> Path:
     """Write ``per_emoji`` images of every emoji of ``lists`` on a card on the table, at the scale of
     the policy camera's view; returns the directory."""
-    return _generate_per_emoji("tablecards", table_card_sample, out, split, lists, per_emoji, size, seed, progress)
+    return _generate_per_emoji("tablecards", PER_EMOJI_SAMPLES["tablecards"], out, split, lists, per_emoji, size, seed, progress)
 
 
 def _generate_per_emoji(
