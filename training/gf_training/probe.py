@@ -281,30 +281,27 @@ def run_probe(
     lists = [name for name in lists if name in splits.splits]
     if not lists:
         raise ValueError(f"split {splits.name!r} has none of the requested lists")
-    by_list = {}
-    for name in lists:
-        entries = splits.entries(name)
-        said = describe_cards(model, processor, entries, prompt, max_new_tokens, batch_size, progress=progress)
-        by_list[name] = list(zip(entries, said))
     embed = embed or load_text_embedder()
-    rows = score(by_list, embed, threshold)
+
+    def name_cards(scale: str, path: Path) -> list[ProbeRow]:
+        """Every card of every list described at ``scale`` and scored; the rows written to ``path``."""
+        by_list = {name: list(zip(splits.entries(name), describe_cards(
+            model, processor, splits.entries(name), prompt, max_new_tokens, batch_size, progress=progress, scale=scale)))
+            for name in lists}
+        rows = score(by_list, embed, threshold)
+        path.write_text(json.dumps([asdict(r) for r in rows], indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return rows
+
+    rows = name_cards("whole", out / "probe.json")
     summary = summarize(rows)
     relabelled = relabelled_splits(splits, rows, model_name, prompt)
     relabelled.save(out / "relabelled.json")
-    (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
     payload = {"model": model_name, "split": splits.name, "split_hash": splits.hash, "prompt": prompt,
                "threshold": threshold, "lists": summary, "relabelled": str(out / "relabelled.json"),
                "relabelled_hash": relabelled.hash}
     table_lines: list[str] = []
     if table_cards:
-        on_table = {name: list(zip(splits.entries(name), describe_cards(
-            model, processor, splits.entries(name), prompt, max_new_tokens, batch_size, progress=progress, scale="table")))
-            for name in lists}
-        table_rows = score(on_table, embed, threshold)
-        (out / "table_cards.json").write_text(json.dumps([asdict(r) for r in table_rows], indent=1, ensure_ascii=False)
-                                              + "\n", encoding="utf-8")
-        payload["table_cards"] = summarize(table_rows)
+        payload["table_cards"] = summarize(name_cards("table", out / "table_cards.json"))
         table_lines = ["", "Cards at the table's scale (the policy camera's view: emoji 6-10 px at 128 px)", "",
                        *_accuracy_table(payload["table_cards"], threshold)]
     scene_lines: list[str] = []

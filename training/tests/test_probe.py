@@ -119,7 +119,7 @@ def test_cards_are_shown_whole_and_scenes_through_the_models_crop(tmp_path, smal
 def test_table_cards_are_named_at_the_policy_cameras_scale_from_unseen_renderings(tmp_path, small_split, embed,
                                                                                  monkeypatch):
     """--table-cards: each emoji's card lies on a table at the model's input size, uncropped, drawn
-    from a seed gf-vl-data never uses; the descriptions are scored as the whole cards' are."""
+    from a seed gf-vl-data does not use by default; the descriptions are scored as the whole cards' are."""
     import gf_training.probe as probe
     from gf_policy.vla import PI0StyleVLA, VLAProcessor
     from gf_training.vl_samples import table_card_sample
