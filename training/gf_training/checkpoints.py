@@ -40,7 +40,7 @@ INFERENCE_WEIGHTS = "model.safetensors"
 RUN_CONFIG = "config.yaml"
 # What a run's checkpoints learnt from: a resume under other values of these would continue a
 # different experiment. Steps, checkpoints, logging, optimiser and processes may change.
-LEARNT_FROM = ("seed", "model", "scheme", "data", "cotrain", "latent", "scene_probe")
+LEARNT_FROM = ("seed", "model", "scheme", "data", "cotrain", "latent", "scene_probe", "name_probe")
 
 
 def config_changes(run_dir: str | Path, config: dict) -> list[str]:
@@ -121,8 +121,8 @@ class CheckpointingMixin:
                                             self.processor, partial)
             torch.save({"step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                         "world_size": info.world_size, "config": self.cfg.to_dict()}, partial / TRAIN_STATE)
-            if self.scene_probe is not None:  # training-only head (gf_training.scene_probe)
-                self.scene_probe.save(partial)
+            for head in self.image_heads():  # training-only (gf_training.image_heads)
+                head.save(partial)
             (partial / TRAINER_STATE).write_text(json.dumps({
                 "step": self.step, "run": self.cfg.name, "scheme": dataclasses.asdict(self.cfg.scheme),
                 "model": self.cfg.model.init, "world_size": info.world_size}, indent=2) + "\n")
@@ -174,8 +174,8 @@ class CheckpointingMixin:
         set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True, strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.scene_probe is not None:
-            self.scene_probe.load(path)
+        for head in self.image_heads():
+            head.load(path)
         self.step = int(state["step"])
         rng_file = path / f"rng_rank{self.info.rank}.pt"
         if rng_file.exists() and state.get("world_size") == self.info.world_size:

@@ -11,8 +11,9 @@ Sections (see ``configs/base.yaml`` for every key with its default and meaning):
 ``model`` (initialisation and VLAConfig overrides, incl. the training targets: discrete and
 latent actions, knowledge insulation), ``scheme`` (``gf_training.schemes``), ``data``,
 ``cotrain`` (vision-language co-training), ``latent`` (the latent action model that labels the
-data), ``scene_probe`` (an auxiliary cube-position target, ``gf_training.scene_probe``), ``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``,
-``seed``.
+data), ``scene_probe`` (an auxiliary cube-position target, ``gf_training.scene_probe``),
+``name_probe`` (an auxiliary emoji-naming target of VLM pre-training, ``gf_training.name_probe``),
+``optim``, ``train``, ``distributed``, ``logging``; top level: ``name``, ``output_dir``, ``seed``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 
 from gf_policy.vla.normalization import NORMALIZATION_KINDS
 from gf_training.data import AugmentConfig
+from gf_training.name_probe import NameProbeSection
 from gf_training.scene_probe import SceneProbeSection
 from gf_training.schemes import SchemeConfig
 
@@ -215,6 +217,7 @@ class TrainConfig:
     cotrain: CotrainSection = field(default_factory=CotrainSection)
     latent: LatentSection = field(default_factory=LatentSection)
     scene_probe: SceneProbeSection = field(default_factory=SceneProbeSection)
+    name_probe: NameProbeSection = field(default_factory=NameProbeSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
@@ -253,6 +256,7 @@ _SECTIONS = {
     (TrainConfig, "cotrain"): CotrainSection,
     (TrainConfig, "latent"): LatentSection,
     (TrainConfig, "scene_probe"): SceneProbeSection,
+    (TrainConfig, "name_probe"): NameProbeSection,
     (TrainConfig, "optim"): OptimSection,
     (TrainConfig, "train"): TrainSection,
     (TrainConfig, "distributed"): DistributedSection,

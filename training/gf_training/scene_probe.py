@@ -10,9 +10,9 @@ What it is: a small head, attention pooling (one learned query over the image to
 reading the image features the VLM's projector emits (``multi_modal_projector``, caught by a
 forward hook, so the model runs once per batch) and predicting each sample's normalised trial
 cube position ``(x, y)`` (from the trial recorded with every demo; no simulator state needed).
-Its loss, ``weight x MSE`` over the steps before the grasp, is added to the model's; the head has its own AdamW and follows the
-run's learning-rate schedule. It is training-only: checkpoints the ``vla`` backend loads are
-unchanged; the head's state is kept beside them for resuming (``scene_probe.pt``).
+Its loss, ``weight x MSE`` over the steps before the grasp, is added to the model's. It is
+training-only (``gf_training.image_heads``): the head's state is kept beside the checkpoints for
+resuming (``scene_probe.pt``).
 
 With co-training the VLM also embeds the vision-language batch; the probe reads the first image
 features of a step, which belong to the action batch (``PI0StyleVLA.forward`` embeds it first).
@@ -22,17 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from gf_policy.vla import PI0StyleVLA
 from gf_training.data import GRIPPER_INDEX, SCENE_TARGET
 from gf_training.episodes import EpisodeLike
+from gf_training.image_heads import ImageFeatureHead
 
 PROBE_STATE = "scene_probe.pt"
 
@@ -98,32 +96,25 @@ class SceneProbeHead(nn.Module):
         return self.mlp(pooled)
 
 
-class SceneProbe:
-    """The head, its hook on the VLM's projector, its optimiser; ``loss(batch)`` after a forward."""
+class SceneProbe(ImageFeatureHead):
+    """The head on the action batch's image features; ``mse(batch)`` after a forward."""
+
+    state_file = PROBE_STATE
 
     def __init__(self, model: PI0StyleVLA, cfg: SceneProbeSection, targets: SceneTargets,
                  lr: float, lr_factor: Callable[[int], float], device: torch.device):
         self.cfg = cfg
         self.mean = torch.as_tensor(targets.mean, device=device)
         self.std = torch.as_tensor(targets.std, device=device)
-        projector = model.vlm.model.multi_modal_projector
-        self.head = SceneProbeHead(projector.linear.out_features, cfg.hidden, len(targets.mean)).to(device)
-        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
-        self._features: list[torch.Tensor] = []
-        self._hook = projector.register_forward_hook(lambda _module, _inputs, output: self._features.append(output))
+        head = SceneProbeHead(self.feature_width(model), cfg.hidden, len(targets.mean))
+        super().__init__(model, head, lr, lr_factor, device)
 
     def denormalize(self, values: torch.Tensor) -> torch.Tensor:
         return values * self.std + self.mean
 
-    def clear(self) -> None:
-        self._features.clear()
-
     def predict(self) -> torch.Tensor:
         """Normalised predictions for the action batch of the last forward (its first image features)."""
-        if not self._features:
-            raise RuntimeError("the scene probe saw no image features: run the model's forward first")
-        return self.head(self._features[0].float())
+        return self.head(self.features(0))
 
     def mse(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """MSE against ``batch[SCENE_TARGET]`` over the samples that have a target (0 if none do);
@@ -136,30 +127,3 @@ class SceneProbe:
             return (err * valid).sum() / valid.sum().clamp_min(1)
         finally:
             self.clear()
-
-    def step(self) -> None:
-        """An optimiser step of the head (its gradients averaged over ranks first)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for p in self.head.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= dist.get_world_size()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
-
-    def save(self, directory: Path) -> None:
-        torch.save(self.state_dict(), Path(directory) / PROBE_STATE)
-
-    def load(self, directory: Path) -> None:
-        state = torch.load(Path(directory) / PROBE_STATE, map_location="cpu", weights_only=False)
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-
-    def close(self) -> None:
-        self._hook.remove()

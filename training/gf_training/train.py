@@ -21,6 +21,7 @@ Run directory (``output_dir``)::
         train_model.safetensors   the weights in training form (runs with adapters)
         training_state.pt optimiser, scheduler, step; rng_rank{r}.pt: every rank's RNG states
         scene_probe.pt    the auxiliary head of `scene_probe` (training-only), when it is on
+        name_probe.pt     the auxiliary head of `name_probe` (training-only), when it is on
         trainer_state.json step, scheme, model init (a resume with another scheme is refused)
 
 A run started again with the same ``output_dir`` resumes from its latest checkpoint (``train.resume``)
@@ -67,7 +68,9 @@ from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: r
 )
 from gf_training.config import TrainConfig, dump_config, load_config
 from gf_training.episodes import DecodedEpisode
+from gf_training.image_heads import ImageFeatureHead
 from gf_training.metrics import METRICS_FILE, LossWindow, MetricsLoggingMixin  # noqa: F401 - METRICS_FILE: re-exported
+from gf_training.name_probe import NameProbe
 from gf_training.runtime import (
     NOISE_STREAM,
     init_distributed,
@@ -200,12 +203,22 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         if self.scene_targets is not None:
             self.scene_probe = SceneProbe(self.model, cfg.scene_probe, self.scene_targets, cfg.optim.lr,
                                           lambda s: lr_factor(s, cfg), self.device)
+        self.name_probe = None
+        if cfg.name_probe.weight > 0:
+            if self.vl_dataset is None:
+                raise ValueError("name_probe.weight > 0 needs vision-language data (cotrain.ratio > 0, cotrain.vl_dirs)")
+            self.name_probe = NameProbe(self.model, len(self.vl_dataset.named_emojis), cfg.optim.lr,
+                                        lambda s: lr_factor(s, cfg), self.device)
         if resume_from is not None:
             self._load_training_state(resume_from)
         else:
             # Different noise/time draws and augmentations on each rank from here on.
             seed_everything(stream_seed(cfg.seed, NOISE_STREAM, info.rank))
         self.forward = torch.compile(self.wrapped) if self.use_compile else self.wrapped
+
+    def image_heads(self) -> list[ImageFeatureHead]:
+        """The training-only heads that are on (``scene_probe``, ``name_probe``)."""
+        return [h for h in (self.scene_probe, self.name_probe) if h is not None]
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``accum`` micro-batches); returns loss, lr and gradient norm, and
@@ -225,8 +238,8 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
                 sync = self.wrapped.no_sync()
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                         if self.autocast_dtype is not None else contextlib.nullcontext())
-            if self.scene_probe is not None:
-                self.scene_probe.clear()
+            for head in self.image_heads():
+                head.clear()
             with sync:
                 with autocast:
                     if vl_batch is None:
@@ -239,6 +252,10 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
                     scene = self.scene_probe.mse(batch)
                     loss = loss + self.cfg.scene_probe.weight * scene
                     losses["scene"] = scene.detach()
+                if self.name_probe is not None:
+                    names = self.name_probe.cross_entropy(vl_batch)
+                    loss = loss + self.cfg.name_probe.weight * names
+                    losses["names"] = names.detach()
                 loss = loss / self.accum
                 loss.backward()
             total += float(loss.detach())
@@ -252,8 +269,8 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scene_probe is not None:
-            self.scene_probe.step()
+        for head in self.image_heads():
+            head.step()
         self.step += 1
         return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **parts}
 

@@ -26,6 +26,9 @@ MANIFEST = "manifest.jsonl"
 INFO = "info.json"
 IMAGES = "images"
 CAMERA_VIEWS = ("tabletop", "which", "cube")  # generators whose images are the policy camera's view
+PER_EMOJI = ("glyphs", "cards", "tablecards")  # generators whose every image shows one emoji
+NO_EMOJI = -1  # the emoji label of a sample whose image shows no single emoji
+EMOJI_LABEL = "vl_emoji"  # batch key of the emoji labels (VLCollator; gf_training.name_probe reads it)
 
 
 @dataclass
@@ -109,7 +112,9 @@ def read_vl_dir(directory: str | Path) -> tuple[dict[str, Any], list[VLRecord]]:
 
 
 class VLDataset(Dataset):
-    """The samples of one or more VL directories: ``image`` (S, S, 3) uint8, ``question``, ``answer``.
+    """The samples of one or more VL directories: ``image`` (S, S, 3) uint8, ``question``,
+    ``answer`` and ``emoji``: the index in ``named_emojis`` of the one emoji a per-emoji image
+    shows (``NO_EMOJI`` for a scene), the label of ``gf_training.name_probe``.
 
     ``image_crop`` (the model's crop of the camera frame) applies to camera views only (scenes
     rendered by the simulator); a glyph or a card is seen whole."""
@@ -119,13 +124,19 @@ class VLDataset(Dataset):
         self.items: list[tuple[Path, VLRecord]] = []
         self._camera_view: dict[Path, bool] = {}
         self._source_sizes: list[int] = []
+        per_emoji: dict[Path, bool] = {}
         for d in directories:
             info, records = read_vl_dir(d)
             self._camera_view[Path(d)] = info.get("generator") in CAMERA_VIEWS
+            per_emoji[Path(d)] = info.get("generator") in PER_EMOJI
             self.items.extend((Path(d), r) for r in records)
             self._source_sizes.append(len(records))
         if not self.items:
             raise ValueError(f"no vision-language samples in {', '.join(map(str, directories))}")
+        # Sorted: the same directories give the same labels in every run and after a resume.
+        self.named_emojis = sorted({r.emoji_ids[0] for d, r in self.items if per_emoji[d]})
+        index = {e: i for i, e in enumerate(self.named_emojis)}
+        self._labels = [index[r.emoji_ids[0]] if per_emoji[d] else NO_EMOJI for d, r in self.items]
         self.image_size = image_size
         self.image_crop = image_crop
 
@@ -144,11 +155,12 @@ class VLDataset(Dataset):
         directory, record = self.items[index]
         image = np.asarray(Image.open(directory / record.image).convert("RGB"))
         image = fit_image(image, self.image_size, self.image_crop if self._camera_view[directory] else None)
-        return {"image": image, "question": record.question, "answer": record.answer}
+        return {"image": image, "question": record.question, "answer": record.answer, "emoji": self._labels[index]}
 
 
 class VLCollator:
-    """VL samples -> ``vl_pixel_values``, ``vl_input_ids``, ``vl_attention_mask``, ``vl_target_mask``.
+    """VL samples -> ``vl_pixel_values``, ``vl_input_ids``, ``vl_attention_mask``, ``vl_target_mask``
+    and ``EMOJI_LABEL`` (each sample's emoji label, ``VLDataset``).
 
     Sequence: ``[image tokens] <bos> question "\\n" answer <eos>``, right-padded to
     ``tokens_per_image + max_text_tokens``; an answer that does not fit is cut (and loses EOS)."""
@@ -186,4 +198,5 @@ class VLCollator:
         return {
             "vl_pixel_values": self.processor.preprocess_images([s["image"] for s in samples]),
             "vl_input_ids": ids, "vl_attention_mask": attention, "vl_target_mask": target,
+            EMOJI_LABEL: torch.tensor([s.get("emoji", NO_EMOJI) for s in samples], dtype=torch.long),
         }

@@ -15,12 +15,11 @@ import numpy as np
 
 from gf_bringup.constants import DEFAULT_SPLIT
 from gf_eval.splits import EmojiSplits, SplitEntry, load_splits
-from gf_training.vl_format import CAMERA_VIEWS, IMAGES, VL_FORMAT, VLRecord, _prepare, _save_png, _write
+from gf_training.vl_format import CAMERA_VIEWS, IMAGES, PER_EMOJI, VL_FORMAT, VLRecord, _prepare, _save_png, _write
 from gf_training.vl_samples import card_sample, cube_sample, glyph_sample, table_card_sample, tabletop_sample, which_sample
 
 # Generators of images per emoji (the rest: scenes): (entry, index, seed, size) -> image, question, meta.
-PER_EMOJI_SAMPLES = {"glyphs": glyph_sample, "cards": card_sample, "tablecards": table_card_sample}
-PER_EMOJI = tuple(PER_EMOJI_SAMPLES)
+PER_EMOJI_SAMPLES = dict(zip(PER_EMOJI, (glyph_sample, card_sample, table_card_sample)))
 GENERATORS = (*PER_EMOJI, *CAMERA_VIEWS)
 # Keep the generated scenes away from the evaluation trials (base seed 0) of the same emojis,
 # and the scene generators away from each other.

@@ -1,0 +1,80 @@
+"""The auxiliary naming target (`name_probe`): its labels, that it learns, that it resumes exactly
+and leaves the checkpoint a row starts from unchanged in form."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gf_training.config import load_config
+from gf_training.name_probe import NAME_PROBE_STATE
+from gf_training.train import train
+from gf_training.vl_format import EMOJI_LABEL, NO_EMOJI, VLCollator, VLDataset, read_vl_dir
+
+torch.set_num_threads(1)
+
+QUIET = ["logging.progress=false", "logging.tensorboard=false"]
+
+
+def vl_only(glyph_dir, out, *extra):
+    return load_config("tiny", [f"output_dir={out}", *QUIET, "train.batch_size=8", "train.micro_batch_size=8",
+                                "optim.warmup_steps=4", f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=1",
+                                "cotrain.max_text_tokens=24", *extra])
+
+
+def test_each_per_emoji_sample_is_labelled_by_its_emoji(glyph_dir, tmp_path):
+    _, records = read_vl_dir(glyph_dir)
+    dataset = VLDataset([glyph_dir], image_size=32)
+    assert dataset.named_emojis == sorted({r.emoji_ids[0] for r in records})
+    for i in (0, 7, len(records) - 1):
+        assert dataset.named_emojis[dataset[i]["emoji"]] == records[i].emoji_ids[0]
+    # A directory whose images show no single emoji (a scene generator's) carries no label.
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    info = json.loads((glyph_dir / "info.json").read_text())
+    (scenes / "info.json").write_text(json.dumps({**info, "generator": "which"}))
+    (scenes / "manifest.jsonl").write_text((glyph_dir / "manifest.jsonl").read_text().splitlines()[0] + "\n")
+    (scenes / "images").symlink_to(glyph_dir / "images")
+    mixed = VLDataset([glyph_dir, scenes], image_size=32)
+    assert mixed.named_emojis == dataset.named_emojis and mixed[len(records)]["emoji"] == NO_EMOJI
+
+    _, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=1", "train.save_steps=[]"))
+    batch = VLCollator(trainer.fitted_processor, 24)([mixed[0], mixed[len(records)]])
+    assert batch[EMOJI_LABEL].tolist() == [mixed[0]["emoji"], NO_EMOJI]
+
+
+def test_probe_learns_the_names_and_the_export_keeps_its_form(glyph_dir, tmp_path):
+    steps = 200
+    common = [f"train.steps={steps}", f"train.save_steps=[{steps}]", "optim.lr=0.001"]
+    with_probe, _ = train(vl_only(glyph_dir, tmp_path / "probe", *common, "name_probe.weight=1.0"))
+    names = with_probe.parts["loss_names"]
+    assert len(names) == steps
+    assert np.mean(names[-10:]) < 0.5 * np.mean(names[:5]), (names[:5], names[-10:])
+    checkpoint = with_probe.checkpoints[-1]
+    assert (checkpoint / NAME_PROBE_STATE).exists()
+    plain, _ = train(vl_only(glyph_dir, tmp_path / "plain", *common))
+    a = load_file(str(checkpoint / "model.safetensors"))
+    b = load_file(str(plain.checkpoints[-1] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert not (plain.checkpoints[-1] / NAME_PROBE_STATE).exists() and "loss_names" not in plain.parts
+
+
+def test_resume_with_the_probe_continues_exactly(glyph_dir, tmp_path):
+    common = ["name_probe.weight=0.5", "optim.decay_steps=6"]
+    straight, _ = train(vl_only(glyph_dir, tmp_path / "a", "train.steps=6", "train.save_steps=[3, 6]", *common))
+    first, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=3", "train.save_steps=[3]", *common))
+    resumed, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=6", "train.save_steps=[3, 6]", *common))
+    assert first.losses + resumed.losses == straight.losses
+    assert first.parts["loss_names"] + resumed.parts["loss_names"] == straight.parts["loss_names"]
+    a = torch.load(straight.checkpoints[-1] / NAME_PROBE_STATE, weights_only=False)["head"]
+    b = torch.load(resumed.checkpoints[-1] / NAME_PROBE_STATE, weights_only=False)["head"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_without_vision_language_data_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="name_probe.weight > 0 needs vision-language data"):
+        train(load_config("tiny", [f"output_dir={tmp_path}", *QUIET, "train.steps=1", "name_probe.weight=1.0"]))
