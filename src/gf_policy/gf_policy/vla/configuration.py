@@ -21,6 +21,8 @@ from typing import Any
 
 from transformers import GemmaConfig, PaliGemmaConfig
 
+from .vision_stem import check_stem, stem_widths
+
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
 
@@ -247,6 +249,9 @@ class VLAConfig:
                 raise ValueError(f"image_crop must be [left, top, right, bottom] fractions with left < right and "
                                  f"top < bottom in [0, 1], got {self.image_crop!r}")
             self.image_crop = crop
+        widths = stem_widths(self.vision_config)
+        if widths is not None:
+            check_stem(widths, int(self.vision_config["patch_size"]))
         self._validate_targets()
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', not {self.attn_implementation!r}")

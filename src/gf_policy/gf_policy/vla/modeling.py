@@ -46,6 +46,7 @@ from .normalization import NormStats
 from .persistence import WEIGHTS_NAME, PretrainedMixin
 from .targets import TechniqueTargetsMixin
 from .techniques import make_layout_mask
+from .vision_stem import install_conv_stem
 
 __all__ = ["BATCH_KEYS", "WEIGHTS_NAME", "PI0StyleVLA", "make_block_attention_mask"]
 
@@ -68,6 +69,7 @@ class PI0StyleVLA(TechniqueTargetsMixin, DiscreteActionsMixin, LatentActionsMixi
         super().__init__()
         self.config = config
         self.paligemma = paligemma if paligemma is not None else PaliGemmaForConditionalGeneration(config.paligemma_config())
+        install_conv_stem(self.vlm)  # vision_stem.py: only if the VLM's config asks for one
         expert_cfg = config.expert_gemma_config()
         width = config.expert_hidden_size
         self.expert = ActionExpert(expert_cfg)

@@ -22,6 +22,7 @@ from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from .configuration import CONFIG_NAME, VLAConfig
 from .local_files import local_dir as require_local_dir
 from .normalization import NORM_STATS_NAME, load_norm_stats, save_norm_stats
+from .vision_stem import install_conv_stem, load_conv_stem
 
 if TYPE_CHECKING:
     from .modeling import PI0StyleVLA
@@ -72,6 +73,8 @@ class PretrainedMixin:
         pg_config = PaliGemmaConfig.from_pretrained(str(require_local_dir(local_dir, "PaliGemma model")))
         config = VLAConfig(vlm=pg_config.to_dict(), **dict(cfg_overrides or {}))
         paligemma = PaliGemmaForConditionalGeneration.from_pretrained(str(local_dir), dtype=dtype or torch.float32)
+        if install_conv_stem(paligemma):  # transformers knows no stem: it skipped those weights
+            load_conv_stem(paligemma, Path(local_dir))
         model = cls(config, paligemma=paligemma)
         return model.to(dtype) if dtype is not None else model
 
