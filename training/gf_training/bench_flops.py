@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from gf_policy.vla.vision_stem import stem_widths
+
 TRAIN_BACKWARD_FACTOR = 2.0  # backward ~ 2x forward for matmuls (input and weight gradients)
 
 
@@ -54,7 +56,15 @@ def vision_flops(cfg: Any) -> float:
     d, f, layers, patch = int(v["hidden_size"]), int(v["intermediate_size"]), int(v["num_hidden_layers"]), int(v["patch_size"])
     p = cfg.tokens_per_image
     per_layer = 4 * 2 * p * d * d + 2 * 2 * p * d * f + 2 * 2 * p * p * d
-    embed = 2 * p * 3 * patch * patch * d
+    widths = stem_widths(v)
+    if widths is None:
+        embed = 2 * p * 3 * patch * patch * d
+    else:  # gf_policy.vla.vision_stem: 3x3 convolutions, each at the resolution before its pooling
+        side, channels, embed = cfg.image_size, 3, 0
+        for width in widths:
+            embed += 2 * side * side * 9 * channels * width
+            side, channels = side // 2, width
+        embed += 2 * p * channels * d
     projector = 2 * p * d * int(cfg.text_config["hidden_size"])
     return float(cfg.num_images * (layers * per_layer + embed + projector))
 

@@ -57,6 +57,18 @@ def test_analytic_flops_equal_the_counter_on_tiny_models(overrides):
     assert train_step_flops(cfg, 8) == pytest.approx(3 * 8 * forward_flops(cfg).total)
 
 
+def test_analytic_flops_count_a_convolutional_stem():
+    base = VLAConfig.tiny()
+    vlm = json.loads(json.dumps(base.vlm))
+    vlm["vision_config"]["conv_stem"] = [4, 8, 8]
+    cfg = base.replace(vlm=vlm)
+    torch.manual_seed(0)
+    model = PI0StyleVLA.from_config(cfg)
+    batch = make_batch(cfg, batch_size=2)
+    assert counted(lambda: model.compute_loss(batch)) == pytest.approx(2 * forward_flops(cfg).total, rel=1e-9)
+    assert forward_flops(cfg).vision > forward_flops(base).vision
+
+
 def test_real_size_model_flops_and_parameters():
     real = VLAConfig(action_horizon=50)
     params = count_parameters(real)
