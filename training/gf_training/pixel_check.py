@@ -9,7 +9,13 @@ draws from seed 0 unless told otherwise). Chance is one over the number of emoji
 It is a reference for a VLM's probe on the same data, not a model of the benchmark: where this
 classifier names the emojis and the VLM does not, what the VLM lacks is not in the images.
 
+``--tower CONFIG`` puts a ``gf-train`` config's vision tower (from random weights) in the CNN's
+place, read by ``name_probe``'s head (its tokens max-pooled, a LayerNorm, a linear layer): the
+VLM's eyes on their own, without the language model, e.g. with and without a convolutional stem.
+
     gf-pixel-check vl/mini/val_tablecards --epochs 12 --out pixel_check.json
+    gf-pixel-check vl/mini/val_tablecards --tower mini/table_names.yaml --lr 0.001 \
+        --set "model.config.vlm.vision.conv_stem=[16,32,64,96]"
 """
 
 from __future__ import annotations
@@ -39,6 +45,34 @@ def small_cnn(classes: int) -> nn.Module:
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
         nn.Flatten(), nn.Linear(64, classes),
     )
+
+
+class TowerClassifier(nn.Module):
+    """A VLA's vision tower read by the name probe's head; images in [0, 1] as the CNN takes them."""
+
+    def __init__(self, tower: nn.Module, classes: int):
+        super().__init__()
+        from gf_training.name_probe import NameProbeHead
+
+        self.tower = tower
+        self.head = NameProbeHead(int(tower.config.hidden_size), classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.tower(pixel_values=(images - 0.5) / 0.5).last_hidden_state  # the VLA processor's scaling
+        return self.head(tokens)
+
+
+def tower_factory(config: str, overrides: list[str]) -> Callable[[int], nn.Module]:
+    """``classes -> TowerClassifier`` of the vision tower of ``config`` (a gf-train config) from
+    random weights; its image size must be the directory's."""
+    from gf_training.build import build_model
+    from gf_training.config import load_config
+
+    cfg = load_config(config, overrides)
+
+    def make(classes: int) -> nn.Module:
+        return TowerClassifier(build_model(cfg).vlm.model.vision_tower, classes)
+    return make
 
 
 def _as_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -79,10 +113,11 @@ def unseen_renderings(info: dict[str, Any], entries: list[Any], per_emoji: int) 
 def train_and_score(
     images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor, classes: int,
     epochs: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log: Callable[[str], None] | None = None,
+    learner: Callable[[int], nn.Module] = small_cnn,
 ) -> list[dict[str, float]]:
-    """Accuracy on the test images after each epoch (Adam, cross-entropy)."""
+    """Accuracy on the test images after each epoch (Adam, cross-entropy) of ``learner(classes)``."""
     torch.manual_seed(seed)
-    net = small_cnn(classes)
+    net = learner(classes)
     opt = torch.optim.Adam(net.parameters(), lr)
     history = []
     started = time.perf_counter()
@@ -119,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-emoji", type=int, default=1, help="unseen renderings per emoji to score on (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--tower", metavar="CONFIG", help="learn with this gf-train config's vision tower instead of the CNN")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override in the --tower config (repeatable)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -126,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         info, entries, images, labels = load_training_set(args.vl_dir, args.split)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    if args.set and not args.tower:
+        parser.error("--set applies to --tower")
+    learner = tower_factory(args.tower, args.set) if args.tower else small_cnn
     test_images, test_labels = unseen_renderings(info, entries, args.per_emoji)
     history = train_and_score(images, labels, test_images, test_labels, len(entries), args.epochs, args.batch_size,
-                              args.lr, args.seed, log=print)
-    result = {"vl_dir": str(args.vl_dir), "generator": info["generator"], "split": info["split"],
+                              args.lr, args.seed, log=print, learner=learner)
+    result = {"vl_dir": str(args.vl_dir), "learner": {"tower": args.tower, "set": args.set} if args.tower else "cnn",
+              "generator": info["generator"], "split": info["split"],
               "lists": info["lists"], "emojis": len(entries), "train_images": len(images),
               "test_images": len(test_images), "test_seed": PROBE_CARD_SEED, "chance": 1 / len(entries),
               "final_accuracy": history[-1]["accuracy"], "epochs": history}

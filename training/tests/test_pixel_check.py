@@ -53,3 +53,15 @@ def test_a_directory_of_another_split_is_refused(tmp_path, split_file, capsys):
     with pytest.raises(SystemExit):
         main([str(vl), "--split", "gf-default-v1"])
     assert "was made from split 'pixel-test'" in capsys.readouterr().err
+
+
+def test_a_vision_tower_can_stand_in_for_the_cnn(tmp_path, split_file):
+    vl = generate_glyphs(tmp_path / "glyphs", str(split_file), ["Train"], per_emoji=24, size=32)
+    out = tmp_path / "tower.json"
+    assert main([str(vl), "--split", str(split_file), "--tower", "tiny", "--set", "model.config.image_size=32",
+                 "--epochs", "25", "--batch-size", "16", "--lr", "0.001", "--per-emoji", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["learner"] == {"tower": "tiny", "set": ["model.config.image_size=32"]}
+    assert result["final_accuracy"] >= 0.5, result["epochs"]
+    with pytest.raises(SystemExit):
+        main([str(vl), "--split", str(split_file), "--set", "model.config.image_size=32"])
