@@ -20,13 +20,7 @@ torch.set_num_threads(1)
 QUIET = ["logging.progress=false", "logging.tensorboard=false"]
 
 
-def vl_only(glyph_dir, out, *extra):
-    return load_config("tiny", [f"output_dir={out}", *QUIET, "train.batch_size=8", "train.micro_batch_size=8",
-                                "optim.warmup_steps=4", f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=1",
-                                "cotrain.max_text_tokens=24", *extra])
-
-
-def test_each_per_emoji_sample_is_labelled_by_its_emoji(glyph_dir, tmp_path):
+def test_each_per_emoji_sample_is_labelled_by_its_emoji(glyph_dir, vl_only, tmp_path):
     _, records = read_vl_dir(glyph_dir)
     dataset = VLDataset([glyph_dir], image_size=32)
     assert dataset.named_emojis == sorted({r.emoji_ids[0] for r in records})
@@ -42,32 +36,32 @@ def test_each_per_emoji_sample_is_labelled_by_its_emoji(glyph_dir, tmp_path):
     mixed = VLDataset([glyph_dir, scenes], image_size=32)
     assert mixed.named_emojis == dataset.named_emojis and mixed[len(records)]["emoji"] == NO_EMOJI
 
-    _, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=1", "train.save_steps=[]"))
+    _, trainer = train(vl_only(tmp_path / "run", "train.steps=1", "train.save_steps=[]"))
     batch = VLCollator(trainer.fitted_processor, 24)([mixed[0], mixed[len(records)]])
     assert batch[EMOJI_LABEL].tolist() == [mixed[0]["emoji"], NO_EMOJI]
 
 
-def test_probe_learns_the_names_and_the_export_keeps_its_form(glyph_dir, tmp_path):
+def test_probe_learns_the_names_and_the_export_keeps_its_form(vl_only, tmp_path):
     steps = 200
     common = [f"train.steps={steps}", f"train.save_steps=[{steps}]", "optim.lr=0.001"]
-    with_probe, _ = train(vl_only(glyph_dir, tmp_path / "probe", *common, "name_probe.weight=1.0"))
+    with_probe, _ = train(vl_only(tmp_path / "probe", *common, "name_probe.weight=1.0"))
     names = with_probe.parts["loss_names"]
     assert len(names) == steps
     assert np.mean(names[-10:]) < 0.5 * np.mean(names[:5]), (names[:5], names[-10:])
     checkpoint = with_probe.checkpoints[-1]
     assert (checkpoint / NAME_PROBE_STATE).exists()
-    plain, _ = train(vl_only(glyph_dir, tmp_path / "plain", *common))
+    plain, _ = train(vl_only(tmp_path / "plain", *common))
     a = load_file(str(checkpoint / "model.safetensors"))
     b = load_file(str(plain.checkpoints[-1] / "model.safetensors"))
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert not (plain.checkpoints[-1] / NAME_PROBE_STATE).exists() and "loss_names" not in plain.parts
 
 
-def test_resume_with_the_probe_continues_exactly(glyph_dir, tmp_path):
+def test_resume_with_the_probe_continues_exactly(vl_only, tmp_path):
     common = ["name_probe.weight=0.5", "optim.decay_steps=6"]
-    straight, _ = train(vl_only(glyph_dir, tmp_path / "a", "train.steps=6", "train.save_steps=[3, 6]", *common))
-    first, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=3", "train.save_steps=[3]", *common))
-    resumed, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=6", "train.save_steps=[3, 6]", *common))
+    straight, _ = train(vl_only(tmp_path / "a", "train.steps=6", "train.save_steps=[3, 6]", *common))
+    first, _ = train(vl_only(tmp_path / "b", "train.steps=3", "train.save_steps=[3]", *common))
+    resumed, _ = train(vl_only(tmp_path / "b", "train.steps=6", "train.save_steps=[3, 6]", *common))
     assert first.losses + resumed.losses == straight.losses
     assert first.parts["loss_names"] + resumed.parts["loss_names"] == straight.parts["loss_names"]
     a = torch.load(straight.checkpoints[-1] / NAME_PROBE_STATE, weights_only=False)["head"]

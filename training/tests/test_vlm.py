@@ -20,30 +20,24 @@ torch.set_num_threads(1)
 QUIET = ["logging.progress=false", "logging.tensorboard=false"]
 
 
-def vl_only(glyph_dir, out, *extra):
-    return load_config("tiny", [f"output_dir={out}", *QUIET, "train.batch_size=8", "train.micro_batch_size=8",
-                                "optim.warmup_steps=4", f"cotrain.vl_dirs=[{glyph_dir}]", "cotrain.ratio=1",
-                                "cotrain.max_text_tokens=24", *extra])
-
-
-def test_vision_language_only_training_learns_and_resumes_exactly(glyph_dir, tmp_path):
-    result, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=40", "train.save_steps=[]"))
+def test_vision_language_only_training_learns_and_resumes_exactly(vl_only, tmp_path):
+    result, trainer = train(vl_only(tmp_path / "run", "train.steps=40", "train.save_steps=[]"))
     assert (trainer.vla_micro, trainer.vl_micro) == (0, 8) and trainer.episodes == []
     lm = result.parts["loss_lm"]
     assert set(result.parts) == {"loss_lm"} and np.mean(lm[-5:]) < 0.85 * np.mean(lm[:5]), (lm[:5], lm[-5:])
     checkpoint = trainer.run_dir / "checkpoints" / "step_000040"
     assert (checkpoint / "model.safetensors").is_file() and not (trainer.run_dir / "norm_stats.json").exists()
     # Stopped at step 2 and resumed: the same samples, the same losses.
-    straight, _ = train(vl_only(glyph_dir, tmp_path / "a", "train.steps=4", "train.save_steps=[2]"))
-    first, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=2", "train.save_steps=[2]"))
-    resumed, _ = train(vl_only(glyph_dir, tmp_path / "b", "train.steps=4", "train.save_steps=[2]"))
+    straight, _ = train(vl_only(tmp_path / "a", "train.steps=4", "train.save_steps=[2]"))
+    first, _ = train(vl_only(tmp_path / "b", "train.steps=2", "train.save_steps=[2]"))
+    resumed, _ = train(vl_only(tmp_path / "b", "train.steps=4", "train.save_steps=[2]"))
     assert first.losses + resumed.losses == straight.losses
     with pytest.raises(ValueError, match="vision-language samples only.*scene_probe"):
-        train(vl_only(glyph_dir, tmp_path / "c", "train.steps=1", "scene_probe.weight=1.0"))
+        train(vl_only(tmp_path / "c", "train.steps=1", "scene_probe.weight=1.0"))
 
 
-def test_the_exported_vlm_is_a_paligemma_directory_with_the_same_outputs(glyph_dir, tmp_path):
-    _, trainer = train(vl_only(glyph_dir, tmp_path / "run", "train.steps=4", "train.save_steps=[]"))
+def test_the_exported_vlm_is_a_paligemma_directory_with_the_same_outputs(vl_only, tmp_path):
+    _, trainer = train(vl_only(tmp_path / "run", "train.steps=4", "train.save_steps=[]"))
     checkpoint = trainer.run_dir / "checkpoints" / "step_000004"
     out = tmp_path / "hf"
     assert vlm_main(["export", str(checkpoint), "--out", str(out)]) == 0
