@@ -24,7 +24,7 @@ from gf_policy.backends.remote import (
     RemotePolicyTimeout,
 )
 from gf_policy.backends.vla import VLABackend
-from gf_policy.server import PolicyServer, ServerThread, pack, unpack
+from gf_policy.server import BatchingConfig, PolicyServer, ServerThread, pack, unpack
 from gf_policy.vla import (
     NormStats,
     PI0StyleVLA,
@@ -154,6 +154,18 @@ def test_timeout_then_recovery(policy):
         remote.timeout_s = 10.0
         # a fresh connection: the late answer to the abandoned request can never be read as this one
         assert remote.act(observation(1)).actions.shape == (HORIZON, 7)
+
+
+def test_a_timeout_the_server_reports_first_is_a_timeout(policy):
+    """The server holds a request to its own deadline too; when that fires before the client's
+    (here it is shorter; on a loaded machine it can simply arrive first), the client still says
+    timeout, not "refused"."""
+    slow = SlowPolicy(policy, delay=1.5)
+    server = PolicyServer(slow, "127.0.0.1", 0, batching=BatchingConfig(request_timeout_s=0.2))
+    with ServerThread(server) as thread:
+        remote = RemoteBackend(thread.server.url, timeout_s=10.0)
+        with pytest.raises(RemotePolicyTimeout, match="did not answer within 10 s \\(the server gave up"):
+            remote.act(observation(0))
 
 
 def test_reconnects_after_a_server_restart(policy):
