@@ -147,7 +147,8 @@ def test_timeout_then_recovery(policy):
     with ServerThread(PolicyServer(slow, "127.0.0.1", 0)) as thread:
         remote = RemoteBackend(thread.server.url, timeout_s=0.3)
         started = time.monotonic()
-        with pytest.raises(RemotePolicyTimeout, match="did not answer within 0.3 s"):
+        # whichever end's deadline fires first (both are 0.3 s)
+        with pytest.raises(RemotePolicyTimeout, match=r"did not answer (within 0.3 s|in time \(timeout\): no answer within 0.3 s)"):
             remote.act(observation(0))
         assert time.monotonic() - started < 1.2
         slow.delay = 0.0
@@ -164,7 +165,7 @@ def test_a_timeout_the_server_reports_first_is_a_timeout(policy):
     server = PolicyServer(slow, "127.0.0.1", 0, batching=BatchingConfig(request_timeout_s=0.2))
     with ServerThread(server) as thread:
         remote = RemoteBackend(thread.server.url, timeout_s=10.0)
-        with pytest.raises(RemotePolicyTimeout, match="did not answer within 10 s \\(the server gave up"):
+        with pytest.raises(RemotePolicyTimeout, match=r"did not answer in time \(timeout\): no answer within 0.2 s"):
             remote.act(observation(0))
 
 

@@ -198,8 +198,7 @@ class RemoteBackend(PolicyBackend):
             if reply.get("type") == "error" and reply.get("code") == "timeout":
                 # The server holds the request to our timeout_s too; on a busy machine its own
                 # deadline can fire before ours: the same timeout, seen from the other end.
-                raise RemotePolicyTimeout(f"{self.url} did not answer within {self.timeout_s:g} s "
-                                          f"(the server gave up: {reply.get('message')})")
+                raise RemotePolicyTimeout(f"{self.url} did not answer in time (timeout): {reply.get('message')}")
             if reply.get("type") == "error":
                 raise RemotePolicyError(f"{self.url} refused the request ({reply.get('code')}): {reply.get('message')}")
             return reply
