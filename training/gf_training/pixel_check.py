@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 
 from gf_eval.splits import load_splits
+from gf_policy.vla.processing import to_model_range
 from gf_training.vl_format import read_vl_dir
 from gf_training.vl_generate import PER_EMOJI_SAMPLES, PROBE_CARD_SEED, pooled_entries
 
@@ -58,7 +59,7 @@ class TowerClassifier(nn.Module):
         self.head = NameProbeHead(int(tower.config.hidden_size), classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.tower(pixel_values=(images - 0.5) / 0.5).last_hidden_state  # the VLA processor's scaling
+        tokens = self.tower(pixel_values=to_model_range(images)).last_hidden_state
         return self.head(tokens)
 
 

@@ -62,6 +62,11 @@ def _as_nested_images(images: ImageInput) -> list[list[np.ndarray]]:
     return nested
 
 
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [0, 1] -> the range the vision tower reads, [-1, 1] (SigLIP's)."""
+    return (pixels - 0.5) / 0.5
+
+
 class VLAProcessor:
     """Image preprocessing and prompt tokenisation for ``PI0StyleVLA``."""
 
@@ -97,7 +102,7 @@ class VLAProcessor:
             raise ValueError(f"expected a uint8 H x W x 3 RGB image, got {desc}")
         image = fit_image(image, self.config.image_size, self.config.image_crop)
         x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-        return (x / 255.0 - 0.5) / 0.5
+        return to_model_range(x / 255.0)
 
     def preprocess_images(self, images: ImageInput) -> torch.Tensor:
         """Images in any accepted layout -> (B, num_images, 3, S, S)."""

@@ -64,11 +64,6 @@ class ConvStem(nn.Module):
         return self.proj(self.layers(pixel_values))
 
 
-def _embeddings(paligemma: nn.Module) -> nn.Module:
-    tower = paligemma.model.vision_tower
-    return tower.embeddings if hasattr(tower, "embeddings") else tower.vision_model.embeddings
-
-
 def install_conv_stem(paligemma: nn.Module) -> bool:
     """Replace the vision tower's patch embedding by the stem its config asks for (if any and
     not yet installed); True if the model has a stem afterwards."""
@@ -76,7 +71,7 @@ def install_conv_stem(paligemma: nn.Module) -> bool:
     widths = stem_widths(tower.config)
     if widths is None:
         return False
-    embeddings = _embeddings(paligemma)
+    embeddings = tower.embeddings
     if not isinstance(embeddings.patch_embedding, ConvStem):
         check_stem(widths, int(tower.config.patch_size))
         embeddings.patch_embedding = ConvStem(widths, int(tower.config.hidden_size))
@@ -91,7 +86,7 @@ def load_conv_stem(paligemma: nn.Module, directory: Path) -> None:
     for file in sorted(Path(directory).glob("model*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             state.update({k.split(marker, 1)[1]: f.get_tensor(k) for k in f.keys() if marker in k})
-    stem = _embeddings(paligemma).patch_embedding
+    stem = paligemma.model.vision_tower.embeddings.patch_embedding
     try:
         stem.load_state_dict(state, strict=True)
     except RuntimeError as exc:
