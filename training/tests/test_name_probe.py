@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gf_training.config import load_config
 from gf_training.name_probe import NAME_PROBE_STATE
@@ -41,7 +40,7 @@ def test_each_per_emoji_sample_is_labelled_by_its_emoji(glyph_dir, vl_only, tmp_
     assert batch[EMOJI_LABEL].tolist() == [mixed[0]["emoji"], NO_EMOJI]
 
 
-def test_probe_learns_the_names_and_the_export_keeps_its_form(vl_only, tmp_path):
+def test_probe_learns_the_names_and_the_export_keeps_its_form(vl_only, same_export_form, tmp_path):
     steps = 200
     common = [f"train.steps={steps}", f"train.save_steps=[{steps}]", "optim.lr=0.001"]
     with_probe, _ = train(vl_only(tmp_path / "probe", *common, "name_probe.weight=1.0"))
@@ -51,22 +50,16 @@ def test_probe_learns_the_names_and_the_export_keeps_its_form(vl_only, tmp_path)
     checkpoint = with_probe.checkpoints[-1]
     assert (checkpoint / NAME_PROBE_STATE).exists()
     plain, _ = train(vl_only(tmp_path / "plain", *common))
-    a = load_file(str(checkpoint / "model.safetensors"))
-    b = load_file(str(plain.checkpoints[-1] / "model.safetensors"))
-    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    same_export_form(checkpoint, plain.checkpoints[-1])
     assert not (plain.checkpoints[-1] / NAME_PROBE_STATE).exists() and "loss_names" not in plain.parts
 
 
-def test_resume_with_the_probe_continues_exactly(vl_only, tmp_path):
+def test_resume_with_the_probe_continues_exactly(vl_only, resumed_exactly, tmp_path):
     common = ["name_probe.weight=0.5", "optim.decay_steps=6"]
     straight, _ = train(vl_only(tmp_path / "a", "train.steps=6", "train.save_steps=[3, 6]", *common))
     first, _ = train(vl_only(tmp_path / "b", "train.steps=3", "train.save_steps=[3]", *common))
     resumed, _ = train(vl_only(tmp_path / "b", "train.steps=6", "train.save_steps=[3, 6]", *common))
-    assert first.losses + resumed.losses == straight.losses
-    assert first.parts["loss_names"] + resumed.parts["loss_names"] == straight.parts["loss_names"]
-    a = torch.load(straight.checkpoints[-1] / NAME_PROBE_STATE, weights_only=False)["head"]
-    b = torch.load(resumed.checkpoints[-1] / NAME_PROBE_STATE, weights_only=False)["head"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed_exactly(straight, first, resumed, "loss_names", NAME_PROBE_STATE)
 
 
 def test_a_run_without_vision_language_data_is_refused(tmp_path):

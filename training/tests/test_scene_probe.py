@@ -8,7 +8,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gf_training.config import load_config
 from gf_training.data import SCENE_TARGET, ChunkDataset, synthetic_episodes
@@ -43,7 +42,7 @@ def test_demos_without_their_trial_are_refused_by_name():
         SceneTargets.from_episodes(episodes)
 
 
-def test_probe_learns_where_the_mark_is_and_the_export_keeps_its_form(tmp_path):
+def test_probe_learns_where_the_mark_is_and_the_export_keeps_its_form(same_export_form, tmp_path):
     steps = 300
     # 12 episodes: the red card stands on each of the three slots in some of them.
     common = [f"train.steps={steps}", f"train.save_steps=[{steps}]", "optim.warmup_steps=20",
@@ -58,22 +57,16 @@ def test_probe_learns_where_the_mark_is_and_the_export_keeps_its_form(tmp_path):
     assert (ckpt / PROBE_STATE).exists()
 
     plain, _ = train(tiny_cfg(tmp_path / "plain", *common))
-    a = load_file(str(ckpt / "model.safetensors"))
-    b = load_file(str(plain.checkpoints[-1] / "model.safetensors"))
-    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    same_export_form(ckpt, plain.checkpoints[-1])
     assert not (plain.checkpoints[-1] / PROBE_STATE).exists()
     assert "loss_scene" not in plain.parts
 
 
-def test_resume_with_the_probe_continues_exactly(tmp_path):
+def test_resume_with_the_probe_continues_exactly(resumed_exactly, tmp_path):
     common = ["optim.decay_steps=6", "train.batch_size=4", "train.micro_batch_size=2", "scene_probe.weight=0.5",
               "data.synthetic.num_episodes=12"]
     straight, _ = train(tiny_cfg(tmp_path / "a", "train.steps=6", "train.save_steps=[3, 6]", *common))
     first, _ = train(tiny_cfg(tmp_path / "b", "train.steps=3", "train.save_steps=[3]", *common))
     assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [3]
     resumed, _ = train(tiny_cfg(tmp_path / "b", "train.steps=6", "train.save_steps=[3, 6]", *common))
-    assert first.losses + resumed.losses == straight.losses
-    assert first.parts["loss_scene"] + resumed.parts["loss_scene"] == straight.parts["loss_scene"]
-    a = torch.load(straight.checkpoints[-1] / PROBE_STATE, weights_only=False)["head"]
-    b = torch.load(resumed.checkpoints[-1] / PROBE_STATE, weights_only=False)["head"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed_exactly(straight, first, resumed, "loss_scene", PROBE_STATE)
