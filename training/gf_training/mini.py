@@ -24,6 +24,8 @@ of the remaining time from the rates in ``ESTIMATED_RATES``.
 The parts: ``mini_plan`` (the recipes, ``Plan``), ``mini_stages`` (what each stage runs and when
 it is finished) and ``mini_report`` (the report); this module runs the stages and holds
 ``gf-mini``, and re-exports the others' names, so ``gf_training.mini`` still reaches everything.
+The comparison of issue 18 has its own two: ``mini_comparison`` (``gf-mini compare``, the table
+from the rows' files) and ``mini_schedule`` (``gf-mini run-comparison``, every run it needs).
 """
 
 from __future__ import annotations
@@ -152,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser("compare", help="the comparison's table, held-out differences and Figure 2 from the "
                                              "rows' evaluated runs (runs/mini/comparison/)")
     compare.add_argument("--root", default=".", help="directory that holds runs/ (default: here)")
+    everything = sub.add_parser("run-comparison", help="run (or continue) every run of the comparison in dependency "
+                                                       "order, N at a time, then compare")
+    everything.add_argument("--root", default=".", help="directory that holds demos/ and runs/ (default: here)")
+    everything.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
+    everything.add_argument("--seeds", type=int, default=2, help="seeds of the rows that decide a conclusion "
+                                                                 "(default 2; the other rows train one)")
+    everything.add_argument("--rows", help="comma-separated rows (default: all) and what they need")
+    everything.add_argument("--dry-run", action="store_true", help="print the jobs, run nothing")
     for name, help_text in (("run", "run (or continue) a recipe"), ("report", "rewrite a recipe's report")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", choices=sorted(RECIPES))
@@ -179,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(write_comparison(Path(args.root))["summary"].read_text(encoding="utf-8"), end="")
         return 0
+    if args.command == "run-comparison":
+        from gf_training.mini_schedule import comparison_jobs, run_comparison
+
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+        try:
+            jobs = comparison_jobs(rows, seeds=args.seeds)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return run_comparison(Path(args.root), jobs, limit=max(args.jobs, 1), dry_run=args.dry_run)
     plan = make_plan(args)
     if args.command == "report":
         if plan.recipe.kind == "vlm":

@@ -27,6 +27,12 @@ from gf_training.mini_report import _clock
 
 COMPARISON_DIR = "comparison"
 CONTROL = "scratch-full"
+# The rows the paper's finding rests on (VLM priors help held-out recognition; full fine-tuning
+# erodes them; co-training or a LoRA-tuned VLM keep more): gf-mini run-comparison trains them with
+# a second seed, so a difference between them is not one seed's luck. The frozen VLM's row is not
+# among them because its expert alone finds the cube in 10-15 % of the trials, too few executions
+# for its recognition to decide anything (README Results).
+DECIDING_ROWS = (CONTROL, "vlm-full", "vlm-lora", "cotrain-full")
 # Recognition of the held-out emojis is what VLM priors should change; Train and ID are in the demos.
 HELD_OUT = ("Val", "Hard")
 

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gf_bringup.runtime import lock_directory
 from gf_policy.vla import PI0StyleVLA
 from gf_training.build import (  # noqa: F401 - expand_backbone_sizes, with_latent_sizes: re-exported
     build_model,
@@ -121,6 +122,7 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         self.step = 0
         self.run_dir = Path(cfg.output_dir)
         self._writer: Any = None
+        self._lock: Any = None  # the run directory's, held by the main process while it trains
         self._wandb: Any = None
 
     # ------------------------------------------------------------------ set-up
@@ -129,15 +131,19 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         initial model, data and tokenizer, the trained model with its optimiser (restored when
         resuming), the loaders."""
         cfg = self.cfg
-        self._setup_runtime()
-        # The same seed on every rank for the model's initial weights.
-        seed_everything(cfg.seed)
-        model = build_model(cfg)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        self._setup_data(model)
-        self._setup_model(model)
-        self._setup_loaders()
+        try:
+            self._setup_runtime()
+            # The same seed on every rank for the model's initial weights.
+            seed_everything(cfg.seed)
+            model = build_model(cfg)
+            if cfg.model.gradient_checkpointing:
+                model.gradient_checkpointing_enable()
+            self._setup_data(model)
+            self._setup_model(model)
+            self._setup_loaders()
+        except BaseException:  # a refused resume, bad data: the run directory is free again
+            self._release_run_dir()
+            raise
         self.attention_probe = None
         # Rank 0 measures on its own copy of the weights: not possible when FSDP shards them.
         info = self.info
@@ -170,9 +176,10 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
             )
         self.accum = cfg.train.batch_size // per_step
 
+        if info.is_main:  # before anything in the run directory is read or replaced
+            self._lock = lock_directory(self.run_dir, "training")
         self._resume_from = self._resume_checkpoint()  # before the run's config file is replaced
         if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / RUN_CONFIG).write_text(dump_config(cfg), encoding="utf-8")
         info.barrier()
 
@@ -281,6 +288,7 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
         if self.step >= cfg.train.steps:
             if info.is_main:
                 print(f"[gf-train] {self.run_dir} is already at step {self.step}", file=sys.stderr)
+            self._release_run_dir()
             return result
         self._open_loggers()
         bar = None
@@ -319,13 +327,20 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
             if bar is not None:
                 bar.close()
             self._close_loggers()
+            self._release_run_dir()
         result.step = self.step
         result.steps_per_second = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
         return result
 
+    def _release_run_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def close(self) -> None:
-        """Leave the process group (if this trainer joined one)."""
+        """Leave the process group (if this trainer joined one) and the run directory."""
         self._close_loggers()
+        self._release_run_dir()
         if self.info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 

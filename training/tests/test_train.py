@@ -160,3 +160,18 @@ def test_resume_refuses_a_different_scheme(tmp_path):
     result, _ = train(tiny_cfg(tmp_path, "train.steps=1", "scheme.name=lora", "train.resume=false",
                                "train.save_steps=[]"))
     assert result.step == 1  # starting over is explicit
+
+
+def test_a_second_training_in_the_same_run_directory_is_refused(tmp_path):
+    from gf_bringup.runtime import lock_directory
+
+    held = lock_directory(tmp_path / "run", "training")  # as a running gf-train holds it
+    with pytest.raises(RuntimeError, match="another training is running in"):
+        train(tiny_cfg(tmp_path, "train.steps=2", "train.save_steps=[]"))
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing of the running one was touched
+    held.close()
+    result, trainer = train(tiny_cfg(tmp_path, "train.steps=2", "train.save_steps=[]"))
+    assert result.step == 2
+    # Finished, the run directory is free while the trainer (and its model) lives on.
+    lock_directory(tmp_path / "run", "training").close()
+    trainer.close()

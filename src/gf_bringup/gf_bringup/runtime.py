@@ -152,3 +152,22 @@ def console_script(name: str) -> str:
     this Python interpreter (a venv's bin need not be on PATH), else the name for PATH to find."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else name
+
+
+def lock_directory(directory: Path, holder: str):
+    """Hold an exclusive lock on ``directory`` for this process's lifetime (keep the handle).
+
+    Two processes writing one output directory (an evaluation's results file, a training's
+    checkpoints) would each undo the other's work; the second is refused with RuntimeError. The
+    lock dies with the process, so a crashed run never blocks its own resumption.
+    """
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another {holder} is running in {directory}") from None
+    return handle

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gf_bringup.constants import DEFAULT_SPLIT
+from gf_bringup.runtime import lock_directory
 from gf_eval.results import ResultsFile, TrialRecord, write_run_config
 from gf_eval.scoring import summarize
 from gf_eval.splits import EmojiSplits, load_splits
@@ -51,24 +52,6 @@ class EvaluationConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _lock_output_dir(output_dir: Path):
-    """Hold an exclusive lock on the output directory for this process's lifetime.
-
-    Two evaluations writing one results file would run trials twice; the second one is refused.
-    The lock dies with the process, so a crashed run never blocks its own resumption.
-    """
-    import fcntl
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(output_dir / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"another evaluation is running in {output_dir}") from None
-    return handle
-
-
 class Evaluation:
     """One evaluation run's state: plan, results so far, progress."""
 
@@ -78,7 +61,7 @@ class Evaluation:
     ):
         """``plan`` replaces the trials of ``config.protocols`` (e.g. the real-robot Touch trials)."""
         self.config = config
-        self._lock = _lock_output_dir(Path(config.output_dir))
+        self._lock = lock_directory(Path(config.output_dir), "evaluation")
         self.splits: EmojiSplits = load_splits(config.split)
         self.results = ResultsFile(Path(config.output_dir))
         if plan is None:
