@@ -18,6 +18,9 @@ comparison is written (``gf-mini compare``).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +96,25 @@ def comparison_jobs(rows: Sequence[str] | None = None, seeds: int = 2) -> list[J
 class Process(Protocol):
     def poll(self) -> int | None: ...
 
+    def terminate(self) -> None: ...
+
+
+class JobProcess:
+    """A job's ``gf-mini run`` in a process group of its own, so that stopping it also stops the
+    training or evaluation it started (``gf-mini run`` waits on them, it does not forward signals)."""
+
+    def __init__(self, command: list[str], log: Path):
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            self.popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        self.popen.wait()
+
 
 def run_jobs(jobs: Sequence[Job], start: Callable[[Job], Process], limit: int,
              say: Callable[[str], None], is_done: Callable[[Job], bool] = lambda job: False,
@@ -100,7 +122,8 @@ def run_jobs(jobs: Sequence[Job], start: Callable[[Job], Process], limit: int,
     """Run ``jobs`` with at most ``limit`` at once, each after the jobs it needs succeeded.
 
     Returns each job's exit code: 0 for a job finished earlier (``is_done``), None for a job not
-    started because something it needs failed.
+    started because something it needs failed. Interrupted (Ctrl-C, SIGTERM), it stops the
+    running jobs, which resume from their last checkpoint or result when started again.
     """
     names = {job.name for job in jobs}
     for job in jobs:
@@ -109,6 +132,18 @@ def run_jobs(jobs: Sequence[Job], start: Callable[[Job], Process], limit: int,
     codes: dict[str, int | None] = {}
     running: dict[str, tuple[Process, float]] = {}
     pending = list(jobs)
+    try:
+        _schedule(pending, running, codes, start, limit, say, is_done, poll_s)
+    finally:
+        for name, (process, _) in running.items():
+            say(f"[gf-mini] {name}: stopped")
+            process.terminate()
+    return codes
+
+
+def _schedule(pending: list[Job], running: dict[str, tuple[Process, float]], codes: dict[str, int | None],
+              start: Callable[[Job], Process], limit: int, say: Callable[[str], None],
+              is_done: Callable[[Job], bool], poll_s: float) -> None:
     while pending or running:
         for name, (process, started) in list(running.items()):
             if (code := process.poll()) is not None:
@@ -133,7 +168,6 @@ def run_jobs(jobs: Sequence[Job], start: Callable[[Job], Process], limit: int,
                     say(f"[gf-mini] {job.name}: started ({len(running)} running, {len(pending)} waiting)")
         if running:
             time.sleep(poll_s)
-    return codes
 
 
 def run_comparison(root: Path, jobs: Sequence[Job], limit: int, dry_run: bool = False,
@@ -148,13 +182,17 @@ def run_comparison(root: Path, jobs: Sequence[Job], limit: int, dry_run: bool = 
     log_dir = root / RUN_ROOT / COMPARISON_DIR / LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(job: Job) -> subprocess.Popen:
-        with open(log_dir / f"{job.name}.log", "ab") as log:  # the child keeps its own descriptor
-            return subprocess.Popen(job.command(root), stdout=log, stderr=subprocess.STDOUT)
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)  # through run_jobs' clean-up, as Ctrl-C goes
 
     say(f"[gf-mini] {len(jobs)} jobs, at most {limit} at once; logs in {log_dir}")
     started = time.monotonic()
-    codes = run_jobs(jobs, start, limit, say, is_done=lambda job: job.done(root))
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        codes = run_jobs(jobs, lambda job: JobProcess(job.command(root), log_dir / f"{job.name}.log"), limit, say,
+                         is_done=lambda job: job.done(root))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [name for name, code in codes.items() if code != 0]
     say(f"[gf-mini] comparison jobs finished in {_clock(time.monotonic() - started)}"
         + (f"; not done: {', '.join(failed)} (the same command resumes them)" if failed else ""))

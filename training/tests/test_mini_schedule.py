@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gf_training import mini
 from gf_training.mini_comparison import CONTROL, DECIDING_ROWS, comparison_rows
-from gf_training.mini_schedule import Job, comparison_jobs, run_comparison, run_jobs
+from gf_training.mini_schedule import Job, JobProcess, comparison_jobs, run_comparison, run_jobs
 
 
 def test_every_row_runs_after_what_it_starts_from_and_the_deciding_rows_twice():
@@ -116,3 +117,41 @@ def test_the_dry_run_lists_the_jobs_and_starts_nothing(tmp_path, capsys, monkeyp
     assert all("(to run" in line for line in lines)
     with pytest.raises(SystemExit):
         mini.main(["run-comparison", "--root", str(tmp_path), "--rows", "nothing", "--dry-run"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; only its parent's wait is missing
+
+
+def test_an_interrupted_comparison_stops_its_jobs_and_what_they_started(tmp_path):
+    # The job starts a child of its own (as gf-mini run starts gf-train) and waits for it.
+    pid_file = tmp_path / "grandchild"
+    script = ("import subprocess, sys\np = subprocess.Popen(['sleep', '60'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\np.wait()")
+    processes = []
+
+    def start(job: Job) -> JobProcess:
+        processes.append(JobProcess([sys.executable, "-c", script], tmp_path / f"{job.name}.log"))
+        return processes[-1]
+
+    def say(message: str) -> None:
+        if "started" in message:  # Ctrl-C once the job's own child runs
+            for _ in range(200):
+                if pid_file.exists() and pid_file.read_text():
+                    break
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([Job("long", CONTROL)], start, limit=1, say=say, poll_s=0.02)
+    grandchild = int(pid_file.read_text())
+    for _ in range(100):
+        if not _alive(grandchild):
+            break
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    assert processes[0].poll() is not None
