@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gf_bringup.runtime import console_script
-from gf_training.mini_comparison import COMPARISON_DIR, CONTROL, DECIDING_ROWS, comparison_rows
+from gf_training.mini_comparison import COMPARISON_DIR, CONTROL, DECIDING_ROWS, comparison_rows, write_comparison
 from gf_training.mini_plan import RECIPES, RUN_ROOT, Plan
 from gf_training.mini_report import _clock
 from gf_training.mini_stages import stages
@@ -132,42 +132,42 @@ def run_jobs(jobs: Sequence[Job], start: Callable[[Job], Process], limit: int,
     codes: dict[str, int | None] = {}
     running: dict[str, tuple[Process, float]] = {}
     pending = list(jobs)
+    # Asked once per job, when it is first ready: reading a recipe's state takes a fraction of a
+    # second, too much to repeat at every poll while the jobs waiting for a slot wait.
+    not_done: set[str] = set()
     try:
-        _schedule(pending, running, codes, start, limit, say, is_done, poll_s)
+        while pending or running:
+            for name, (process, started) in list(running.items()):
+                if (code := process.poll()) is not None:
+                    codes[name] = code
+                    del running[name]
+                    say(f"[gf-mini] {name}: {'done' if code == 0 else f'failed with exit code {code}'} "
+                        f"in {_clock(time.monotonic() - started)}")
+            for job in list(pending):
+                if any(n in codes and codes[n] != 0 for n in job.needs):
+                    pending.remove(job)
+                    codes[job.name] = None
+                    say(f"[gf-mini] {job.name}: not started, it needs "
+                        + ", ".join(n for n in job.needs if codes[n] != 0) + ", which did not succeed")
+                elif not all(codes.get(n) == 0 for n in job.needs):
+                    continue
+                elif job.name not in not_done and is_done(job):
+                    pending.remove(job)
+                    codes[job.name] = 0
+                    say(f"[gf-mini] {job.name}: finished earlier")
+                else:
+                    not_done.add(job.name)
+                    if len(running) < limit:
+                        pending.remove(job)
+                        running[job.name] = (start(job), time.monotonic())
+                        say(f"[gf-mini] {job.name}: started ({len(running)} running, {len(pending)} waiting)")
+            if running:
+                time.sleep(poll_s)
     finally:
         for name, (process, _) in running.items():
             say(f"[gf-mini] {name}: stopped")
             process.terminate()
     return codes
-
-
-def _schedule(pending: list[Job], running: dict[str, tuple[Process, float]], codes: dict[str, int | None],
-              start: Callable[[Job], Process], limit: int, say: Callable[[str], None],
-              is_done: Callable[[Job], bool], poll_s: float) -> None:
-    while pending or running:
-        for name, (process, started) in list(running.items()):
-            if (code := process.poll()) is not None:
-                codes[name] = code
-                del running[name]
-                say(f"[gf-mini] {name}: {'done' if code == 0 else f'failed with exit code {code}'} "
-                    f"in {_clock(time.monotonic() - started)}")
-        for job in list(pending):
-            if any(n in codes and codes[n] != 0 for n in job.needs):
-                pending.remove(job)
-                codes[job.name] = None
-                say(f"[gf-mini] {job.name}: not started, it needs "
-                    + ", ".join(n for n in job.needs if codes[n] != 0) + ", which did not succeed")
-            elif all(codes.get(n) == 0 for n in job.needs):
-                if is_done(job):
-                    pending.remove(job)
-                    codes[job.name] = 0
-                    say(f"[gf-mini] {job.name}: finished earlier")
-                elif len(running) < limit:
-                    pending.remove(job)
-                    running[job.name] = (start(job), time.monotonic())
-                    say(f"[gf-mini] {job.name}: started ({len(running)} running, {len(pending)} waiting)")
-        if running:
-            time.sleep(poll_s)
 
 
 def run_comparison(root: Path, jobs: Sequence[Job], limit: int, dry_run: bool = False,
@@ -196,7 +196,5 @@ def run_comparison(root: Path, jobs: Sequence[Job], limit: int, dry_run: bool = 
     failed = [name for name, code in codes.items() if code != 0]
     say(f"[gf-mini] comparison jobs finished in {_clock(time.monotonic() - started)}"
         + (f"; not done: {', '.join(failed)} (the same command resumes them)" if failed else ""))
-    from gf_training.mini_comparison import write_comparison
-
     say(write_comparison(root)["summary"].read_text(encoding="utf-8"))
     return 1 if failed else 0

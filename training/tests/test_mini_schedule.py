@@ -90,6 +90,15 @@ def test_a_job_finished_earlier_is_not_started_but_its_users_are(tmp_path):
     assert set(_intervals(log)) == {"user"}
 
 
+def test_whether_a_job_finished_earlier_is_asked_once_though_it_waits_for_a_slot(tmp_path):
+    asked: list[str] = []
+    jobs = [Job("first", CONTROL), Job("second", CONTROL), Job("third", CONTROL, needs=("first",))]
+    codes = run_jobs(jobs, _recording_start(tmp_path / "log", {}, seconds=0.3), limit=1, say=lambda m: None,
+                     is_done=lambda job: asked.append(job.name) or False, poll_s=0.02)
+    assert codes == {"first": 0, "second": 0, "third": 0}
+    assert sorted(asked) == ["first", "second", "third"]
+
+
 def test_a_need_that_is_not_a_job_is_refused():
     with pytest.raises(ValueError, match="needs"):
         run_jobs([Job("a", CONTROL, needs=("ghost",))], lambda job: pytest.fail("started"), 1, lambda m: None)
