@@ -2,12 +2,12 @@
 
 The comparison (issue 18) is a dozen ``gf-mini run`` commands that depend on each other: every
 row needs the catalogue tokenizer and the Train demos, the VLM rows start from the mini VLM
-(whose second stage starts from its first), ``vlapre-full`` from the robot pre-training (which
-starts from the VLM), and the rows that decide a conclusion train a second seed::
+(each of whose stages starts from the one before), ``vlapre-full`` from the robot pre-training
+(which starts from the VLM), and the rows that decide a conclusion train a second seed::
 
-    tokenizer ──> vlm-names ──> vlm ──┬──> vla-pretrain ──> vlapre-full
-                                      └──> vlm-full, vlm-lora, vlm-action, cotrain-full, ...
-    demos ───────────────────────────────> every row (scratch-full needs nothing else)
+    tokenizer ──> vlm-names ──> vlm-table ──> vlm ──┬──> vla-pretrain ──> vlapre-full
+                                                    └──> vlm-full, vlm-lora, vlm-action, cotrain-full, ...
+    demos ─────────────────────────────────────────────> every row (scratch-full needs nothing else)
 
 Each job is the resumable command a user would type (``gf-mini run ROW --seed N``), run in its
 own process with its output in ``runs/mini/comparison/logs/<job>.log``; a finished job is not

@@ -107,23 +107,33 @@ def test_the_vlm_recipe_learns_the_names_then_the_table_alone_exports_and_probes
     assert f"gf-train mini/vlm_names.yaml output_dir={names_dir} model.tokenizer={tok}" in lines[4]
     assert "cotrain.vl_weights=[]" in lines[4] and "demo_dirs" not in lines[4]
     # Stage 2 runs stage 1 first, then trains its whole final checkpoint on the table's data.
-    assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
+    assert mini.main(["run", "vlm-table", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
     assert [line.split()[2] for line in lines] == ["tokenizer", "vlm", *["vl"] * 5, "train", "export", "probe"]
     assert f"gf-mini run vlm-names --root {tmp_path}" in lines[1]
     assert f"gf-vl-data tablecards --per-emoji 32 --lists All --size 128 --out {vl / 'all_tablecards'}" in lines[4]
     assert f"gf-vl-data which --scenes 4000 --lists Train,Val,Hard --out {vl / 'train_val_hard_which'}" in lines[5]
     assert f"gf-vl-data tabletop --scenes 2000 --lists Train,Val,Hard --out {vl / 'train_val_hard_tabletop'}" in lines[6]
-    run_dir = tmp_path / "runs" / "mini" / "vlm"
+    table_dir = tmp_path / "runs" / "mini" / "vlm_table"
     train_line = lines[7]
+    assert f"gf-train mini/vlm_table.yaml output_dir={table_dir} " in train_line
     assert f"model.path={names_dir / 'checkpoints' / 'step_012000'} model.tokenizer={tok}" in train_line
     assert "demo_dirs" not in train_line
     dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
                                            "train_val_hard_tabletop"))
     assert f"cotrain.vl_dirs=[{dirs}]" in train_line and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in train_line
-    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_006000'} --out {run_dir / 'hf'}" in lines[8]
+    assert f"gf-vlm export {table_dir / 'checkpoints' / 'step_006000'} --out {table_dir / 'hf'}" in lines[8]
     # the probe reads the final checkpoint (the export's weights and the camera crop) and asks scenes too
-    assert f"gf-probe {run_dir / 'checkpoints' / 'step_006000'} --out {run_dir / 'probe'} --scenes 100" in lines[9]
+    assert f"gf-probe {table_dir / 'checkpoints' / 'step_006000'} --out {table_dir / 'probe'} --scenes 100" in lines[9]
+    # Stage 3, the VLM the rows start from: stage 2's final checkpoint once more on the same data.
+    assert mini.main(["run", "vlm", "--dry-run", "--root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
+    assert [line.split()[2] for line in lines] == ["tokenizer", "vlm", *["vl"] * 5, "train", "export", "probe"]
+    assert f"gf-mini run vlm-table --root {tmp_path}" in lines[1]
+    run_dir = tmp_path / "runs" / "mini" / "vlm"
+    assert f"gf-train mini/vlm.yaml output_dir={run_dir} model.path={table_dir / 'checkpoints' / 'step_006000'} " in lines[7]
+    assert f"cotrain.vl_dirs=[{dirs}]" in lines[7] and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in lines[7]
+    assert f"gf-vlm export {run_dir / 'checkpoints' / 'step_006000'} --out {run_dir / 'hf'}" in lines[8]
     # glyphs of every catalogue emoji: done at 32 per emoji, not before
     (vl / "all_glyphs").mkdir(parents=True)
     (vl / "all_glyphs" / "manifest.jsonl").write_text("{}\n" * (32 * 1377 - 1))
@@ -135,10 +145,16 @@ def test_the_vlm_recipe_learns_the_names_then_the_table_alone_exports_and_probes
     with pytest.raises(SystemExit):
         mini.main(["report", "vlm", "--root", str(tmp_path)])
     # the recipes' configs build the VLM they describe: the crop view, a 1024-id vocabulary, VL only
-    for name in ("vlm_names", "vlm"):
+    for name in ("vlm_names", "vlm_table", "vlm"):
         cfg = load_config(f"mini/{name}.yaml")
         assert cfg.cotrain.ratio == 1.0 and cfg.data.demo_dirs == [] and cfg.scene_probe.weight == 0
-    assert load_config("mini/vlm.yaml").model.init == "checkpoint"
+        assert cfg.name_probe.weight == 1.0
+    table, third = load_config("mini/vlm_table.yaml"), load_config("mini/vlm.yaml")
+    assert table.model.init == third.model.init == "checkpoint"
+    # the third stage differs from the second only in where it starts and writes
+    assert {**third.to_dict(), "model": None, "output_dir": None, "name": None} == \
+        {**table.to_dict(), "model": None, "output_dir": None, "name": None}
+    assert {**third.to_dict()["model"], "path": None} == {**table.to_dict()["model"], "path": None}
     vc = build_model(load_config("mini/vlm_names.yaml")).config
     assert vc.image_size == 128 and vc.image_crop == [0.15, 0.15, 0.85, 0.78] and vc.text_config["vocab_size"] == 1024
     assert vc.max_text_tokens == 24 and vc.tokens_per_image == 64
@@ -181,8 +197,8 @@ def test_the_comparison_rows_start_from_the_vlm_recipe_and_the_control_from_rand
     dirs = ",".join(str(vl / d) for d in ("all_glyphs", "all_cards", "all_tablecards", "train_val_hard_which",
                                            "train_val_hard_tabletop"))
     assert f"cotrain.vl_dirs=[{dirs}]" in lines[7] and "cotrain.vl_weights=[0.1,0.1,0.3,0.3,0.2]" in lines[7]
-    # a finished VLM recipe (every stage of both its stages done) is not run again
-    for name in ("vlm-names", "vlm"):
+    # a finished VLM recipe (every stage of each of its stages done) is not run again
+    for name in ("vlm-names", "vlm-table", "vlm"):
         vlm_plan = mini.Plan(mini.RECIPES[name], tmp_path, 0, 0, 0)
         assert "1/6 vlm (to run)" in dry_run("vlm-full")[0]
         for path in (vlm_plan.tokenizer_dir / "tokenizer_config.json", vlm_plan.vlm_export_dir / "config.json",
@@ -337,8 +353,14 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     probe.parent.mkdir(parents=True)
     probe.write_text(json.dumps({"lists": {"Train": {"accuracy_retrieval": 0.41}, "Val": {"accuracy_retrieval": 0.33}},
                                  "scenes": {"Val": {"accuracy": 0.52, "count": 100}}}))
-    # the VLM's two stages, each timed once in its own log (stage 2's "vlm" stage is stage 1's run)
+    # the VLM's three stages, each timed once in its own log (a stage's "vlm" stage is the run
+    # of the stage before it)
     (probe.parents[1] / "mini_stages.json").write_text(json.dumps({
+        "vlm": {"seconds": 5400.0, "skipped": False}, "vl": {"seconds": 0.0, "skipped": True},
+        "train": {"seconds": 1500.0, "skipped": False}, "probe": {"seconds": 100.0, "skipped": False}}))
+    table = tmp_path / "runs" / "mini" / "vlm_table"
+    table.mkdir(parents=True)
+    (table / "mini_stages.json").write_text(json.dumps({
         "vlm": {"seconds": 3000.0, "skipped": False}, "vl": {"seconds": 300.0, "skipped": False},
         "train": {"seconds": 2000.0, "skipped": False}, "probe": {"seconds": 100.0, "skipped": False}}))
     names = tmp_path / "runs" / "mini" / "vlm_names"
@@ -361,6 +383,6 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     assert "| scratch-full | 0, 1 |" in text and "25 %, 25 %" in text and "Val 33 %" in text and "Val 52 %" in text
     assert "| vlm-full | +50 pts [" in text and "Not evaluated yet: vlm-lora" in text
     assert (out / "figure2.png").stat().st_size > 0
-    # rows: 60 + 120 + 60 s (their VLM stage is the VLM's run); the VLM: 3000 + 2400 s
-    assert data["compute_s"] == {"vlm-names": 3000.0, "vlm": 2400.0, "rows": 240.0}
-    assert "vlm-names 0:50:00, vlm 0:40:00, rows 0:04:00; total 1:34:00." in text
+    # rows: 60 + 120 + 60 s (their VLM stage is the VLM's run); the VLM: 3000 + 2400 + 1600 s
+    assert data["compute_s"] == {"vlm-names": 3000.0, "vlm-table": 2400.0, "vlm": 1600.0, "rows": 240.0}
+    assert "vlm-names 0:50:00, vlm-table 0:40:00, vlm 0:26:40, rows 0:04:00; total 2:00:40." in text

@@ -27,7 +27,8 @@ def test_every_row_runs_after_what_it_starts_from_and_the_deciding_rows_twice():
     assert by_name["scratch_full"].needs == ("tokenizer", "demos")
     assert by_name["vlm_full_seed1"].needs == ("tokenizer", "demos", "vlm")
     assert by_name["vlapre_full"].needs == ("tokenizer", "demos", "vla-pretrain")
-    assert by_name["vla-pretrain"].needs == ("vlm",) and by_name["vlm"].needs == ("vlm-names",)
+    assert by_name["vla-pretrain"].needs == ("vlm",) and by_name["vlm"].needs == ("vlm-table",)
+    assert by_name["vlm-table"].needs == ("vlm-names",)
     assert by_name["vlm-names"].needs == ("tokenizer",)
     # Every first seed is queued before any second one.
     assert max(names.index(r.slug) for r in comparison_rows()) < min(n for n, j in enumerate(jobs) if j.seed)
@@ -41,7 +42,7 @@ def test_every_row_runs_after_what_it_starts_from_and_the_deciding_rows_twice():
 
 def test_chosen_rows_bring_only_what_they_need():
     names = [job.name for job in comparison_jobs(["vlapre-full"], seeds=2)]
-    assert names == ["tokenizer", "demos", "vlm-names", "vlm", "vla-pretrain", "vlapre_full"]
+    assert names == ["tokenizer", "demos", "vlm-names", "vlm-table", "vlm", "vla-pretrain", "vlapre_full"]
     with pytest.raises(ValueError, match="vlm-nothing"):
         comparison_jobs(["vlm-nothing"])
 
