@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,12 +289,25 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     raise FileNotFoundError(f"config {name} not found (looked in: {', '.join(str(c) for c in candidates)})")
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_yaml(path: Path, mtime_ns: int, size: int) -> Any:
+    """A file's YAML, parsed once per version of the file: ``gf-mini`` resolves the same recipe
+    configs hundreds of times to tell which stages are finished."""
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML of ``path`` (a private copy: callers may change it)."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed_yaml(path, stat.st_mtime_ns, stat.st_size))
+
+
 def load_yaml_with_inheritance(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The merged mapping of a config file and everything it inherits."""
     path = resolve_config_path(path) if not _chain else Path(path)
     if path in _chain:
         raise ValueError(f"config inheritance cycle: {' -> '.join(map(str, (*_chain, path)))}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping")
     parents = data.pop("inherit", None) or []

@@ -8,6 +8,7 @@ testable and usable (``--dry-run``) without starting anything.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,15 @@ def vl_samples(directory: Path) -> int:
     manifest = directory / MANIFEST
     if not manifest.exists():
         return 0
-    return sum(1 for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+    stat = manifest.stat()
+    return _manifest_lines(manifest, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _manifest_lines(manifest: Path, mtime_ns: int, size: int) -> int:
+    """Non-empty lines, counted once per version of the file: the VLM's manifests hold 44 000
+    lines and every row's stages ask about them."""
+    return sum(1 for line in manifest.read_bytes().splitlines() if line.strip())
 
 
 def final_checkpoint(plan: Plan) -> Path:

@@ -57,6 +57,20 @@ def test_inheritance_and_overrides(tmp_path):
         load_config("tiny", ["model.init=paligemma"])
 
 
+def test_a_config_file_is_read_again_once_it_changes_and_callers_get_their_own_copy(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("inherit: tiny.yaml\ntrain: {steps: 10}\n")
+    first = load_yaml_with_inheritance(path)
+    first["train"]["steps"] = 99  # a caller's change stays its own
+    assert load_yaml_with_inheritance(path)["train"]["steps"] == 10
+    path.write_text("inherit: tiny.yaml\ntrain: {steps: 12345}\n")  # another size: a new version
+    assert load_config(path).train.steps == 12345
+    before = path.stat().st_mtime_ns
+    path.write_text("inherit: tiny.yaml\ntrain: {steps: 54321}\n")  # the same size, a later time
+    os.utime(path, ns=(before, before + 1_000_000))  # file times can be coarser than two writes apart
+    assert load_config(path).train.steps == 54321
+
+
 @pytest.mark.parametrize("name,scheme", [("finetune", "full"), ("finetune_lora", "lora"),
                                          ("finetune_action_expert", "action_expert"),
                                          ("finetune_frozen_vlm", "frozen_vlm"), ("pretrain", "full")])
