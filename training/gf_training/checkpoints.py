@@ -4,7 +4,9 @@
 LoRA merged) and what a resume needs: the training-form weights of runs with adapters, the
 optimiser and scheduler state, every rank's RNG states and the trainer state (step, scheme).
 It is written to a ``.partial`` directory and renamed, so an interrupted save never leaves a
-checkpoint that looks complete.
+checkpoint that looks complete. ``checkpoints/resume/`` (``train.resume_every``) is the same
+content at a step between them, kept only until the next one: a run resumes from whichever is
+later, and sweeps, which look for ``step_N``, never see it.
 """
 
 from __future__ import annotations
@@ -61,8 +63,19 @@ def config_changes(run_dir: str | Path, config: dict) -> list[str]:
     return [k for section in LEARNT_FROM for k in diff(saved.get(section), config.get(section), section)]
 
 
+RESUME_POINT = "resume"
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
+
+
+def resume_point(run_dir: str | Path) -> tuple[int, Path] | None:
+    """The run's complete resume point (``train.resume_every``), (step, directory), if it has one."""
+    path = Path(run_dir) / CHECKPOINT_DIR / RESUME_POINT
+    if not (path / TRAIN_STATE).exists() or not (path / TRAINER_STATE).exists():
+        return None
+    return int(json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))["step"]), path
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -101,10 +114,12 @@ class CheckpointingMixin:
     """The ``Trainer``'s saving and resuming (uses its cfg, info, run_dir, step, wrapped model,
     optimiser, scheduler, scheme-applied config, norm stats, processor and scene probe)."""
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_N`` (collective: every rank must call it). Returns the directory."""
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Write ``checkpoints/step_N``, or ``checkpoints/<name>`` (the resume point), collective:
+        every rank must call it. A ``step_N`` checkpoint replaces the older resume point. Returns
+        the directory."""
         info = self.info
-        final = self.run_dir / CHECKPOINT_DIR / checkpoint_name(self.step)
+        final = self.run_dir / CHECKPOINT_DIR / (name or checkpoint_name(self.step))
         partial = final.with_name(f".{final.name}.partial")
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(self.wrapped, options=options)
@@ -130,6 +145,8 @@ class CheckpointingMixin:
         if info.is_main:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
+            if name is None:
+                shutil.rmtree(final.with_name(RESUME_POINT), ignore_errors=True)
         info.barrier()
         return final
 
@@ -143,6 +160,9 @@ class CheckpointingMixin:
                 raise FileNotFoundError(f"train.resume={resume}: no {TRAIN_STATE} there")
             return path
         found = list_checkpoints(self.run_dir)
+        point = resume_point(self.run_dir)
+        if point is not None and (not found or point[0] > found[-1][0]):
+            found.append(point)
         path = found[-1][1] if found else None
         changed = config_changes(self.run_dir, self.cfg.to_dict()) if path is not None else []
         if changed:

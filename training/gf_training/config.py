@@ -169,10 +169,16 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
     resume: str | bool = "auto"  # auto (latest checkpoint in output_dir, if any) | false | a checkpoint dir
+    # Also keep a resume point every N steps (0: none): checkpoints/resume/, replaced each time and
+    # removed at the next step_N checkpoint, so a killed run (a preempted job, a machine that goes
+    # away) loses at most N steps without adding checkpoints for sweeps to evaluate.
+    resume_every: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.micro_batch_size < 1 or self.batch_size < 1:
             raise ValueError("train.steps, train.batch_size and train.micro_batch_size must be >= 1")
+        if self.resume_every < 0:
+            raise ValueError("train.resume_every must be >= 0 (0: no resume points)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision must be auto, fp32 or bf16, not {self.precision!r}")
         if str(self.compile).lower() not in ("auto", "true", "false"):

@@ -23,6 +23,7 @@ Run directory (``output_dir``)::
         scene_probe.pt    the auxiliary head of `scene_probe` (training-only), when it is on
         name_probe.pt     the auxiliary head of `name_probe` (training-only), when it is on
         trainer_state.json step, scheme, model init (a resume with another scheme is refused)
+    checkpoints/resume/   the same, every ``train.resume_every`` steps between them (kept until the next)
 
 A run started again with the same ``output_dir`` resumes from its latest checkpoint (``train.resume``)
 and continues exactly as if uninterrupted (with ``data.num_workers: 0``; with workers, the data order
@@ -62,6 +63,7 @@ from gf_training.build import (  # noqa: F401 - expand_backbone_sizes, with_late
 from gf_training.checkpoints import (  # noqa: F401 - the names but the mixin: re-exported
     CHECKPOINT_DIR,
     INFERENCE_WEIGHTS,
+    RESUME_POINT,
     RUN_CONFIG,
     CheckpointingMixin,
     checkpoint_name,
@@ -323,6 +325,8 @@ class Trainer(TrainingDataMixin, CheckpointingMixin, MetricsLoggingMixin):
                     bar.update(1)
                 if self.step in cfg.train.save_steps or self.step == cfg.train.steps:
                     result.checkpoints.append(self.save_checkpoint())
+                elif cfg.train.resume_every and self.step % cfg.train.resume_every == 0:
+                    self.save_checkpoint(RESUME_POINT)
         finally:
             if bar is not None:
                 bar.close()

@@ -18,7 +18,9 @@ from gf_training.config import (
     load_yaml_with_inheritance,
 )
 from gf_training.data import synthetic_episodes
-from gf_training.train import list_checkpoints, lr_factor, main, train
+from gf_training.checkpoints import resume_point
+from gf_training.sweep import find_checkpoints
+from gf_training.train import Trainer, list_checkpoints, lr_factor, main, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -138,6 +140,36 @@ def test_resume_continues_exactly(tmp_path, scheme):
         assert (ckpt / "adapters" / "vlm_lora" / "adapter_config.json").exists()
         # the inference checkpoint holds merged plain weights (no peft names)
         assert not any("lora_" in k or "base_layer" in k for k in a)
+
+
+def test_a_run_stopped_between_checkpoints_continues_from_its_resume_point(tmp_path, monkeypatch):
+    common = ["optim.decay_steps=6", "train.batch_size=4", "train.micro_batch_size=2", "train.save_steps=[]",
+              "data.augment.enabled=true"]
+    straight, _ = train(tiny_cfg(tmp_path / "a", "train.steps=6", *common))
+    run = tmp_path / "b" / "run"
+    every_two = [*common, "train.steps=6", "train.resume_every=2"]
+    optimiser_step = Trainer.train_step
+
+    def stopped_in_step_6(trainer):
+        if trainer.step == 5:
+            raise KeyboardInterrupt  # as a killed process: nothing more is written
+        return optimiser_step(trainer)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_in_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path / "b", *every_two))
+    monkeypatch.undo()
+    assert resume_point(run)[0] == 4  # the later of the two, replacing step 2's
+    assert list_checkpoints(run) == [] and find_checkpoints(run) == []  # not a checkpoint to evaluate
+    resumed, trainer = train(tiny_cfg(tmp_path / "b", *every_two))
+    assert trainer.step == 6 and resumed.losses == straight.losses[4:]  # steps 5 and 6, as uninterrupted
+    a = load_file(str(straight.checkpoints[-1] / "model.safetensors"))
+    b = load_file(str(resumed.checkpoints[-1] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the final checkpoint supersedes the resume point
+    assert resume_point(run) is None and [s for s, _ in list_checkpoints(run)] == [6]
+    with pytest.raises(ValueError, match="resume_every"):
+        tiny_cfg(tmp_path, "train.resume_every=-1")
 
 
 def test_lora_checkpoint_matches_the_training_model(tmp_path):
