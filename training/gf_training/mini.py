@@ -31,7 +31,7 @@ from the rows' files) and ``mini_schedule`` (``gf-mini run-comparison``, every r
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import shlex
 import subprocess
 import sys
@@ -57,6 +57,7 @@ from gf_training.mini_plan import (
     VLData,
 )
 from gf_training.mini_report import _clock, plot_loss, read_metrics, write_report
+from gf_training.mini_stage_log import BEAT_S, StageLog
 from gf_training.mini_stages import (
     ESTIMATED_RATES,
     POLICY_BACKEND_ARGS,
@@ -83,20 +84,33 @@ __all__ = [
 ]
 
 
-def _record_stage(plan: Plan, name: str, seconds: float, skipped: bool) -> None:
-    path = plan.run_dir / STAGE_LOG
-    log = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    if skipped and name in log:
-        return  # keep the wall time of the run that did the work
-    log[name] = {"seconds": round(seconds, 1), "skipped": skipped, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+STOP_GRACE_S = 10.0  # after Ctrl-C, the command's time to stop cleanly (an evaluation's nodes) before it is killed
+
+
+def run_command(cmd: list[str], beat: Callable[[float], None], every_s: float = BEAT_S) -> int:
+    """Run ``cmd`` to its end, calling ``beat(elapsed seconds)`` every ``every_s`` meanwhile;
+    returns its exit code."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=every_s)
+            except subprocess.TimeoutExpired:
+                beat(time.perf_counter() - started)
+    except BaseException:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_GRACE_S)  # a Ctrl-C reached the command too: let it stop cleanly
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def run(plan: Plan, dry_run: bool = False, only: Sequence[str] | None = None,
         say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)) -> int:
     """Run (or print) the recipe's stages in order; returns a process exit code."""
     selected = [s for s in stages(plan) if only is None or s.name in only]
+    log = StageLog(plan.run_dir / STAGE_LOG)
     started = time.perf_counter()
     for i, stage in enumerate(selected, 1):
         label = f"[gf-mini] {i}/{len(selected)} {stage.name}"
@@ -107,22 +121,24 @@ def run(plan: Plan, dry_run: bool = False, only: Sequence[str] | None = None,
             continue
         if stage.done():
             say(f"{label}: finished earlier, skipped")
-            _record_stage(plan, stage.name, 0.0, skipped=True)
+            log.skip(stage.name)
             continue
         remaining = sum(s.estimate_s() for s in selected[i - 1:] if not s.done())
         say(f"{label}: elapsed {_clock(time.perf_counter() - started)}, about {_clock(remaining)} left (estimate)")
         stage_start = time.perf_counter()
+        log.start(stage.name)
         cmd = stage.command()
         if cmd is None:
             files = write_report(plan)
             say(f"{label}: {files['summary']}")
         else:
             say("$ " + shlex.join(cmd))
-            code = subprocess.run(cmd, check=False).returncode
+            code = run_command(cmd, lambda seconds, name=stage.name: log.beat(name, seconds))
             if code != 0:
+                log.beat(stage.name, time.perf_counter() - stage_start)
                 say(f"{label} failed with exit code {code}; the same command resumes it")
                 return code
-        _record_stage(plan, stage.name, time.perf_counter() - stage_start, skipped=False)
+        log.beat(stage.name, time.perf_counter() - stage_start, finished=True)
     if not dry_run:
         results = {"vla": plan.report_dir, "vlm": plan.run_dir / PROBE_DIR}.get(plan.recipe.kind, plan.final_checkpoint)
         say(f"[gf-mini] {plan.recipe.name}: all stages done in {_clock(time.perf_counter() - started)} "

@@ -9,8 +9,9 @@ Reads every comparison row's evaluated runs (``runs/mini/<row>`` and its other s
   the row's wall time; the VLM's probe accuracy per list; and the question the benchmark asks:
   each VLM row's Val and Hard recognition minus the scratch control's, with a 95 % interval
   (Newcombe's, ``gf_eval.scoring.difference_interval``), so a difference is not read into noise;
-  and the compute the whole comparison took: each pre-training recipe (the VLM's two stages, the
-  robot pre-training) and the rows, every stage counted once in the run that ran it;
+  and the compute the whole comparison took: each pre-training recipe (the VLM's stages, the
+  robot pre-training) and the rows, every stage counted once in the run that ran it, and the
+  time the machine was busy with them (runs side by side counted once);
 - ``figure2.png``: the paper's Figure 2 in miniature, overall success vs. fine-tuning step per
   protocol for the rows whose sweep covers every protocol (vlm-full, vlm-lora).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from gf_eval.scoring import ProtocolSummary, Rate, difference_interval, summarize
 from gf_training.mini_plan import EVAL_DIR, EVAL_PROTOCOLS, PROBE_DIR, RECIPES, RUN_ROOT, SEED_SUFFIX, STAGE_LOG, Recipe
 from gf_training.mini_report import _clock
+from gf_training.mini_stage_log import StageLog, busy_intervals, covered_seconds
 
 COMPARISON_DIR = "comparison"
 CONTROL = "scratch-full"
@@ -68,14 +70,16 @@ def _seed_of(run_dir: Path, recipe: Recipe) -> int | None:
 BASE_STAGES = ("vlm", "pretrain")
 
 
+def _own_stages(run_dir: Path, shared: tuple[str, ...]) -> list[dict]:
+    """The stage log entries of the stages the run ran itself, without its base and ``shared``."""
+    log = StageLog(run_dir / STAGE_LOG).read()
+    return [e for name, e in log.items() if name not in (*BASE_STAGES, *shared) and not e.get("skipped")]
+
+
 def _wall_time(run_dir: Path, shared: tuple[str, ...] = ("demos",)) -> float:
-    """Seconds of the stages the run ran itself, without its base and the ``shared`` stages."""
-    path = run_dir / STAGE_LOG
-    if not path.exists():
-        return 0.0
-    log = json.loads(path.read_text(encoding="utf-8"))
-    return sum(e["seconds"] for name, e in log.items()
-               if name not in (*BASE_STAGES, *shared) and not e.get("skipped"))
+    """Seconds of the stages the run ran itself (killed attempts included), without its base and
+    the ``shared`` stages."""
+    return sum(e["seconds"] for e in _own_stages(run_dir, shared))
 
 
 def pretraining_recipes() -> list[Recipe]:
@@ -90,13 +94,26 @@ def pretraining_recipes() -> list[Recipe]:
     return [r for r in RECIPES.values() if r.name in names]
 
 
+def _run_dirs(root: Path, rows: list[RowResult]) -> dict[str, list[Path]]:
+    """The comparison's runs: each pre-training recipe's, and the rows' (every seed)."""
+    runs = root / RUN_ROOT
+    out = {r.name: [runs / r.slug] for r in pretraining_recipes() if (runs / r.slug).is_dir()}
+    out["rows"] = [d for row in rows for d in row.runs.values()]
+    return out
+
+
 def compute_time(root: Path, rows: list[RowResult]) -> dict[str, float]:
     """Seconds per pre-training recipe and for the rows' runs: every stage counted once, in the run
     that ran it (data made by hand before a stage log existed is not in it)."""
-    runs = root / RUN_ROOT
-    out = {r.name: _wall_time(runs / r.slug, shared=()) for r in pretraining_recipes() if (runs / r.slug).is_dir()}
-    out["rows"] = sum(_wall_time(d, shared=()) for row in rows for d in row.runs.values())
-    return out
+    return {name: sum(_wall_time(d, shared=()) for d in dirs) for name, dirs in _run_dirs(root, rows).items()}
+
+
+def busy_time(root: Path, rows: list[RowResult]) -> float:
+    """Seconds the machine spent on the comparison: the union of every stage attempt's interval,
+    so runs side by side count once (the compute the issue budgets; ``compute_time`` sums them)."""
+    intervals = [span for dirs in _run_dirs(root, rows).values() for d in dirs
+                 for entry in _own_stages(d, shared=()) for span in busy_intervals(entry)]
+    return covered_seconds(intervals)
 
 
 def collect(root: Path) -> list[RowResult]:
@@ -221,10 +238,11 @@ def write_comparison(root: Path) -> dict[str, Path]:
             cells = [f"{100 * d['difference']:+.0f} pts [{100 * d['ci95'][0]:+.0f}, {100 * d['ci95'][1]:+.0f}]"
                      if (d := by_protocol.get(p)) else "n/a" for p in HELD_OUT]
             lines.append(f"| {name} | {' | '.join(cells)} |")
-    compute = compute_time(root, rows)
-    lines += ["", "Compute on this machine (stage logs): "
+    compute, busy = compute_time(root, rows), busy_time(root, rows)
+    lines += ["", "Compute on this machine (stage logs, killed attempts included): "
               + ", ".join(f"{name} {_clock(seconds)}" for name, seconds in compute.items())
-              + f"; total {_clock(sum(compute.values()))}."]
+              + f"; total {_clock(sum(compute.values()))}. The machine was busy with them for {_clock(busy)} "
+              "(runs side by side counted once)."]
     if plot_figure2(root, out / "figure2.png"):
         files["figure2"] = out / "figure2.png"
         lines += ["", "Success vs. fine-tuning steps: `figure2.png`."]
@@ -233,6 +251,6 @@ def write_comparison(root: Path) -> dict[str, Path]:
         lines += ["", "Not evaluated yet: " + ", ".join(missing) + " (`gf-mini run ROW`)."]
     files["summary"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["json"].write_text(json.dumps({"probe": probe and probe["lists"], "probe_scenes": probe and probe.get("scenes"),
-                                         "rows": table, "compute_s": compute,
+                                         "rows": table, "compute_s": compute, "busy_s": busy,
                                          "held_out_vs_control": differences}, indent=2) + "\n", encoding="utf-8")
     return files

@@ -14,6 +14,13 @@ from pathlib import Path
 import yaml
 
 from gf_training.mini_plan import STAGE_LOG, Plan
+from gf_training.mini_stage_log import StageLog
+
+
+def _attempts(entry: dict) -> str:
+    """`` (2 attempts)`` for a stage killed before it finished and run again."""
+    count = len(entry.get("attempts", []))
+    return f" ({count} attempts)" if count > 1 else ""
 
 
 def _clock(seconds: float) -> str:
@@ -95,11 +102,11 @@ def write_report(plan: Plan) -> dict[str, Path]:
         last = metrics[-1]
         parts.append(f"Training loss: `loss.png` (last logged: step {int(last['step'])}, loss {last['train/loss']:.4f}, "
                      f"{last.get('train/steps_per_s', float('nan')):.2f} steps/s).\n")
-    log_path = plan.run_dir / STAGE_LOG
-    if log_path.exists():
-        log = json.loads(log_path.read_text(encoding="utf-8"))
+    log = StageLog(plan.run_dir / STAGE_LOG).read()
+    if log:
         parts += ["| Stage | Wall time |", "|---|---:|"]
-        parts += [f"| {name} | {_clock(entry['seconds'])} |" for name, entry in log.items() if name != "report"]
+        parts += [f"| {name} | {_clock(entry['seconds'])}{_attempts(entry)} |" for name, entry in log.items()
+                  if name != "report"]
         total = sum(entry["seconds"] for entry in log.values())
         parts += [f"| total | {_clock(total)} |", ""]
     files["summary"].write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")

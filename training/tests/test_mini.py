@@ -13,6 +13,7 @@ import torch
 from gf_eval.results import RESULTS_FILE
 from gf_training import mini, mini_comparison
 from gf_training.config import load_config
+from gf_training.mini_stage_log import StageLog, busy_intervals, covered_seconds
 from gf_training.train import METRICS_FILE, build_model, expand_backbone_sizes, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +27,7 @@ def make_plan(tmp_path, **sizes) -> mini.Plan:
 
 def dry_runner(root, capsys, monkeypatch):
     """``dry_run(recipe)``: the ``[gf-mini]`` lines of ``gf-mini run RECIPE --dry-run`` under ``root``."""
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    monkeypatch.setattr(mini.subprocess, "Popen", lambda *a, **k: pytest.fail("a dry run started a command"))
 
     def dry_run(recipe):
         assert mini.main(["run", recipe, "--dry-run", "--root", str(root)]) == 0
@@ -70,7 +71,7 @@ def test_training_writes_a_metrics_line_per_logging_step(tmp_path):
 
 
 def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    monkeypatch.setattr(mini.subprocess, "Popen", lambda *a, **k: pytest.fail("a dry run started a command"))
     assert mini.main(["run", "baseline", "--dry-run", "--root", str(tmp_path), "--episodes", "7"]) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[gf-mini]")]
@@ -81,7 +82,7 @@ def test_dry_run_prints_every_stage_and_runs_nothing(tmp_path, capsys, monkeypat
 
 
 def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    monkeypatch.setattr(mini.subprocess, "Popen", lambda *a, **k: pytest.fail("a dry run started a command"))
     assert mini.main(["run", "cube_cotrain", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
     vl_dir = tmp_path / "vl" / "mini" / "cube"
@@ -94,7 +95,7 @@ def test_a_cotraining_recipe_generates_its_vl_data_and_trains_on_it(tmp_path, ca
 
 
 def test_the_vlm_recipe_learns_the_names_then_the_table_alone_exports_and_probes(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    monkeypatch.setattr(mini.subprocess, "Popen", lambda *a, **k: pytest.fail("a dry run started a command"))
     vl = tmp_path / "vl" / "mini"
     tok = tmp_path / "tok" / "mini_catalogue"
     # Stage 1: names of every catalogue emoji, its sources drawn in proportion to their sizes.
@@ -234,7 +235,7 @@ def test_the_vla_pretraining_row_pretrains_on_shape_demos_then_fine_tunes_its_fi
 
 
 def test_an_upstream_paced_recipe_records_and_trains_on_its_own_demos(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("a dry run started a command"))
+    monkeypatch.setattr(mini.subprocess, "Popen", lambda *a, **k: pytest.fail("a dry run started a command"))
     assert mini.main(["run", "scene_probe_upstream", "--dry-run", "--root", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[gf-mini]")]
     demo_dir = tmp_path / "demos" / "mini" / "train_upstream"
@@ -248,11 +249,14 @@ def test_finished_stages_are_skipped_and_a_failure_stops_the_recipe(tmp_path, mo
     write_manifest(plan.demo_dir, [ok, ok, {"complete": True, "success": False}])
     calls = []
 
-    def fake_run(cmd, check=False):
-        calls.append(cmd)
-        return type("Done", (), {"returncode": 3})()
+    class FailingCommand:  # exits at once with code 3
+        def __init__(self, cmd):
+            calls.append(cmd)
 
-    monkeypatch.setattr(mini.subprocess, "run", fake_run)
+        def wait(self, timeout=None):
+            return 3
+
+    monkeypatch.setattr(mini.subprocess, "Popen", FailingCommand)
     messages: list[str] = []
     # Two usable demos of three: generation runs (and fails here), training is never reached.
     assert mini.run(plan, only=["demos", "train"], say=messages.append) == 3
@@ -319,30 +323,71 @@ def test_report_has_the_table_the_loss_curve_and_the_wall_times(tmp_path):
     (plan.eval_dir / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     (plan.run_dir / METRICS_FILE).write_text("".join(
         json.dumps({"step": s, "train/loss": 1.0 / s, "train/steps_per_s": 2.0}) + "\n" for s in (25, 50)))
-    mini._record_stage(plan, "train", 125.0, skipped=False)
-    mini._record_stage(plan, "train", 0.0, skipped=True)  # a later skip keeps the measured time
+    log = StageLog(plan.run_dir / mini.STAGE_LOG)
+    log.start("train")
+    log.beat("train", 100.0)  # killed here
+    log.start("train")
+    log.beat("train", 25.0, finished=True)
+    log.skip("train")  # a later skip keeps the measured time
     files = mini.write_report(plan)
     text = files["summary"].read_text()
     assert "| ID | 4 |  75.0% [30-95] |" in text and "| Hard | 4 |" in text  # 3 of 4 executed, Wilson interval
-    assert "| train | 0:02:05 |" in text and "step 50, loss 0.0200" in text
+    assert "| train | 0:02:05 (2 attempts) |" in text and "step 50, loss 0.0200" in text
     assert files["loss"].stat().st_size > 0
 
 
+def test_a_stage_killed_while_it_ran_keeps_its_time_and_the_attempt_that_finishes_it_adds_its_own(tmp_path,
+                                                                                                   monkeypatch):
+    import subprocess
+    import sys
+
+    log = StageLog(tmp_path / "mini_stages.json")
+    beats: list[float] = []
+    # A real command, its time written down while it runs.
+    code = mini.run_command([sys.executable, "-c", "import time; time.sleep(0.6); raise SystemExit(4)"],
+                            beats.append, every_s=0.1)
+    assert code == 4 and len(beats) >= 3 and beats == sorted(beats) and beats[-1] < 0.7
+    # gf-mini killed in the second beat of a stage: what it had written stays.
+    log.start("train")
+    log.beat("train", 30.0)
+    log.beat("train", 60.0)
+    assert log.read()["train"]["seconds"] == 60.0 and log.read()["train"]["finished_at"] is None
+    log.start("train")  # the same command, later
+    log.beat("train", 40.0, finished=True)
+    entry = log.read()["train"]
+    assert entry["seconds"] == 100.0 and [a["finished"] for a in entry["attempts"]] == [False, True]
+    assert len(busy_intervals(entry)) == 2 and entry["finished_at"]
+    log.start("train")  # a finished stage run again (new data): new work, a new count
+    assert log.read()["train"]["seconds"] == 0.0 and len(log.read()["train"]["attempts"]) == 1
+    # Ctrl-C while a command runs: the command is stopped too, not left behind.
+    monkeypatch.setattr(mini, "STOP_GRACE_S", 0.5)
+    with pytest.raises(KeyboardInterrupt):
+        mini.run_command([sys.executable, "-c", "import time; time.sleep(60)"],
+                         lambda seconds: (_ for _ in ()).throw(KeyboardInterrupt), every_s=0.1)
+    assert subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True).returncode == 1
+    # The machine's time: intervals side by side count once.
+    assert covered_seconds([(0, 10), (5, 20), (30, 40), (32, 35)]) == 30
+    assert busy_intervals({"seconds": 60.0, "skipped": False, "finished_at": "2026-12-07T10:01:00"})[0][1] - \
+        busy_intervals({"seconds": 60.0, "skipped": False, "finished_at": "2026-12-07T10:01:00"})[0][0] == 60.0
+
+
 def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_control(tmp_path, capsys):
-    def evaluated(run, placements_by_protocol, wall_s=60.0):
+    def evaluated(run, placements_by_protocol, wall_s=60.0, started_at="2026-12-07T10:00:00"):
         run_dir = tmp_path / "runs" / "mini" / run
         (run_dir / "eval").mkdir(parents=True)
         records = [_record(p, i, placed, 0) for p, placements in placements_by_protocol.items()
                    for i, placed in enumerate(placements)]
         (run_dir / "eval" / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        attempts = [{"started_at": started_at, "seconds": wall_s, "finished": True}]
         (run_dir / "mini_stages.json").write_text(json.dumps({
-            "vlm": {"seconds": 5000.0, "skipped": False}, "train": {"seconds": wall_s, "skipped": False},
+            "vlm": {"seconds": 5000.0, "skipped": False},
+            "train": {"seconds": wall_s, "skipped": False, "finished_at": "-", "attempts": attempts},
             "eval": {"seconds": 0.0, "skipped": True}}))
 
     # control: Val recognition 10 of 40 over two seeds (5/20 each); vlm-full: 30 of 40 on one seed
     evaluated("scratch_full", {"Val": [0] * 5 + [1] * 15, "Hard": [0] * 10 + [1] * 10})
-    evaluated("scratch_full_seed1", {"Val": [0] * 5 + [1] * 15}, wall_s=120.0)
-    evaluated("vlm_full", {"Val": [0] * 30 + [2] * 10, "Hard": [0] * 10 + [1] * 10})
+    evaluated("scratch_full_seed1", {"Val": [0] * 5 + [1] * 15}, wall_s=120.0, started_at="2026-12-07T10:00:30")
+    evaluated("vlm_full", {"Val": [0] * 30 + [2] * 10, "Hard": [0] * 10 + [1] * 10}, started_at="2026-12-07T11:00:00")
     evaluated("vlm_full_other", {"Val": [0] * 40})  # not a seed of the row: ignored
     sweep = tmp_path / "runs" / "mini" / "vlm_full" / "sweep" / "sweep.json"
     sweep.parent.mkdir(parents=True)
@@ -386,3 +431,6 @@ def test_the_comparison_pools_seeds_and_compares_held_out_recognition_with_the_c
     # rows: 60 + 120 + 60 s (their VLM stage is the VLM's run); the VLM: 3000 + 2400 + 1600 s
     assert data["compute_s"] == {"vlm-names": 3000.0, "vlm-table": 2400.0, "vlm": 1600.0, "rows": 240.0}
     assert "vlm-names 0:50:00, vlm-table 0:40:00, vlm 0:26:40, rows 0:04:00; total 2:00:40." in text
+    # the control's seeds side by side (10:00:00-10:01:00 and 10:00:30-10:02:30), vlm-full later:
+    # 150 + 60 s of the machine (the VLM's logs here hold no times of day)
+    assert data["busy_s"] == 210.0 and "busy with them for 0:03:30" in text
