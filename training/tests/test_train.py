@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from gf_policy.vla import VLAInference
+from gf_training.checkpoints import resume_point
 from gf_training.config import (
     TrainConfig,
     apply_overrides,
@@ -18,7 +19,6 @@ from gf_training.config import (
     load_yaml_with_inheritance,
 )
 from gf_training.data import synthetic_episodes
-from gf_training.checkpoints import resume_point
 from gf_training.sweep import find_checkpoints
 from gf_training.train import Trainer, list_checkpoints, lr_factor, main, train
 
